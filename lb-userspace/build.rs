@@ -1,0 +1,131 @@
+//! Builds the XDP program (`lb-ebpf`) for the BPF target and leaves the object in
+//! `OUT_DIR/lb`, where `src/ebpf.rs` embeds it into the `lb` binary.
+//!
+//! The eBPF crate is compiled by Debian's rustc-web, registered with rustup as the
+//! toolchain `lb-bpf` by `scripts/setup.sh`, with `-Z build-std=core` (rustup's own
+//! nightly here has no `rust-src`); `RUSTC_BOOTSTRAP=1` unlocks `-Z` on that stable
+//! compiler, so nobody has to export anything by hand. The flags are the ones
+//! aya-build uses; unlike aya-build, the inner cargo gets one fixed target directory
+//! (`target/ebpf`), so the object is compiled once and reused by every outer build
+//! (check, clippy, test, release) instead of once per `OUT_DIR`.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const BPF_TOOLCHAIN: &str = "lb-bpf";
+const BPF_TARGET: &str = "bpfel-unknown-none";
+const PACKAGE: &str = "lb-ebpf";
+const BINARY: &str = "lb";
+
+fn main() {
+    if let Err(e) = build() {
+        // A build script's error is only shown in full through panic's message.
+        panic!("\n{e}\n");
+    }
+}
+
+fn build() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let workspace = manifest_dir
+        .parent()
+        .ok_or("lb-userspace has no parent directory")?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    for input in [
+        "lb-ebpf/src",
+        "lb-ebpf/Cargo.toml",
+        "lb-common/src",
+        "lb-common/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(input).display());
+    }
+
+    check_toolchain()?;
+
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(|t| t.join("ebpf"))
+        .ok_or("unexpected OUT_DIR layout")?;
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").map_err(|e| e.to_string())?;
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+    ]
+    .join("\x1f");
+
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        BPF_TOOLCHAIN,
+        "cargo",
+        "build",
+        "--package",
+        PACKAGE,
+        "--bins",
+        "--release",
+    ])
+    .args([
+        "--target",
+        BPF_TARGET,
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(workspace)
+    .env("RUSTC_BOOTSTRAP", "1")
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    // The outer cargo's settings must not leak into the BPF build.
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS_OUTER",
+    ] {
+        cmd.env_remove(key);
+    }
+    let out = cmd.output().map_err(|e| format!("starting {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the XDP program ({PACKAGE}) failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let object = target_dir.join(BPF_TARGET).join("release").join(BINARY);
+    copy(&object, &out_dir.join(BINARY))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+}
+
+/// Fails early, with the fix, when the eBPF toolchain or bpf-linker is missing.
+fn check_toolchain() -> Result<(), String> {
+    let ok = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    if !ok(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "rustc", "--version"])) {
+        return Err(format!(
+            "the eBPF toolchain `{BPF_TOOLCHAIN}` (Debian's rustc-web) is not set up; \
+             run `sudo scripts/setup.sh` (or `cargo xtask setup`) once, then build again"
+        ));
+    }
+    if !ok(Command::new("bpf-linker").arg("--version")) {
+        return Err(
+            "bpf-linker is not installed or not on PATH; run `sudo scripts/setup.sh` \
+                    (or `cargo xtask setup`) once, then build again"
+                .into(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The compiled XDP object, embedded at build time, and loading/attaching it.
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode},
+};
+
+/// The eBPF object built from `lb-ebpf` by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// Name of the XDP program inside [`OBJECT`] (also what `ip link` shows).
+pub const PROGRAM: &str = "lb";
+
+/// Loads the object and the XDP program into the kernel (not attached yet).
+pub fn load() -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the lb eBPF object into the kernel (are you root, with BPF enabled?)")?;
+    program_mut(&mut ebpf)?
+        .load()
+        .context("the kernel verifier rejected the lb XDP program")?;
+    Ok(ebpf)
+}
+
+/// The XDP program of a loaded object.
+pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(PROGRAM)
+        .with_context(|| format!("the eBPF object has no program named {PROGRAM}"))?;
+    prog.try_into()
+        .with_context(|| format!("program {PROGRAM} is not an XDP program"))
+}
+
+/// The program of a loaded object, for BPF_PROG_TEST_RUN.
+pub fn program(ebpf: &Ebpf) -> Result<&Xdp> {
+    let prog = ebpf
+        .program(PROGRAM)
+        .with_context(|| format!("the eBPF object has no program named {PROGRAM}"))?;
+    prog.try_into()
+        .with_context(|| format!("program {PROGRAM} is not an XDP program"))
+}
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// In the driver (fastest); needs driver support.
+    Native,
+    /// Generic XDP in the kernel stack; works on every interface, slower.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// Attaches the loaded program to `iface`.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<()> {
+    let prog = program_mut(ebpf)?;
+    prog.attach(iface, mode.xdp_mode()).map_err(|e| {
+        let hint = match mode {
+            AttachMode::Native => " — the driver may not support native XDP; try `--xdp-mode skb`",
+            AttachMode::Skb => "",
+        };
+        anyhow::Error::new(e).context(format!(
+            "attaching the XDP program to {iface} in {mode:?} mode failed{hint}"
+        ))
+    })?;
+    Ok(())
+}

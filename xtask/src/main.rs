@@ -1,0 +1,60 @@
+//! `cargo xtask`: the project's own build/test/lab/bench helper.
+//!
+//! Every command that needs the machine prepared runs `scripts/setup.sh` first (it is
+//! idempotent and takes about a second when nothing is missing).
+mod lab;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "lb's build, test, lab and benchmark helper")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and check everything the build, tests, lab and benchmarks need.
+    Setup,
+    /// Run every test: formatting, clippy, unit tests, BPF packet tests, namespace tests.
+    Test,
+    /// Run the demo on the built-in lab (network namespaces on this machine).
+    Lab,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => util::setup(),
+        Command::Test => test(),
+        Command::Lab => lab::demo(),
+    }
+}
+
+fn test() -> Result<()> {
+    // Every step uses the same features so the eBPF object (built by lb-userspace's
+    // build script) is compiled once.
+    const FEATURES: [&str; 2] = ["--features", "lb-userspace/root-tests"];
+    const CRATES: [&str; 3] = ["--workspace", "--exclude", "lb-ebpf"];
+    util::setup()?;
+    util::step("formatting (cargo fmt --check)");
+    util::cargo(&["fmt", "--all", "--check"])?;
+    util::step("lints (cargo clippy -D warnings)");
+    util::cargo(
+        &[
+            &["clippy", "--all-targets"][..],
+            &CRATES,
+            &FEATURES,
+            &["--", "-D", "warnings"],
+        ]
+        .concat(),
+    )?;
+    util::step("unit tests");
+    util::cargo(&[&["test", "--lib", "--bins"][..], &CRATES, &FEATURES].concat())?;
+    util::step("root tests: BPF_PROG_TEST_RUN on the real object, network namespaces");
+    util::cargo(&[&["test", "--test", "*"][..], &CRATES, &FEATURES].concat())?;
+    util::step("all tests passed");
+    Ok(())
+}
