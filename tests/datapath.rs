@@ -1,49 +1,1503 @@
 //! Packet behaviour of the real XDP object, proven with BPF_PROG_TEST_RUN.
+//!
+//! Each test thread gets a private network namespace with two veth interfaces: `cli0`
+//! (client side, 192.0.2.1/24, router 192.0.2.254 to 198.51.100.0/24) and `srv0`
+//! (backend side, 10.1.0.1/24), with static neighbours, so the NAT path's FIB lookups
+//! give known MACs. The maps are filled directly (no control plane), and every case
+//! checks the action, the exact output frame (checksums computed from scratch by
+//! `support::frame`) and the change of every global counter.
 mod support;
 
-use aya::{
-    maps::PerCpuArray,
-    programs::{TestRun as _, TestRunOptions},
+use std::collections::BTreeMap;
+
+use lb_common::{
+    BACKEND_F_LIVE, Backend, Counter, FlowKey, NO_BACKEND, SERVICE_F_HASH_SRC, SERVICE_F_NAT,
+    Service, ServiceKey,
+    hash::{flow_hash, ports_word, source_hash},
 };
-use lb_common::Counter;
-use lb_userspace::ebpf;
+use lb_userspace::dataplane::{Dataplane, Limits};
+use support::{
+    frame::{
+        self, ACK, FIN, Frame, ICMP, Ipv4, L4, Mac, PSH, RST, SYN, TCP, UDP, addr, ipv4, tcp, udp,
+    },
+    netns,
+};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
-fn counter(ebpf: &aya::Ebpf, c: Counter) -> u64 {
-    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map("STATS").expect("STATS map"))
-        .expect("STATS is a per-CPU array");
-    stats
-        .get(&(c as u32), 0)
-        .expect("read counter")
+const LB_CLI_MAC: Mac = [2, 0, 0, 0, 0, 0xc0];
+const LB_SRV_MAC: Mac = [2, 0, 0, 0, 0, 0xb0];
+const ROUTER_MAC: Mac = [2, 0, 0, 0, 1, 0xfe];
+const CLIENT: &str = "198.51.100.7";
+const DSR_VIP: &str = "10.100.0.10";
+const NAT_VIP: &str = "10.100.0.20";
+const TABLE: u32 = 251;
+
+/// MAC of a DSR backend (client-side L2).
+fn dsr_mac(last: u8) -> Mac {
+    [2, 0, 0, 0, 3, last]
+}
+
+/// Static neighbours of the fixture: NAT next hops and the client-side router.
+const NEIGHBOURS: [(&str, Mac, &str); 5] = [
+    ("192.0.2.254", ROUTER_MAC, "cli0"),
+    ("192.0.2.50", [2, 0, 0, 0, 2, 0x50], "cli0"),
+    ("10.1.0.11", [2, 0, 0, 0, 2, 0x11], "srv0"),
+    ("10.1.0.12", [2, 0, 0, 0, 2, 0x12], "srv0"),
+    ("10.1.0.21", [2, 0, 0, 0, 2, 0x21], "srv0"),
+];
+
+/// MAC of a NAT next hop (from the fixture's neighbour table).
+fn nat_mac(a: &str) -> Mac {
+    NEIGHBOURS
         .iter()
-        .sum()
+        .find(|(n, _, _)| *n == a)
+        .unwrap_or_else(|| panic!("no neighbour {a}"))
+        .1
+}
+
+fn mac_str(m: Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn ne(a: &str) -> u32 {
+    u32::from_ne_bytes(addr(a).octets())
+}
+
+struct Svc {
+    key: ServiceKey,
+    rec: Service,
+    /// Backend indexes, in table order (slot i holds backends[i % n]).
+    backends: Vec<u32>,
+}
+
+struct Fixture {
+    dp: Dataplane,
+    cli: u32,
+    srv: u32,
+    services: BTreeMap<&'static str, Svc>,
+}
+
+/// A backend of a DSR service reached through `ifindex`.
+fn dsr_backend(a: &str, port: u16, mac: Mac, ifindex: u32, src_mac: Mac, service: u32) -> Backend {
+    Backend {
+        addr: ne(a),
+        port: port.to_be(),
+        flags: BACKEND_F_LIVE,
+        epoch: 1,
+        ifindex,
+        mac,
+        src_mac,
+        service,
+    }
+}
+
+/// A backend of a NAT service (the FIB finds its next hop).
+fn nat_backend(a: &str, port: u16, service: u32) -> Backend {
+    Backend {
+        addr: ne(a),
+        port: port.to_be(),
+        flags: BACKEND_F_LIVE,
+        epoch: 1,
+        service,
+        ..Default::default()
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        support::require_root();
+        netns::enter_new();
+        netns::ip("link add name cli0 address 02:00:00:00:00:c0 type veth peer name cli1");
+        netns::ip("link add name srv0 address 02:00:00:00:00:b0 type veth peer name srv1");
+        for dev in ["cli0", "cli1", "srv0", "srv1"] {
+            netns::ip(&format!("link set {dev} up"));
+        }
+        netns::ip("addr add 192.0.2.1/24 dev cli0");
+        netns::ip("addr add 10.1.0.1/24 dev srv0");
+        netns::ip("route add 198.51.100.0/24 via 192.0.2.254");
+        for (a, mac, dev) in NEIGHBOURS {
+            netns::ip(&format!(
+                "neigh add {a} lladdr {} dev {dev} nud permanent",
+                mac_str(mac)
+            ));
+        }
+        netns::sysctl("net.ipv4.ip_forward", "1");
+        let cli = netns::ifindex("cli0");
+        let srv = netns::ifindex("srv0");
+        let dp = Dataplane::load(Limits {
+            conntrack_entries: 4096,
+        })
+        .expect("load the XDP object");
+        let mut f = Fixture {
+            dp,
+            cli,
+            srv,
+            services: BTreeMap::new(),
+        };
+
+        let d = |a, port, last, id| dsr_backend(a, port, dsr_mac(last), cli, LB_CLI_MAC, id);
+        f.add(
+            "dsr_web",
+            (DSR_VIP, 80, TCP),
+            0,
+            0,
+            &[
+                (0, d("10.0.0.11", 80, 0x11, 0)),
+                (1, d("10.0.0.12", 80, 0x12, 0)),
+                (2, d("10.0.0.13", 80, 0x13, 0)),
+            ],
+        );
+        f.add(
+            "nat_web",
+            (NAT_VIP, 8080, TCP),
+            1,
+            SERVICE_F_NAT,
+            &[
+                (10, nat_backend("10.1.0.11", 80, 1)),
+                (11, nat_backend("10.1.0.12", 80, 1)),
+            ],
+        );
+        f.add(
+            "nat_dns",
+            (NAT_VIP, 53, UDP),
+            2,
+            SERVICE_F_NAT,
+            &[(20, nat_backend("10.1.0.21", 53, 2))],
+        );
+        f.add(
+            "persist",
+            (DSR_VIP, 443, TCP),
+            3,
+            SERVICE_F_HASH_SRC,
+            &[
+                (30, d("10.0.0.11", 443, 0x11, 3)),
+                (31, d("10.0.0.12", 443, 0x12, 3)),
+                (32, d("10.0.0.13", 443, 0x13, 3)),
+            ],
+        );
+        f.add("empty", ("10.100.0.50", 80, TCP), 4, 0, &[]);
+        f.add(
+            "redir",
+            ("10.100.0.60", 80, TCP),
+            5,
+            0,
+            &[(
+                50,
+                dsr_backend("10.1.0.31", 80, dsr_mac(0x31), srv, LB_SRV_MAC, 5),
+            )],
+        );
+        f.add(
+            "noneigh",
+            ("10.100.0.70", 80, TCP),
+            6,
+            SERVICE_F_NAT,
+            &[(60, nat_backend("10.1.0.13", 80, 6))],
+        );
+        f.add(
+            "nomac",
+            ("10.100.0.80", 80, TCP),
+            7,
+            0,
+            &[(70, dsr_backend("10.0.0.14", 80, [0; 6], cli, LB_CLI_MAC, 7))],
+        );
+        f.add(
+            "onearm",
+            ("10.100.0.90", 80, TCP),
+            8,
+            SERVICE_F_NAT,
+            &[(80, nat_backend("192.0.2.50", 8080, 8))],
+        );
+        f.add(
+            "dsr_udp",
+            (DSR_VIP, 53, UDP),
+            9,
+            0,
+            &[(90, d("10.0.0.11", 53, 0x11, 9))],
+        );
+        f
+    }
+
+    /// Installs a service, its backends and a table where slot i holds backend i % n.
+    fn add(
+        &mut self,
+        name: &'static str,
+        (vip, port, proto): (&str, u16, u8),
+        id: u32,
+        flags: u32,
+        backends: &[(u32, Backend)],
+    ) {
+        let key = ServiceKey {
+            vip: ne(vip),
+            port: port.to_be(),
+            proto,
+            _pad: 0,
+        };
+        let rec = Service {
+            id,
+            flags,
+            table_size: TABLE,
+            _pad: 0,
+        };
+        for (index, be) in backends {
+            self.dp.set_backend(*index, *be).unwrap();
+            if flags & SERVICE_F_NAT != 0 {
+                self.dp.set_nat_source(be.addr, 1).unwrap();
+            }
+        }
+        let indexes: Vec<u32> = backends.iter().map(|(i, _)| *i).collect();
+        self.set_table(id, &indexes);
+        self.dp.set_service(key, rec).unwrap();
+        self.dp.set_vip(key.vip, 1).unwrap();
+        self.services.insert(
+            name,
+            Svc {
+                key,
+                rec,
+                backends: indexes,
+            },
+        );
+    }
+
+    fn set_table(&mut self, id: u32, backends: &[u32]) {
+        let slots: Vec<u32> = (0..TABLE as usize)
+            .map(|i| {
+                if backends.is_empty() {
+                    NO_BACKEND
+                } else {
+                    backends[i % backends.len()]
+                }
+            })
+            .collect();
+        self.dp.set_table(id, &slots).unwrap();
+    }
+
+    /// The backend index the table gives a new flow.
+    fn pick(&self, name: &str, src: &str, sport: u16, dport: u16) -> u32 {
+        let s = &self.services[name];
+        let hash = if s.rec.flags & SERVICE_F_HASH_SRC != 0 {
+            source_hash(ne(src))
+        } else {
+            flow_hash(
+                ne(src),
+                s.key.vip,
+                ports_word(sport.to_be(), dport.to_be()),
+                s.key.proto,
+            )
+        };
+        s.backends[((hash % TABLE) as usize) % s.backends.len()]
+    }
+
+    fn backend(&self, index: u32) -> Backend {
+        self.dp.backend(index).unwrap()
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        self.dp.counters().unwrap()
+    }
+
+    /// Runs one case and checks action, output and every counter's change.
+    fn check(&self, c: &Case) {
+        let before = self.counters();
+        let (r, out) = self
+            .dp
+            .test_run(&c.input, c.ingress)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", c.name));
+        let after = self.counters();
+        assert_eq!(r.return_value, c.action, "{}: action", c.name);
+        let want = c.output.as_ref().unwrap_or(&c.input);
+        assert_eq!(hex(&out), hex(want), "{}: output frame", c.name);
+        let moved: Vec<(&str, u64)> = Counter::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| after[*i] != before[*i])
+            .map(|(i, k)| (k.name(), after[i] - before[i]))
+            .collect();
+        let mut expected: Vec<(&str, u64)> =
+            c.counters.iter().map(|(k, n)| (k.name(), *n)).collect();
+        expected.sort_by_key(|(name, _)| Counter::ALL.iter().position(|k| k.name() == *name));
+        assert_eq!(moved, expected, "{}: counters that moved", c.name);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.chunks(16)
+        .map(|l| {
+            l.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Case {
+    name: &'static str,
+    ingress: u32,
+    input: Vec<u8>,
+    action: u32,
+    /// `None`: the frame must come out unchanged.
+    output: Option<Vec<u8>>,
+    counters: Vec<(Counter, u64)>,
+}
+
+fn case(
+    name: &'static str,
+    ingress: u32,
+    input: Vec<u8>,
+    action: u32,
+    output: Option<Vec<u8>>,
+    counters: &[(Counter, u64)],
+) -> Case {
+    Case {
+        name,
+        ingress,
+        input,
+        action,
+        output,
+        counters: counters.to_vec(),
+    }
+}
+
+/// A client packet as it arrives from the router on the client side.
+fn from_client(ip: Ipv4) -> Frame {
+    Frame::new(ROUTER_MAC, LB_CLI_MAC, ip)
+}
+
+/// A backend's packet as it arrives on the backend side.
+fn from_backend(ip: Ipv4) -> Frame {
+    Frame::new(nat_mac(&ip.src.to_string()), LB_SRV_MAC, ip)
+}
+
+fn with_ttl(mut ip: Ipv4, ttl: u8) -> Ipv4 {
+    ip.ttl = ttl;
+    ip
+}
+
+/// The same IP packet, translated: one end rewritten, TTL decremented.
+fn nat_dst(ip: &Ipv4, a: &str, port: u16) -> Ipv4 {
+    let mut ip = with_ttl(ip.clone(), ip.ttl - 1);
+    ip.dst = addr(a);
+    set_port(&mut ip.l4, false, port);
+    ip
+}
+
+fn nat_src(ip: &Ipv4, a: &str, port: u16) -> Ipv4 {
+    let mut ip = with_ttl(ip.clone(), ip.ttl - 1);
+    ip.src = addr(a);
+    set_port(&mut ip.l4, true, port);
+    ip
+}
+
+fn set_port(l4: &mut L4, src: bool, port: u16) {
+    match l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
+            *(if src { sport } else { dport }) = port
+        }
+        _ => panic!("no ports"),
+    }
+}
+
+/// `n` bytes of `ip` as an ICMP error quotes them.
+fn quote(ip: &Ipv4, n: usize) -> Vec<u8> {
+    ip.bytes()[..n].to_vec()
+}
+
+fn icmp(kind: u8, code: u8, rest: [u8; 4], payload: Vec<u8>) -> L4 {
+    L4::Icmp {
+        kind,
+        code,
+        rest,
+        payload,
+    }
+}
+
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
+
+#[test]
+#[expect(
+    clippy::vec_init_then_push,
+    reason = "cases are grouped in commented sections"
+)]
+fn packet_cases() {
+    let f = Fixture::new();
+    let (cli, srv) = (f.cli, f.srv);
+    use Counter::*;
+    let mut cases = Vec::new();
+
+    // ---- not for us: passed untouched ----
+    cases.push(case(
+        "arp is passed",
+        cli,
+        frame::raw_frame(
+            ROUTER_MAC,
+            [0xff; 6],
+            frame::ETH_P_ARP,
+            &[
+                0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 1, 0xfe, 192, 0, 2, 254, 0, 0, 0, 0, 0, 0, 192,
+                0, 2, 1,
+            ],
+        ),
+        XDP_PASS,
+        None,
+        &[(PassNotIpv4, 1)],
+    ));
+    cases.push(case(
+        "ipv6 is passed",
+        cli,
+        frame::raw_frame(ROUTER_MAC, LB_CLI_MAC, frame::ETH_P_IPV6, &[0x60; 40]),
+        XDP_PASS,
+        None,
+        &[(PassNotIpv4, 1)],
+    ));
+    cases.push(case(
+        "tcp to a non-VIP address (ssh to the host) is passed",
+        cli,
+        from_client(ipv4(CLIENT, "192.0.2.1", tcp(40000, 22, SYN))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+    cases.push(case(
+        "tcp to a VIP port without a service is passed",
+        cli,
+        from_client(ipv4(CLIENT, DSR_VIP, tcp(40000, 81, SYN))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassVipOther, 1)],
+    ));
+    cases.push(case(
+        "gre to a VIP is passed",
+        cli,
+        from_client(ipv4(
+            CLIENT,
+            DSR_VIP,
+            L4::Raw {
+                proto: 47,
+                payload: vec![0; 8],
+            },
+        ))
+        .bytes(),
+        XDP_PASS,
+        None,
+        &[(PassVipOther, 1)],
+    ));
+    cases.push(case(
+        "udp reply from a host that is no NAT backend is passed",
+        srv,
+        Frame::new(
+            [2, 0, 0, 0, 2, 0x99],
+            LB_SRV_MAC,
+            ipv4("10.1.0.99", CLIENT, udp(53, 5000, b"x")),
+        )
+        .bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+
+    // ---- DSR ----
+    let syn = ipv4(CLIENT, DSR_VIP, tcp(40000, 80, SYN));
+    let be = f.backend(f.pick("dsr_web", CLIENT, 40000, 80));
+    cases.push(case(
+        "dsr new flow: MACs rewritten, XDP_TX, IP untouched",
+        cli,
+        from_client(syn.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, be.mac, syn.clone()).bytes()),
+        &[(Tx, 1), (FlowNew, 1)],
+    ));
+    let ack = ipv4(CLIENT, DSR_VIP, tcp(40000, 80, ACK | PSH));
+    cases.push(case(
+        "dsr established flow: connection-table hit",
+        cli,
+        from_client(ack.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, be.mac, ack.clone()).bytes()),
+        &[(Tx, 1), (FlowHit, 1)],
+    ));
+    let q = ipv4(CLIENT, DSR_VIP, udp(5353, 53, b"query"));
+    cases.push(case(
+        "dsr udp",
+        cli,
+        from_client(q.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, dsr_mac(0x11), q).bytes()),
+        &[(Tx, 1), (FlowNew, 1)],
+    ));
+    let r = ipv4(CLIENT, "10.100.0.60", tcp(40000, 80, SYN));
+    cases.push(case(
+        "dsr backend behind another interface: XDP_REDIRECT",
+        cli,
+        from_client(r.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_SRV_MAC, dsr_mac(0x31), r).bytes()),
+        &[(Redirect, 1), (FlowNew, 1)],
+    ));
+    for (p1, p2) in [(1000u16, 2000u16), (3000, 4000)] {
+        let idx = f.pick("persist", CLIENT, p1, 443);
+        assert_eq!(idx, f.pick("persist", CLIENT, p2, 443));
+        let mac = f.backend(idx).mac;
+        for port in [p1, p2] {
+            let s = ipv4(CLIENT, DSR_VIP, tcp(port, 443, SYN));
+            cases.push(case(
+                "persistence: every port of a client reaches the same backend",
+                cli,
+                from_client(s.clone()).bytes(),
+                XDP_TX,
+                Some(Frame::new(LB_CLI_MAC, mac, s).bytes()),
+                &[(Tx, 1), (FlowNew, 1)],
+            ));
+        }
+    }
+    let s = ipv4(CLIENT, "10.100.0.50", tcp(40000, 80, SYN));
+    cases.push(case(
+        "service without usable backends drops new flows",
+        cli,
+        from_client(s).bytes(),
+        XDP_DROP,
+        None,
+        &[(DropNoBackend, 1)],
+    ));
+    let s = ipv4(CLIENT, "10.100.0.80", tcp(40000, 80, SYN));
+    cases.push(case(
+        "dsr backend whose MAC is unknown: dropped",
+        cli,
+        from_client(s).bytes(),
+        XDP_DROP,
+        None,
+        &[(DropNoMac, 1), (FlowNew, 1)],
+    ));
+    let rst = ipv4(CLIENT, DSR_VIP, tcp(45000, 80, RST));
+    let be_rst = f.backend(f.pick("dsr_web", CLIENT, 45000, 80));
+    cases.push(case(
+        "tcp rst of an unknown flow: forwarded, no entry",
+        cli,
+        from_client(rst.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, be_rst.mac, rst).bytes()),
+        &[(Tx, 1), (FlowRstNoEntry, 1)],
+    ));
+
+    // ---- NAT ----
+    let syn = ipv4(CLIENT, NAT_VIP, tcp(40001, 8080, SYN));
+    let nat_be = f.backend(f.pick("nat_web", CLIENT, 40001, 8080));
+    let rip = std::net::Ipv4Addr::from(nat_be.addr.to_ne_bytes()).to_string();
+    cases.push(case(
+        "nat forward: VIP:8080 -> RIP:80, TTL-1, checksums, next hop from the FIB",
+        cli,
+        from_client(syn.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_SRV_MAC, nat_mac(&rip), nat_dst(&syn, &rip, 80)).bytes()),
+        &[(Redirect, 1), (FlowNew, 1)],
+    ));
+    let reply = ipv4(&rip, CLIENT, tcp(80, 40001, SYN | ACK));
+    cases.push(case(
+        "nat return: RIP:80 -> VIP:8080 towards the client",
+        srv,
+        from_backend(reply.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080)).bytes()),
+        &[(Redirect, 1), (NatReply, 1)],
+    ));
+    let ack = ipv4(CLIENT, NAT_VIP, tcp(40001, 8080, ACK));
+    cases.push(case(
+        "nat established flow",
+        cli,
+        from_client(ack.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_SRV_MAC, nat_mac(&rip), nat_dst(&ack, &rip, 80)).bytes()),
+        &[(Redirect, 1), (FlowHit, 1)],
+    ));
+    let s = ipv4("192.0.2.100", "10.100.0.90", tcp(40000, 80, SYN));
+    cases.push(case(
+        "nat one-arm (backend on the ingress side): XDP_TX, port 80 -> 8080",
+        cli,
+        from_client(s.clone()).bytes(),
+        XDP_TX,
+        Some(
+            Frame::new(
+                LB_CLI_MAC,
+                nat_mac("192.0.2.50"),
+                nat_dst(&s, "192.0.2.50", 8080),
+            )
+            .bytes(),
+        ),
+        &[(Tx, 1), (FlowNew, 1)],
+    ));
+    let mut q = ipv4(
+        CLIENT,
+        NAT_VIP,
+        L4::Udp {
+            sport: 5353,
+            dport: 53,
+            payload: b"query".to_vec(),
+            zero_checksum: true,
+        },
+    );
+    cases.push(case(
+        "nat udp with checksum 0: stays 0",
+        cli,
+        from_client(q.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(
+            Frame::new(
+                LB_SRV_MAC,
+                nat_mac("10.1.0.21"),
+                nat_dst(&q, "10.1.0.21", 53),
+            )
+            .bytes(),
+        ),
+        &[(Redirect, 1), (FlowNew, 1)],
+    ));
+    q.l4 = udp(5354, 53, b"query");
+    cases.push(case(
+        "nat udp with checksum: updated",
+        cli,
+        from_client(q.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(
+            Frame::new(
+                LB_SRV_MAC,
+                nat_mac("10.1.0.21"),
+                nat_dst(&q, "10.1.0.21", 53),
+            )
+            .bytes(),
+        ),
+        &[(Redirect, 1), (FlowNew, 1)],
+    ));
+    let a = ipv4("10.1.0.21", CLIENT, udp(53, 5354, b"answer"));
+    cases.push(case(
+        "nat udp return",
+        srv,
+        from_backend(a.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&a, NAT_VIP, 53)).bytes()),
+        &[(Redirect, 1), (NatReply, 1)],
+    ));
+    let s = ipv4(CLIENT, "10.100.0.70", tcp(40000, 80, SYN));
+    let mut unresolved = from_client(nat_dst(&s, "10.1.0.13", 80)).bytes();
+    unresolved[..12].copy_from_slice(&from_client(s.clone()).bytes()[..12]);
+    cases.push(case(
+        "nat next hop without neighbour: translated, handed to the kernel",
+        cli,
+        from_client(s).bytes(),
+        XDP_PASS,
+        Some(unresolved),
+        &[(PassNoNeigh, 1), (FlowNew, 1)],
+    ));
+
+    // ---- ICMP ----
+    let echo = ipv4(
+        CLIENT,
+        DSR_VIP,
+        icmp(8, 0, [0x12, 0x34, 0, 1], b"ping".to_vec()),
+    );
+    let mut answer = ipv4(
+        DSR_VIP,
+        CLIENT,
+        icmp(0, 0, [0x12, 0x34, 0, 1], b"ping".to_vec()),
+    );
+    answer.id = echo.id;
+    cases.push(case(
+        "echo request to a VIP is answered",
+        cli,
+        from_client(echo).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, answer).bytes()),
+        &[(Tx, 1), (IcmpEchoReply, 1)],
+    ));
+    cases.push(case(
+        "echo request to another address is passed",
+        cli,
+        from_client(ipv4(CLIENT, "192.0.2.1", icmp(8, 0, [0, 1, 0, 1], vec![]))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+    cases.push(case(
+        "icmp timestamp to a VIP is passed",
+        cli,
+        from_client(ipv4(CLIENT, DSR_VIP, icmp(13, 0, [0; 4], vec![0; 12]))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassVipOther, 1)],
+    ));
+    let sent = ipv4(DSR_VIP, CLIENT, tcp(80, 40000, ACK));
+    let (k, c, rest) = FRAG_NEEDED;
+    let err = ipv4("192.0.2.254", DSR_VIP, icmp(k, c, rest, quote(&sent, 28)));
+    cases.push(case(
+        "frag needed about a DSR flow goes to the flow's backend",
+        cli,
+        from_client(err.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, be.mac, err).bytes()),
+        &[(Tx, 1), (IcmpErrorToBackend, 1)],
+    ));
+    let sent = ipv4(NAT_VIP, CLIENT, tcp(8080, 40001, ACK));
+    let err = ipv4("192.0.2.254", NAT_VIP, icmp(k, c, rest, quote(&sent, 28)));
+    let back = nat_src(&sent, &rip, 80);
+    let want = with_ttl(
+        ipv4(
+            "192.0.2.254",
+            &rip,
+            icmp(k, c, rest, quote(&with_ttl(back, sent.ttl), 28)),
+        ),
+        63,
+    );
+    cases.push(case(
+        "frag needed about a NAT flow: outer and quoted addresses go back to the backend",
+        cli,
+        from_client(err).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_SRV_MAC, nat_mac(&rip), want).bytes()),
+        &[(Redirect, 1), (IcmpErrorToBackend, 1)],
+    ));
+    let sent = ipv4(CLIENT, "10.1.0.21", udp(5354, 53, b"query"));
+    let quoted_in = quote(&sent, 28);
+    let err = ipv4("10.1.0.21", CLIENT, icmp(3, 3, [0; 4], quoted_in.clone()));
+    let mut quoted_out = quote(
+        &{
+            let mut s = sent.clone();
+            s.dst = addr(NAT_VIP);
+            s
+        },
+        28,
+    );
+    quoted_out[26..28].copy_from_slice(&quoted_in[26..28]);
+    let want = with_ttl(ipv4(NAT_VIP, CLIENT, icmp(3, 3, [0; 4], quoted_out)), 63);
+    cases.push(case(
+        "port unreachable from a NAT backend is translated back to the client",
+        srv,
+        from_backend(err).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, want).bytes()),
+        &[(Redirect, 1), (IcmpErrorToClient, 1)],
+    ));
+    let sent = ipv4(NAT_VIP, CLIENT, tcp(8080, 40001, ACK));
+    cases.push(case(
+        "icmp error to one VIP quoting another VIP's packet is passed",
+        cli,
+        from_client(ipv4(
+            "192.0.2.254",
+            DSR_VIP,
+            icmp(k, c, rest, quote(&sent, 28)),
+        ))
+        .bytes(),
+        XDP_PASS,
+        None,
+        &[(PassVipOther, 1)],
+    ));
+    let sent = ipv4(DSR_VIP, CLIENT, tcp(9999, 40000, ACK));
+    cases.push(case(
+        "icmp error to a VIP about no service is passed",
+        cli,
+        from_client(ipv4(
+            "192.0.2.254",
+            DSR_VIP,
+            icmp(k, c, rest, quote(&sent, 28)),
+        ))
+        .bytes(),
+        XDP_PASS,
+        None,
+        &[(PassVipOther, 1)],
+    ));
+
+    // ---- malformed and unusual frames ----
+    let good = from_client(ipv4(CLIENT, DSR_VIP, tcp(41000, 80, SYN)));
+    let good_be = f.backend(f.pick("dsr_web", CLIENT, 41000, 80));
+    let edit = |f: &Frame, at: usize, bytes: &[u8]| {
+        let mut b = f.bytes();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        b
+    };
+    // Frames shorter than an Ethernet header never reach XDP (BPF_PROG_TEST_RUN refuses
+    // them with EINVAL, as drivers drop runts); the shortest is a bare header.
+    cases.push(case(
+        "ethernet header only, ipv4 ethertype",
+        cli,
+        good.bytes()[..14].to_vec(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+    cases.push(case(
+        "ethernet header only, vlan ethertype",
+        cli,
+        {
+            let mut t = good.clone();
+            t.vlans = vec![7];
+            t.bytes()[..14].to_vec()
+        },
+        XDP_PASS,
+        None,
+        &[(PassNotIpv4, 1)],
+    ));
+    cases.push(case(
+        "truncated ipv4 header",
+        cli,
+        good.bytes()[..24].to_vec(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+    cases.push(case(
+        "ihl < 5 to a VIP",
+        cli,
+        edit(&good, 14, &[0x44]),
+        XDP_DROP,
+        None,
+        &[(DropIpHeaderLen, 1)],
+    ));
+    let mut b = good.bytes()[..14 + 20 + 10].to_vec();
+    b[14] = 0x4f;
+    cases.push(case(
+        "ihl past the end of the frame",
+        cli,
+        b,
+        XDP_DROP,
+        None,
+        &[(DropIpHeaderLen, 1)],
+    ));
+    cases.push(case(
+        "total length longer than the frame",
+        cli,
+        edit(&good, 16, &1000u16.to_be_bytes()),
+        XDP_DROP,
+        None,
+        &[(DropIpTotalLen, 1)],
+    ));
+    cases.push(case(
+        "total length shorter than the header",
+        cli,
+        edit(&good, 16, &12u16.to_be_bytes()),
+        XDP_DROP,
+        None,
+        &[(DropIpTotalLen, 1)],
+    ));
+    cases.push(case(
+        "wrong ip version in an ipv4 ethertype",
+        cli,
+        edit(&good, 14, &[0x65]),
+        XDP_DROP,
+        None,
+        &[(DropIpVersion, 1)],
+    ));
+    let mut frag = good.clone();
+    frag.ip.frag = 0x2000;
+    cases.push(case(
+        "first fragment (MF, offset 0) to a VIP",
+        cli,
+        frag.bytes(),
+        XDP_DROP,
+        None,
+        &[(DropFragment, 1)],
+    ));
+    frag.ip.frag = 0x0010;
+    cases.push(case(
+        "later fragment to a VIP",
+        cli,
+        frag.bytes(),
+        XDP_DROP,
+        None,
+        &[(DropFragment, 1)],
+    ));
+    let mut other = frag.clone();
+    other.ip.dst = addr("192.0.2.1");
+    cases.push(case(
+        "fragment to another address is passed",
+        cli,
+        other.bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+    let mut bad = good.clone();
+    bad.ip.dst = addr("192.0.2.1");
+    cases.push(case(
+        "malformed (ihl < 5) to another address is passed untouched",
+        cli,
+        edit(&bad, 14, &[0x43]),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
+    for ttl in [0, 1] {
+        cases.push(case(
+            "ttl 0 or 1 to a service",
+            cli,
+            from_client(with_ttl(good.ip.clone(), ttl)).bytes(),
+            XDP_DROP,
+            None,
+            &[(DropTtl, 1)],
+        ));
+    }
+    let mut opts = ipv4(CLIENT, DSR_VIP, tcp(41001, 80, SYN));
+    opts.options = vec![1, 1, 1, 0];
+    let opt_be = f.backend(f.pick("dsr_web", CLIENT, 41001, 80));
+    cases.push(case(
+        "ip options (ihl 6) to a DSR service: forwarded as is",
+        cli,
+        from_client(opts.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, opt_be.mac, opts).bytes()),
+        &[(Tx, 1), (FlowNew, 1)],
+    ));
+    let mut opts = ipv4(CLIENT, NAT_VIP, tcp(41002, 8080, SYN));
+    opts.options = vec![1, 1, 1, 0];
+    let opt_nat = f.backend(f.pick("nat_web", CLIENT, 41002, 8080));
+    let opt_rip = std::net::Ipv4Addr::from(opt_nat.addr.to_ne_bytes()).to_string();
+    cases.push(case(
+        "ip options to a NAT service: translated behind the options",
+        cli,
+        from_client(opts.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_SRV_MAC, nat_mac(&opt_rip), nat_dst(&opts, &opt_rip, 80)).bytes()),
+        &[(Redirect, 1), (FlowNew, 1)],
+    ));
+    let mut tagged = good.clone();
+    tagged.vlans = vec![100];
+    cases.push(case(
+        "one vlan tag, DSR on the same interface: forwarded with its tag",
+        cli,
+        tagged.bytes(),
+        XDP_TX,
+        Some(tagged.clone().with_macs(LB_CLI_MAC, good_be.mac).bytes()),
+        &[(Tx, 1), (FlowNew, 1)],
+    ));
+    let mut tagged_nat = from_client(ipv4(CLIENT, NAT_VIP, tcp(41003, 8080, SYN)));
+    tagged_nat.vlans = vec![100];
+    cases.push(case(
+        "one vlan tag to a NAT service: unsupported",
+        cli,
+        tagged_nat.bytes(),
+        XDP_DROP,
+        None,
+        &[(DropVlanUnsupported, 1), (FlowNew, 1)],
+    ));
+    tagged.vlans = vec![100, 200];
+    cases.push(case(
+        "two vlan tags are passed",
+        cli,
+        tagged.bytes(),
+        XDP_PASS,
+        None,
+        &[(PassVlanNested, 1)],
+    ));
+    let mut padded = good.bytes();
+    padded.resize(80, 0);
+    let mut padded_out = good.clone().with_macs(LB_CLI_MAC, good_be.mac).bytes();
+    padded_out.resize(80, 0);
+    cases.push(case(
+        "ethernet padding after the ip packet is fine",
+        cli,
+        padded,
+        XDP_TX,
+        Some(padded_out),
+        &[(Tx, 1), (FlowHit, 1)],
+    ));
+    let mut b = good.bytes()[..14 + 20 + 10].to_vec();
+    b[16..18].copy_from_slice(&30u16.to_be_bytes());
+    cases.push(case(
+        "truncated tcp header",
+        cli,
+        b,
+        XDP_DROP,
+        None,
+        &[(DropL4Header, 1)],
+    ));
+    cases.push(case(
+        "tcp data offset < 5",
+        cli,
+        edit(&good, 14 + 20 + 12, &[0x40]),
+        XDP_DROP,
+        None,
+        &[(DropL4Header, 1)],
+    ));
+    cases.push(case(
+        "tcp data offset past the packet",
+        cli,
+        edit(&good, 14 + 20 + 12, &[0xf0]),
+        XDP_DROP,
+        None,
+        &[(DropL4Header, 1)],
+    ));
+    let uq = from_client(ipv4(CLIENT, NAT_VIP, udp(6000, 53, b"query")));
+    let mut b = uq.bytes()[..14 + 20 + 4].to_vec();
+    b[16..18].copy_from_slice(&24u16.to_be_bytes());
+    cases.push(case(
+        "truncated udp header",
+        cli,
+        b,
+        XDP_DROP,
+        None,
+        &[(DropL4Header, 1)],
+    ));
+    cases.push(case(
+        "udp length past the packet",
+        cli,
+        edit(&uq, 14 + 20 + 4, &100u16.to_be_bytes()),
+        XDP_DROP,
+        None,
+        &[(DropL4Header, 1)],
+    ));
+    cases.push(case(
+        "udp length < 8",
+        cli,
+        edit(&uq, 14 + 20 + 4, &4u16.to_be_bytes()),
+        XDP_DROP,
+        None,
+        &[(DropL4Header, 1)],
+    ));
+    let mut b = from_client(ipv4(CLIENT, DSR_VIP, icmp(8, 0, [0; 4], vec![]))).bytes()
+        [..14 + 20 + 4]
+        .to_vec();
+    b[16..18].copy_from_slice(&24u16.to_be_bytes());
+    cases.push(case(
+        "truncated icmp header to a VIP",
+        cli,
+        b,
+        XDP_DROP,
+        None,
+        &[(DropIcmpHeader, 1)],
+    ));
+    let sent = ipv4(DSR_VIP, CLIENT, tcp(80, 40000, ACK));
+    cases.push(case(
+        "icmp error to a VIP with a truncated quote",
+        cli,
+        from_client(ipv4(
+            "192.0.2.254",
+            DSR_VIP,
+            icmp(k, c, rest, quote(&sent, 10)),
+        ))
+        .bytes(),
+        XDP_DROP,
+        None,
+        &[(DropIcmpHeader, 1)],
+    ));
+
+    assert!(
+        cases
+            .iter()
+            .filter(
+                |c| c.counters.iter().any(|(k, _)| k.name().starts_with("drop_")
+                    || *k == PassNotIpv4
+                    || *k == PassVlanNested)
+            )
+            .count()
+            >= 15
+    );
+    for c in &cases {
+        f.check(c);
+    }
+
+    // The RST created no entry; the DSR and NAT flows did, and NAT left a reverse entry.
+    let key = |src: &str, dst: &str, sport: u16, dport: u16, proto| FlowKey {
+        src: ne(src),
+        dst: ne(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    };
+    assert!(
+        f.dp.flow(&key(CLIENT, DSR_VIP, 45000, 80, TCP))
+            .unwrap()
+            .is_none(),
+        "RST must not create an entry"
+    );
+    assert!(
+        f.dp.flow(&key(CLIENT, DSR_VIP, 40000, 80, TCP))
+            .unwrap()
+            .is_some()
+    );
+    let rev =
+        f.dp.nat_reverse(&key(&rip, CLIENT, 80, 40001, TCP))
+            .unwrap()
+            .expect("NAT reverse entry");
+    assert_eq!((rev.vip, rev.vport), (ne(NAT_VIP), 8080u16.to_be()));
+}
+
+/// Runs a frame and returns (action, output, counter deltas by name).
+fn run(f: &Fixture, frame: &[u8], ingress: u32) -> (u32, Vec<u8>, Vec<(&'static str, u64)>) {
+    let before = f.counters();
+    let (r, out) = f.dp.test_run(frame, ingress).unwrap();
+    let after = f.counters();
+    let moved = Counter::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| after[*i] != before[*i])
+        .map(|(i, k)| (k.name(), after[i] - before[i]))
+        .collect();
+    (r.return_value, out, moved)
+}
+
+/// Destination MAC of a forwarded frame.
+fn dmac(out: &[u8]) -> Mac {
+    out[..6].try_into().unwrap()
 }
 
 #[test]
-fn arp_frame_is_passed_and_counted() {
-    support::require_root();
-    let ebpf = ebpf::load().expect("load the XDP object");
-    let prog = ebpf::program(&ebpf).expect("program");
-    // Ethernet broadcast, ethertype ARP, then a 28-byte ARP request.
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
-    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    frame.resize(14 + 28, 0);
-    let before = counter(&ebpf, Counter::PassNotIpv4);
-    let mut out = vec![0u8; frame.len()];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    assert_eq!(r.return_value, XDP_PASS);
+fn flows_keep_their_backend_until_it_goes() {
+    let mut f = Fixture::new();
+    let cli = f.cli;
+    let send = |f: &Fixture, sport: u16, flags: u8| {
+        let (action, out, moved) = run(
+            f,
+            &from_client(ipv4(CLIENT, DSR_VIP, tcp(sport, 80, flags))).bytes(),
+            cli,
+        );
+        assert_eq!(action, XDP_TX, "port {sport}: {moved:?}");
+        (dmac(&out), moved)
+    };
+    let mac_of = |f: &Fixture, i: u32| f.backend(i).mac;
+    let web = f.services["dsr_web"].backends.clone();
+
+    // Flow A starts on the backend the table gives it.
+    let a = f.pick("dsr_web", CLIENT, 50000, 80);
     assert_eq!(
-        &out[..r.data_size_out as usize],
-        &frame[..],
-        "frame must be untouched"
+        send(&f, 50000, SYN),
+        (mac_of(&f, a), vec![("tx", 1), ("flow_new", 1)])
     );
-    assert_eq!(counter(&ebpf, Counter::PassNotIpv4), before + 1);
+    let stats_before = f.dp.backend_stats(a).unwrap();
+
+    // Swap the service's table for one that sends everything to another backend.
+    let b = *web.iter().find(|&&i| i != a).unwrap();
+    f.set_table(0, &[b]);
+    assert_eq!(
+        f.dp.table(0, TABLE).unwrap().unwrap(),
+        vec![b; TABLE as usize],
+        "the datapath sees the new table"
+    );
+    assert_eq!(
+        send(&f, 50000, ACK),
+        (mac_of(&f, a), vec![("tx", 1), ("flow_hit", 1)]),
+        "established flow keeps its backend"
+    );
+    assert_eq!(
+        send(&f, 50001, SYN).0,
+        mac_of(&f, b),
+        "a new flow follows the new table"
+    );
+    let stats = f.dp.backend_stats(a).unwrap();
+    assert_eq!(
+        (
+            stats.packets - stats_before.packets,
+            stats.new_flows - stats_before.new_flows
+        ),
+        (1, 0)
+    );
+
+    // Drain: the backend keeps its flows while it has no slots (the table has only b).
+    let c = *web.iter().find(|&&i| i != a && i != b).unwrap();
+    assert_eq!(send(&f, 50000, ACK).0, mac_of(&f, a));
+
+    // Maintenance (REPICK): the flow chooses again, from the current table.
+    let mut rec = f.backend(a);
+    rec.flags |= lb_common::BACKEND_F_REPICK;
+    f.dp.set_backend(a, rec).unwrap();
+    assert_eq!(
+        send(&f, 50000, ACK),
+        (mac_of(&f, b), vec![("tx", 1), ("flow_repick", 1)])
+    );
+    assert_eq!(
+        send(&f, 50000, ACK),
+        (mac_of(&f, b), vec![("tx", 1), ("flow_hit", 1)]),
+        "re-picked flow is pinned again"
+    );
+
+    // Removal: flows pinned to b choose again when b's index is cleared.
+    f.set_table(0, &[c]);
+    let mut gone = f.backend(b);
+    gone.flags = 0;
+    f.dp.set_backend(b, gone).unwrap();
+    assert_eq!(
+        send(&f, 50000, ACK),
+        (mac_of(&f, c), vec![("tx", 1), ("flow_repick", 1)])
+    );
+
+    // Index reuse: c's index now holds another backend (new epoch, new MAC); flows
+    // pinned under the old epoch must not follow the index.
+    let mut reused = f.backend(c);
+    reused.epoch += 1;
+    reused.mac = dsr_mac(0x77);
+    f.dp.set_backend(c, reused).unwrap();
+    f.set_table(0, &[a]);
+    let mut back = f.backend(a);
+    back.flags = BACKEND_F_LIVE;
+    f.dp.set_backend(a, back).unwrap();
+    assert_eq!(
+        send(&f, 50000, ACK),
+        (mac_of(&f, a), vec![("tx", 1), ("flow_repick", 1)])
+    );
+
+    // A client reusing the port after FIN: a new connection, placed afresh.
+    assert_eq!(send(&f, 50002, SYN).0, mac_of(&f, a));
+    assert_eq!(
+        send(&f, 50002, FIN | ACK).1,
+        vec![("tx", 1), ("flow_hit", 1)]
+    );
+    f.set_table(0, &[b]);
+    gone.flags = BACKEND_F_LIVE;
+    f.dp.set_backend(b, gone).unwrap();
+    assert_eq!(
+        send(&f, 50002, SYN),
+        (mac_of(&f, b), vec![("tx", 1), ("flow_new", 1)])
+    );
+
+    // Service statistics count every forwarded packet and new flow.
+    let s = f.dp.service_stats(0).unwrap();
+    // 11 packets; new flows: 2 SYNs, 4 re-picks, 1 SYN reusing a closed flow's port.
+    assert_eq!((s.packets, s.new_flows), (11, 7));
+}
+
+/// 100,000 random and mutated frames: nothing that is not for a VIP (or a NAT reply)
+/// is rewritten, every forwarded frame keeps valid checksums when it came with valid
+/// ones, no frame aborts, and the outcome counters add up to the frames sent.
+#[test]
+fn randomized_frames() {
+    const FRAMES: u64 = 100_000;
+    let f = Fixture::new();
+    let seed = std::env::var("LB_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x005e_ed1b);
+    println!("seed {seed} (set LB_TEST_SEED to replay)");
+    let mut rng = support::Rng::new(seed);
+    let vips = [
+        "10.100.0.10",
+        "10.100.0.20",
+        "10.100.0.50",
+        "10.100.0.60",
+        "10.100.0.70",
+        "10.100.0.80",
+        "10.100.0.90",
+    ];
+    let nat_backends = [
+        "10.1.0.11",
+        "10.1.0.12",
+        "10.1.0.21",
+        "10.1.0.13",
+        "192.0.2.50",
+    ];
+    let others = [
+        "192.0.2.1",
+        "192.0.2.100",
+        "10.1.0.1",
+        "203.0.113.5",
+        "10.100.0.11",
+    ];
+    let dsts: Vec<&str> = vips
+        .iter()
+        .chain(&others)
+        .chain(&nat_backends)
+        .copied()
+        .collect();
+    let srcs: Vec<&str> = [CLIENT, "192.0.2.100", "203.0.113.9"]
+        .iter()
+        .chain(&nat_backends)
+        .copied()
+        .collect();
+    let ports = [80u16, 8080, 53, 443, 81, 22, 40000, 5354];
+    let _ = &dsts;
+    let outcome_sum = |c: &[u64]| {
+        Counter::ALL
+            .iter()
+            .zip(c)
+            .filter(|(k, _)| k.is_outcome())
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    let start = outcome_sum(&f.counters());
+    let mut forwarded = 0u64;
+
+    let services: Vec<(String, u16, u8)> = f
+        .services
+        .values()
+        .map(|s| {
+            (
+                std::net::Ipv4Addr::from(s.key.vip.to_ne_bytes()).to_string(),
+                u16::from_be(s.key.port),
+                s.key.proto,
+            )
+        })
+        .collect();
+    // NAT flows seen forwarded: (backend, backend port, client, client port, proto).
+    let mut nat_flows: Vec<(String, u16, String, u16, u8)> = Vec::new();
+
+    for i in 0..FRAMES {
+        let scenario = rng.below(100);
+        let (mut src, mut dst) = (rng.pick(&srcs).to_string(), rng.pick(&dsts).to_string());
+        let mut proto = *rng.pick(&[TCP, TCP, UDP, UDP, ICMP, 47]);
+        let (mut sport, mut dport) = (*rng.pick(&ports), *rng.pick(&ports));
+        if scenario < 40 {
+            // A client packet to a real service.
+            let (vip, port, p) = rng.pick(&services).clone();
+            (src, dst, dport, proto) = (
+                rng.pick(&[CLIENT, "192.0.2.100", "203.0.113.9"])
+                    .to_string(),
+                vip,
+                port,
+                p,
+            );
+            sport = 30000 + rng.below(64) as u16;
+        } else if scenario < 55 && !nat_flows.is_empty() {
+            // A backend's reply to a NAT flow.
+            let (rip, rport, client, cport, p) = rng.pick(&nat_flows).clone();
+            (src, sport, dst, dport, proto) = (rip, rport, client, cport, p);
+        }
+        let n = rng.below(48) as usize;
+        let payload = rng.bytes(n);
+        let l4 = match proto {
+            TCP => L4::Tcp {
+                sport,
+                dport,
+                flags: *rng.pick(&[SYN, ACK, ACK | PSH, FIN | ACK, RST, SYN | ACK]),
+                seq: rng.next_u64() as u32,
+                payload,
+            },
+            UDP => L4::Udp {
+                sport,
+                dport,
+                payload,
+                zero_checksum: rng.chance(20),
+            },
+            ICMP => {
+                // Errors quote a packet the other way round: often one of a real flow.
+                let quoted = if rng.chance(50) && !nat_flows.is_empty() {
+                    let (rip, rport, client, cport, p) = rng.pick(&nat_flows).clone();
+                    let l4 = if p == TCP {
+                        tcp(cport, rport, ACK)
+                    } else {
+                        udp(cport, rport, b"q")
+                    };
+                    ipv4(&client, &rip, l4)
+                } else {
+                    let (vip, port, p) = rng.pick(&services).clone();
+                    let l4 = if p == TCP {
+                        tcp(port, sport, ACK)
+                    } else {
+                        udp(port, sport, b"q")
+                    };
+                    ipv4(&vip, &src, l4)
+                };
+                let kind = *rng.pick(&[0u8, 3, 3, 8, 11, 12, 13]);
+                L4::Icmp {
+                    kind,
+                    code: rng.below(5) as u8,
+                    rest: [0, 0, 5, 0x78],
+                    payload: quote(&quoted, 20 + 8 * rng.below(2) as usize),
+                }
+            }
+            _ => L4::Raw { proto, payload },
+        };
+        let mut ip = ipv4(&src, &dst, l4);
+        ip.ttl = *rng.pick(&[64u8, 64, 2, 1, 0, 255]);
+        if rng.chance(10) {
+            ip.options = vec![1, 1, 1, 0];
+        }
+        if rng.chance(5) {
+            ip.frag = *rng.pick(&[0x2000u16, 0x0010, 0x2010]);
+        }
+        let mut fr = Frame::new(ROUTER_MAC, LB_CLI_MAC, ip);
+        if rng.chance(5) {
+            fr.vlans = (0..1 + rng.below(2))
+                .map(|_| rng.below(4096) as u16)
+                .collect();
+        }
+        let mut bytes = fr.bytes();
+        if rng.chance(50) {
+            match rng.below(3) {
+                0 => {
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(bytes.len() as u64) as usize;
+                        bytes[at] ^= 1 << rng.below(8);
+                    }
+                }
+                1 => bytes.truncate(14 + rng.below(bytes.len() as u64 - 13) as usize),
+                _ => {
+                    let n = 1 + rng.below(32) as usize;
+                    bytes.extend(rng.bytes(n));
+                }
+            }
+        }
+        let ingress = if rng.chance(50) { f.cli } else { f.srv };
+
+        let (r, out) =
+            f.dp.test_run(&bytes, ingress)
+                .unwrap_or_else(|e| panic!("frame {i}: {e:#}"));
+        let action = r.return_value;
+        assert!(
+            matches!(action, XDP_DROP | XDP_PASS | XDP_TX | XDP_REDIRECT),
+            "frame {i}: action {action}"
+        );
+        let dst = frame::ip_dst(&bytes).map(|a| a.to_string());
+        let src = frame::ip_src(&bytes).map(|a| a.to_string());
+        let for_vip = dst.as_deref().is_some_and(|d| vips.contains(&d));
+        let from_nat_backend = src.as_deref().is_some_and(|s| nat_backends.contains(&s));
+        if !for_vip && !from_nat_backend && action != XDP_DROP {
+            assert_eq!(
+                hex(&out),
+                hex(&bytes),
+                "frame {i}: not for a VIP, yet rewritten"
+            );
+        }
+        if action == XDP_PASS && out != bytes {
+            // Only NAT hands a translated frame to the kernel, when the next hop's MAC is
+            // unknown: the service 10.100.0.70, or a reply to a client without one.
+            assert!(
+                dst.as_deref() == Some("10.100.0.70") || from_nat_backend,
+                "frame {i}: passed frame rewritten\n{}",
+                hex(&bytes)
+            );
+        }
+        if action == XDP_TX || action == XDP_REDIRECT {
+            forwarded += 1;
+            let before = frame::checksums_ok(&bytes).unwrap_or_else(|| {
+                panic!("frame {i}: forwarded an unparsable frame\n{}", hex(&bytes))
+            });
+            let after = frame::checksums_ok(&out)
+                .unwrap_or_else(|| panic!("frame {i}: forwarded frame unparsable\n{}", hex(&out)));
+            assert_eq!(
+                after,
+                before,
+                "frame {i}: checksum validity changed (in {before:?}, out {after:?})\nin:\n{}\nout:\n{}",
+                hex(&bytes),
+                hex(&out)
+            );
+            // Remember NAT flows (the output goes to a backend of a NAT service).
+            let out_dst = frame::ip_dst(&out)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let l3 = frame::l3_offset(&out).unwrap();
+            let ihl = usize::from(out[l3] & 0x0f) * 4;
+            let p = out[l3 + 9];
+            if nat_backends.contains(&out_dst.as_str())
+                && (p == TCP || p == UDP)
+                && out.len() >= l3 + ihl + 4
+                && for_vip
+            {
+                let port = |at: usize| u16::from_be_bytes([out[at], out[at + 1]]);
+                let client = frame::ip_src(&out).unwrap().to_string();
+                nat_flows.push((out_dst, port(l3 + ihl + 2), client, port(l3 + ihl), p));
+            }
+        }
+    }
+    assert_eq!(
+        outcome_sum(&f.counters()) - start,
+        FRAMES,
+        "every frame bumps exactly one outcome counter"
+    );
+    println!("{forwarded} of {FRAMES} frames forwarded");
+    assert!(
+        forwarded > FRAMES / 10,
+        "the generator must exercise the forwarding paths"
+    );
 }

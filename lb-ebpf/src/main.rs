@@ -1,31 +1,12 @@
-//! The `lb` XDP program: the packet path of the load balancer.
+//! The production XDP object: one program, `lb`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::PerCpuArray,
-    macros::{btf_map, xdp},
-    programs::XdpContext,
-};
-use lb_common::Counter;
-
-/// Global outcome counters, indexed by [`Counter`].
-#[btf_map]
-static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
-pub fn lb(_ctx: XdpContext) -> u32 {
-    count(Counter::PassNotIpv4);
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(v) = STATS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *v += 1 };
-    }
+pub fn lb(ctx: XdpContext) -> u32 {
+    lb_ebpf::datapath::run(&ctx)
 }
 
 #[cfg(not(test))]

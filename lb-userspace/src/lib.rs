@@ -3,4 +3,5 @@
 //!
 //! Modules that touch the kernel (aya) are kept apart from the pure logic so that plain
 //! `cargo test` covers the latter without root.
+pub mod dataplane;
 pub mod ebpf;

@@ -1,0 +1,244 @@
+//! Map names, sizes, keys and values.
+//!
+//! | map | kind | key -> value |
+//! |---|---|---|
+//! | `SERVICES` | hash | [`ServiceKey`] -> [`Service`] |
+//! | `TABLES` | array of maps | service id -> inner array of [`TableChunk`] (the Maglev table) |
+//! | `BACKENDS` | array | backend index -> [`Backend`] |
+//! | `CONNTRACK` | LRU hash (per-CPU LRU lists) | [`FlowKey`] (client -> VIP) -> [`Flow`] |
+//! | `NAT_REVERSE` | LRU hash (per-CPU LRU lists) | [`FlowKey`] (backend -> client) -> [`NatReverse`] |
+//! | `VIPS` | hash | VIP address -> number of services on it |
+//! | `NAT_SOURCES` | hash | backend address -> number of NAT backends on it |
+//! | `STATS` | per-CPU array | [`Counter`](crate::Counter) -> packets |
+//! | `SERVICE_STATS` | per-CPU array | service id -> [`TrafficStats`] |
+//! | `BACKEND_STATS` | per-CPU array | backend index -> [`TrafficStats`] |
+
+pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_TABLES: &str = "TABLES";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_CONNTRACK: &str = "CONNTRACK";
+pub const MAP_NAT_REVERSE: &str = "NAT_REVERSE";
+pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_NAT_SOURCES: &str = "NAT_SOURCES";
+pub const MAP_STATS: &str = "STATS";
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+
+/// Service ids are `0..MAX_SERVICES` (index into `TABLES` and `SERVICE_STATS`).
+pub const MAX_SERVICES: u32 = 1024;
+/// Distinct VIP addresses.
+pub const MAX_VIPS: u32 = 1024;
+/// Backend indexes are `0..MAX_BACKENDS`; one per (service, backend) pair.
+pub const MAX_BACKENDS: u32 = 65536;
+/// Distinct backend addresses of NAT services.
+pub const MAX_NAT_SOURCES: u32 = 65536;
+/// Default size of `CONNTRACK` and of `NAT_REVERSE` (configurable at start).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
+
+/// Maglev table sizes a service may use: primes, as Cilium offers them, plus 65537
+/// (the Maglev paper's and Katran's size), the default.
+pub const TABLE_SIZES: [u32; 11] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 65537, 131071,
+];
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+
+/// Slots per element of a Maglev table's inner array: one 64-byte element holds 16
+/// slots, so a table of M slots is `ceil(M / 16)` elements and costs about M × 4 bytes
+/// (a plain `u32` array would cost M × 8: the kernel rounds array values up to 8 bytes).
+pub const TABLE_CHUNK: usize = 16;
+/// A table slot holding this value has no backend (the service drops new flows).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists for the connection tables (as Katran keeps
+/// per-CPU LRUs), without splitting the table itself, so NAT return traffic arriving
+/// on another CPU still finds its flow.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// `BPF_F_MMAPABLE`: userspace writes a whole Maglev table through mmap.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// `BPF_F_INNER_MAP`: inner tables of different sizes fit the same outer map.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Flags of every Maglev inner table; the outer map's template uses the same.
+pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
+
+/// Key of `SERVICES`: a virtual service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// VIP, network byte order.
+    pub vip: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index into `TABLES` and `SERVICE_STATS`.
+    pub id: u32,
+    /// `SERVICE_F_*`.
+    pub flags: u32,
+    /// M, the number of slots of this service's Maglev table (a prime).
+    pub table_size: u32,
+    pub _pad: u32,
+}
+
+/// Forward by NAT (rewrite VIP:port to RIP:port) instead of DSR (rewrite MACs).
+pub const SERVICE_F_NAT: u32 = 1 << 0;
+/// Hash on the client address only (persistence: a client always reaches one backend).
+pub const SERVICE_F_HASH_SRC: u32 = 1 << 1;
+
+/// One element of a Maglev table: [`TABLE_CHUNK`] slots, each a backend index or
+/// [`NO_BACKEND`]. Slot `s` lives in element `s / 16`, position `s % 16`.
+pub type TableChunk = [u32; TABLE_CHUNK];
+
+/// Value of `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Real server address, network byte order.
+    pub addr: u32,
+    /// Real server port, network byte order (NAT rewrites the destination port to it).
+    pub port: u16,
+    /// `BACKEND_F_*`.
+    pub flags: u16,
+    /// Bumped by the control plane every time this index is given to another backend:
+    /// a flow remembers the epoch it was pinned under, so a reused index never captures
+    /// the flows of the backend that had it before.
+    pub epoch: u32,
+    /// DSR: interface towards the backend (XDP_TX when it is the ingress interface,
+    /// XDP_REDIRECT otherwise).
+    pub ifindex: u32,
+    /// DSR: the backend's MAC address (the new destination MAC).
+    pub mac: [u8; 6],
+    /// DSR: the MAC address of `ifindex` (the new source MAC).
+    pub src_mac: [u8; 6],
+    /// Id of the service this backend belongs to.
+    pub service: u32,
+}
+
+/// The index holds a backend (cleared when the backend is removed).
+pub const BACKEND_F_LIVE: u16 = 1 << 0;
+/// Flows pinned to this backend choose again (admin state maint, or health down).
+pub const BACKEND_F_REPICK: u16 = 1 << 1;
+
+/// Key of `CONNTRACK` (client -> VIP direction) and `NAT_REVERSE` (backend -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// Backend index the flow is pinned to.
+    pub backend: u32,
+    /// [`Backend::epoch`] at the time the flow was pinned.
+    pub epoch: u32,
+    /// Service id.
+    pub service: u32,
+    /// `FLOW_*` bits seen on the client's packets.
+    pub state: u32,
+    /// Last packet, in `CLOCK_MONOTONIC` nanoseconds (coarse clock), refreshed at most
+    /// once per [`FLOW_TOUCH_NS`].
+    pub last_seen: u64,
+}
+
+pub const FLOW_SYN: u32 = 1 << 0;
+/// A packet with ACK and without SYN was seen: the handshake completed.
+pub const FLOW_ESTABLISHED: u32 = 1 << 1;
+pub const FLOW_FIN: u32 = 1 << 2;
+pub const FLOW_RST: u32 = 1 << 3;
+/// `last_seen` is rewritten only when it is older than this, to keep the hot path from
+/// writing the entry's cache line on every packet.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
+
+/// Value of `NAT_REVERSE`: how to translate a backend's reply back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatReverse {
+    /// The VIP (new source address), network byte order.
+    pub vip: u32,
+    /// The service port (new source port), network byte order.
+    pub vport: u16,
+    pub _pad: u16,
+    /// Backend index (for its statistics).
+    pub backend: u32,
+    /// Service id.
+    pub service: u32,
+}
+
+/// Value of `SERVICE_STATS` and `BACKEND_STATS` (one copy per CPU; sum them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficStats {
+    /// Packets forwarded towards backends (client -> server).
+    pub packets: u64,
+    /// Bytes of those packets, Ethernet header included.
+    pub bytes: u64,
+    /// New flows (connection-table entries created or re-picked).
+    pub new_flows: u64,
+    /// NAT: packets translated back towards clients (server -> client).
+    pub packets_out: u64,
+    /// NAT: bytes of those packets.
+    pub bytes_out: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 8);
+    assert!(core::mem::size_of::<Service>() == 16);
+    assert!(core::mem::size_of::<TableChunk>() == 64);
+    assert!(core::mem::size_of::<Backend>() == 32);
+    assert!(core::mem::size_of::<FlowKey>() == 16);
+    assert!(core::mem::size_of::<Flow>() == 24);
+    assert!(core::mem::size_of::<NatReverse>() == 16);
+    assert!(core::mem::size_of::<TrafficStats>() == 40);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays, with
+    // explicit padding fields: every bit pattern is valid and there are no holes.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for TrafficStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_prime(n: u32) -> bool {
+        n >= 2
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    }
+
+    #[test]
+    fn table_sizes_are_ascending_primes_and_include_the_default() {
+        assert!(TABLE_SIZES.iter().all(|&m| is_prime(m)), "{TABLE_SIZES:?}");
+        assert!(TABLE_SIZES.windows(2).all(|w| w[0] < w[1]));
+        assert!(TABLE_SIZES.contains(&DEFAULT_TABLE_SIZE));
+    }
+}

@@ -1,0 +1,313 @@
+//! ICMP for VIPs.
+//!
+//! - Echo request to a VIP address: answered by the balancer itself (XDP_TX), so
+//!   `ping VIP` works in both modes whether or not backends answer pings.
+//! - Errors (destination unreachable — including "fragmentation needed" —, time
+//!   exceeded, parameter problem) addressed to a VIP quote a packet a backend sent as
+//!   VIP:port -> client. They go to the backend that owns that flow (connection table,
+//!   else the Maglev table), so path MTU discovery works through the balancer. DSR
+//!   forwards the frame as it is; NAT rewrites the outer destination and the quoted
+//!   source back to the backend's address and port. An error whose quoted source is not
+//!   the address it was sent to is not genuine and is passed.
+//! - NAT: errors a backend sends about a client's packet (e.g. UDP port unreachable)
+//!   are translated back to come from the VIP, like any other reply.
+//! - Other ICMP to a VIP address: passed (`pass_vip_other`); to anything else: passed.
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    Counter, FlowKey, SERVICE_F_HASH_SRC, SERVICE_F_NAT, ServiceKey,
+    hash::{flow_hash, ports_word, source_hash},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    csum,
+    datapath::{Verdict, is_vip, malformed},
+    forward::{self, End},
+    maps::{NAT_REVERSE, NAT_SOURCES, SERVICES},
+    packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
+    select,
+    stats::{self, Dir},
+};
+
+const ECHO_REPLY: u8 = 0;
+const DEST_UNREACH: u8 = 3;
+const ECHO_REQUEST: u8 = 8;
+const TIME_EXCEEDED: u8 = 11;
+const PARAM_PROBLEM: u8 = 12;
+const REPLY_TTL: u8 = 64;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, ip: &Ip) -> Verdict {
+    let Some(hdr) = ptr_at::<[u8; 8]>(ctx, ip.l4) else {
+        return malformed(ip.dst, Counter::DropIcmpHeader);
+    };
+    if ip.tot_len - (ip.l4 - ip.l3) < 8 {
+        return malformed(ip.dst, Counter::DropIcmpHeader);
+    }
+    // SAFETY: bounds checked by ptr_at.
+    match unsafe { (*hdr)[0] } {
+        ECHO_REQUEST => echo(ctx, ip),
+        DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM => error(ctx, ip),
+        _ if is_vip(ip.dst) => Verdict::pass(Counter::PassVipOther),
+        _ => Verdict::pass(Counter::PassNotVip),
+    }
+}
+
+/// Answers an echo request to a VIP: swap the MACs and the addresses, reset the TTL,
+/// turn the type into echo reply, and send it back where it came from.
+#[inline(always)]
+fn echo(ctx: &XdpContext, ip: &Ip) -> Verdict {
+    if !is_vip(ip.dst) {
+        return Verdict::pass(Counter::PassNotVip);
+    }
+    let (Some(eth), Some(iph), Some(icmph)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, ip.l3),
+        ptr_at::<[u8; 4]>(ctx, ip.l4),
+    ) else {
+        return Verdict::drop(Counter::DropInternal);
+    };
+    // SAFETY: all three bounds checked by ptr_at.
+    unsafe {
+        core::mem::swap(&mut (*eth).dst_addr, &mut (*eth).src_addr);
+        // Swapping two words of the header leaves its checksum as it is.
+        core::mem::swap(&mut (*iph).dst_addr, &mut (*iph).src_addr);
+        let old = u16::from_ne_bytes([(*iph).ttl, (*iph).proto]);
+        (*iph).ttl = REPLY_TTL;
+        let new = u16::from_ne_bytes([(*iph).ttl, (*iph).proto]);
+        csum::set(
+            &mut (*iph).check,
+            csum::replace16(csum::get(&(*iph).check), old, new),
+        );
+        let h = &mut *icmph;
+        let old = u16::from_ne_bytes([h[0], h[1]]);
+        h[0] = ECHO_REPLY;
+        let new = u16::from_ne_bytes([h[0], h[1]]);
+        let c = csum::replace16(u16::from_ne_bytes([h[2], h[3]]), old, new);
+        [h[2], h[3]] = c.to_ne_bytes();
+    }
+    stats::count(Counter::IcmpEchoReply);
+    Verdict::tx()
+}
+
+/// The packet an ICMP error quotes.
+struct Quoted {
+    /// Offset of the quoted IPv4 header.
+    l3: usize,
+    /// Offset of its TCP/UDP ports.
+    l4: usize,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+#[inline(always)]
+fn quoted(ctx: &XdpContext, ip: &Ip) -> Option<Quoted> {
+    let l3 = ip.l4 + 8;
+    let inner: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { &*inner };
+    let ihl = ((h.vihl & 0x0f) as usize) << 2;
+    if h.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return None;
+    }
+    let l4 = l3 + ihl;
+    // The quoted ports must lie inside the ICMP packet, not just inside the frame.
+    if l4 + 4 > ip.l3 + ip.tot_len {
+        return None;
+    }
+    let ports: *const [u8; 4] = ptr_at(ctx, l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let p = unsafe { &*ports };
+    Some(Quoted {
+        l3,
+        l4,
+        src: ne32(&h.src_addr),
+        dst: ne32(&h.dst_addr),
+        sport: u16::from_ne_bytes([p[0], p[1]]),
+        dport: u16::from_ne_bytes([p[2], p[3]]),
+        proto: h.proto,
+    })
+}
+
+#[inline(always)]
+fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
+    let to_vip = is_vip(ip.dst);
+    let Some(q) = quoted(ctx, ip) else {
+        return if to_vip {
+            Verdict::drop(Counter::DropIcmpHeader)
+        } else {
+            Verdict::pass(Counter::PassNotVip)
+        };
+    };
+    if q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP {
+        return if to_vip {
+            Verdict::pass(Counter::PassVipOther)
+        } else {
+            Verdict::pass(Counter::PassNotVip)
+        };
+    }
+    // A genuine error goes to the sender of the packet it quotes: to the VIP that sent
+    // it, or (from a NAT backend) to the client that sent it to that backend. Anything
+    // else is left to the kernel, never forwarded into somebody else's flow.
+    if to_vip {
+        if q.src != ip.dst {
+            return Verdict::pass(Counter::PassVipOther);
+        }
+        return error_to_backend(ctx, ip, &q);
+    }
+    if q.dst == ip.src && q.src == ip.dst && NAT_SOURCES.get_ptr(ip.src).is_some() {
+        return error_to_client(ctx, ip, &q);
+    }
+    Verdict::pass(Counter::PassNotVip)
+}
+
+/// An error about a packet a backend sent as VIP:port -> client.
+#[inline(always)]
+fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
+    let key = ServiceKey {
+        vip: q.src,
+        port: q.sport,
+        proto: q.proto,
+        _pad: 0,
+    };
+    // SAFETY: plain data (see datapath::l4).
+    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        return Verdict::pass(Counter::PassVipOther);
+    };
+    if ip.ttl <= 1 {
+        return Verdict::drop(Counter::DropTtl);
+    }
+    // The flow, as the client sent it.
+    let flow = FlowKey {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
+        source_hash(flow.src)
+    } else {
+        flow_hash(
+            flow.src,
+            flow.dst,
+            ports_word(flow.sport, flow.dport),
+            flow.proto,
+        )
+    };
+    let (index, be) = match select::peek(&flow, svc, hash) {
+        Ok(chosen) => chosen,
+        Err(c) => return Verdict::drop(c),
+    };
+    let v = if svc.flags & SERVICE_F_NAT != 0 {
+        let (addr, port) = (be.addr, be.port);
+        forward::route(ctx, ip, ip.src, addr, || {
+            rewrite(ctx, ip, End::Dst, q, addr, port)
+        })
+    } else {
+        forward::dsr(ctx, ip, be)
+    };
+    if v.forwarded() || v.counter == Counter::PassNoNeigh {
+        stats::count(Counter::IcmpErrorToBackend);
+        stats::traffic(
+            svc.id,
+            index,
+            crate::packet::frame_len(ctx) as u64,
+            Dir::In,
+            false,
+        );
+    }
+    v
+}
+
+/// NAT: an error a backend sent about a client's packet (quoted client -> backend).
+#[inline(always)]
+fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
+    let reverse = FlowKey {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain data (see datapath::l4).
+    let Some(back) = (unsafe { NAT_REVERSE.get(&reverse) }) else {
+        return Verdict::pass(Counter::PassNotVip);
+    };
+    if ip.ttl <= 1 {
+        return Verdict::drop(Counter::DropTtl);
+    }
+    let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
+    let v = forward::route(ctx, ip, vip, ip.dst, || {
+        rewrite(ctx, ip, End::Src, q, vip, vport)
+    });
+    if v.forwarded() || v.counter == Counter::PassNoNeigh {
+        stats::count(Counter::IcmpErrorToClient);
+        stats::traffic(
+            service,
+            backend,
+            crate::packet::frame_len(ctx) as u64,
+            Dir::Out,
+            false,
+        );
+    }
+    v
+}
+
+/// NAT translation of an ICMP error. `outer` is the end of the outer header that
+/// changes to `addr` (Dst: towards the backend, Src: towards the client); the quoted
+/// packet changes at the opposite end (its source was the VIP, or its destination the
+/// backend) to `addr:port`. The outer TTL is decremented; the outer IPv4, quoted IPv4
+/// and ICMP checksums are updated incrementally. The quoted TCP/UDP checksum is left
+/// as quoted: receivers do not check it, and routers often cut it off.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, ip: &Ip, outer: End, q: &Quoted, addr: u32, port: u16) -> Option<()> {
+    let iph: *mut Ipv4Hdr = ptr_at(ctx, ip.l3)?;
+    let inner: *mut Ipv4Hdr = ptr_at(ctx, q.l3)?;
+    let ports: *mut [u8; 4] = ptr_at(ctx, q.l4)?;
+    let icmph: *mut [u8; 4] = ptr_at(ctx, ip.l4)?;
+    // SAFETY: all four bounds checked by ptr_at.
+    unsafe {
+        let field = if outer == End::Dst {
+            &mut (*iph).dst_addr
+        } else {
+            &mut (*iph).src_addr
+        };
+        let old = ne32(field);
+        *field = addr.to_ne_bytes();
+        csum::set(
+            &mut (*iph).check,
+            csum::replace32(csum::get(&(*iph).check), old, addr),
+        );
+        forward::decrement_ttl(iph);
+
+        let field = if outer == End::Dst {
+            &mut (*inner).src_addr
+        } else {
+            &mut (*inner).dst_addr
+        };
+        let old_addr = ne32(field);
+        *field = addr.to_ne_bytes();
+        let old_check = csum::get(&(*inner).check);
+        let new_check = csum::replace32(old_check, old_addr, addr);
+        csum::set(&mut (*inner).check, new_check);
+
+        let p = &mut *ports;
+        let at = if outer == End::Dst { 0 } else { 2 };
+        let old_port = u16::from_ne_bytes([p[at], p[at + 1]]);
+        [p[at], p[at + 1]] = port.to_ne_bytes();
+
+        let h = &mut *icmph;
+        let mut c = ne16(&[h[2], h[3]]);
+        c = csum::replace32(c, old_addr, addr);
+        c = csum::replace16(c, old_check, new_check);
+        c = csum::replace16(c, old_port, port);
+        [h[2], h[3]] = c.to_ne_bytes();
+    }
+    Some(())
+}

@@ -1,0 +1,17 @@
+//! The packet path of `lb`, as a library so the production object (`src/main.rs`) and
+//! the benchmark object (`src/bin/lb-bench.rs`) run the very same code.
+//!
+//! One module per concern, as Katran's `lib/bpf` is split: `maps` (every map),
+//! `packet` (bounds-checked access and parsing), `csum` (incremental checksums),
+//! `stats` (counters), `select` (connection table and Maglev lookup), `forward` (DSR and
+//! NAT rewrites, FIB lookups), `icmp` (echo and errors), and `datapath` (the pipeline).
+#![no_std]
+
+pub mod csum;
+pub mod datapath;
+pub mod forward;
+pub mod icmp;
+pub mod maps;
+pub mod packet;
+pub mod select;
+pub mod stats;

@@ -1,0 +1,56 @@
+//! Every map of the datapath. Layouts and sizes live in `lb_common::maps`; the control
+//! plane fills these, the datapath only reads them (except the connection tables and
+//! the statistics, which it writes).
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    BPF_F_NO_COMMON_LRU, Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, Flow, FlowKey, MAX_BACKENDS,
+    MAX_NAT_SOURCES, MAX_SERVICES, MAX_VIPS, NatReverse, Service, ServiceKey, TABLE_MAP_FLAGS,
+    TableChunk, TrafficStats,
+};
+
+const SERVICES_N: usize = MAX_SERVICES as usize;
+const BACKENDS_N: usize = MAX_BACKENDS as usize;
+const CONNTRACK_N: usize = DEFAULT_CONNTRACK_ENTRIES as usize;
+const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
+
+#[btf_map]
+pub static SERVICES: HashMap<ServiceKey, Service, SERVICES_N> = HashMap::new();
+
+/// Maglev tables, one inner array per service id. The control plane builds a new inner
+/// array and swaps it in with one update of the outer slot, so a packet sees either the
+/// old table or the new one, never a half-written one. The template's max_entries (1)
+/// does not bind: `BPF_F_INNER_MAP` lets inner arrays of any size in.
+#[btf_map]
+pub static TABLES: ArrayOfMaps<Array<TableChunk, 1, { TABLE_MAP_FLAGS as usize }>, SERVICES_N> =
+    ArrayOfMaps::new();
+
+#[btf_map]
+pub static BACKENDS: Array<Backend, BACKENDS_N> = Array::new();
+
+/// Client -> VIP flows. Size set by the control plane at load time.
+#[btf_map]
+pub static CONNTRACK: LruHashMap<FlowKey, Flow, CONNTRACK_N, LRU_FLAGS> = LruHashMap::new();
+
+/// NAT: backend -> client flows, to translate replies back. Sized like `CONNTRACK`.
+#[btf_map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse, CONNTRACK_N, LRU_FLAGS> = LruHashMap::new();
+
+/// VIP addresses (value: number of services on the address).
+#[btf_map]
+pub static VIPS: HashMap<u32, u32, { MAX_VIPS as usize }> = HashMap::new();
+
+/// Addresses of NAT backends: only packets from these are looked up in `NAT_REVERSE`.
+#[btf_map]
+pub static NAT_SOURCES: HashMap<u32, u32, { MAX_NAT_SOURCES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static SERVICE_STATS: PerCpuArray<TrafficStats, SERVICES_N> = PerCpuArray::new();
+
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats, BACKENDS_N> = PerCpuArray::new();

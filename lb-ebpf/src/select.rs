@@ -1,0 +1,171 @@
+//! Choosing a backend: the connection table first, the service's Maglev table for new
+//! flows.
+//!
+//! Re-pick rule: a flow keeps its backend while that backend's index is live, not
+//! flagged `BACKEND_F_REPICK` (admin state maint, or health down) and still holds the
+//! epoch the flow was pinned under (the index was not given to another backend). If any
+//! of these fails, the flow takes the backend the current Maglev table gives it and its
+//! entry is rewritten. A TCP SYN (without ACK) on an entry that saw FIN or RST is a new
+//! connection reusing the port, and is placed afresh too. Draining backends and
+//! weight-0 backends keep their flows: they only lose their table slots.
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use lb_common::{
+    BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
+    FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NO_BACKEND, Service, TABLE_CHUNK,
+};
+
+use crate::{
+    maps::{BACKENDS, CONNTRACK, TABLES},
+    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::count,
+};
+
+/// The backend a packet goes to.
+pub struct Chosen<'a> {
+    pub index: u32,
+    pub backend: &'a Backend,
+    /// The packet started (or re-placed) a flow.
+    pub new_flow: bool,
+}
+
+/// A pinned flow may stay on `be` only if this holds (see the module docs).
+#[inline(always)]
+fn keeps(be: &Backend, epoch: u32) -> bool {
+    be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) == BACKEND_F_LIVE && be.epoch == epoch
+}
+
+/// The backend in the slot `hash` selects in the service's Maglev table.
+#[inline(always)]
+pub fn from_table(svc: &Service, hash: u32) -> Result<(u32, &'static Backend), Counter> {
+    if svc.table_size == 0 {
+        return Err(Counter::DropNoBackend);
+    }
+    let slot = hash % svc.table_size;
+    let chunk = TABLES
+        .get_value(svc.id, &(slot / TABLE_CHUNK as u32))
+        .ok_or(Counter::DropNoBackend)?;
+    let index = chunk[slot as usize & (TABLE_CHUNK - 1)];
+    if index == NO_BACKEND {
+        return Err(Counter::DropNoBackend);
+    }
+    let be = BACKENDS.get(index).ok_or(Counter::DropInternal)?;
+    if be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) != BACKEND_F_LIVE {
+        // Only between a flag change and the table swap that follows it.
+        return Err(Counter::DropNoBackend);
+    }
+    Ok((index, be))
+}
+
+/// `FLOW_*` bits a client's packet contributes.
+#[inline(always)]
+fn state_bits(tcp_flags: u8) -> u32 {
+    let mut bits = 0;
+    if tcp_flags & TCP_SYN != 0 {
+        bits |= FLOW_SYN;
+    } else if tcp_flags & TCP_ACK != 0 {
+        bits |= FLOW_ESTABLISHED;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= FLOW_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        bits |= FLOW_RST;
+    }
+    bits
+}
+
+/// Finds (or creates) the flow of a client packet and returns its backend.
+/// `tcp_flags` is 0 for UDP.
+#[inline(always)]
+pub fn for_packet<'a>(
+    key: &FlowKey,
+    svc: &Service,
+    hash: u32,
+    tcp_flags: u8,
+) -> Result<Chosen<'a>, Counter> {
+    // SAFETY: the helper only reads the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let bits = state_bits(tcp_flags);
+    if let Some(f) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a live LRU entry; a concurrent eviction can only make us update a
+        // recycled entry's fields, which the next packet of that flow repairs.
+        let f = unsafe { &mut *f };
+        let reopened =
+            tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && f.state & (FLOW_FIN | FLOW_RST) != 0;
+        if !reopened
+            && let Some(be) = BACKENDS.get(f.backend)
+            && keeps(be, f.epoch)
+        {
+            let state = f.state | bits;
+            if state != f.state {
+                f.state = state;
+            }
+            if now.wrapping_sub(f.last_seen) >= FLOW_TOUCH_NS {
+                f.last_seen = now;
+            }
+            count(Counter::FlowHit);
+            return Ok(Chosen {
+                index: f.backend,
+                backend: be,
+                new_flow: false,
+            });
+        }
+        let (index, be) = from_table(svc, hash)?;
+        f.backend = index;
+        f.epoch = be.epoch;
+        f.service = svc.id;
+        f.state = bits;
+        f.last_seen = now;
+        count(if reopened {
+            Counter::FlowNew
+        } else {
+            Counter::FlowRepick
+        });
+        return Ok(Chosen {
+            index,
+            backend: be,
+            new_flow: true,
+        });
+    }
+    let (index, be) = from_table(svc, hash)?;
+    if tcp_flags & TCP_RST != 0 {
+        count(Counter::FlowRstNoEntry);
+        return Ok(Chosen {
+            index,
+            backend: be,
+            new_flow: false,
+        });
+    }
+    let flow = Flow {
+        backend: index,
+        epoch: be.epoch,
+        service: svc.id,
+        state: bits,
+        last_seen: now,
+    };
+    match CONNTRACK.insert(key, &flow, BPF_ANY as u64) {
+        Ok(()) => count(Counter::FlowNew),
+        Err(_) => count(Counter::FlowInsertFailed),
+    }
+    Ok(Chosen {
+        index,
+        backend: be,
+        new_flow: true,
+    })
+}
+
+/// The backend of an existing flow, or the one the table would give it; changes
+/// nothing (for ICMP errors about a flow).
+#[inline(always)]
+pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Backend), Counter> {
+    if let Some(f) = CONNTRACK.get_ptr(key) {
+        // SAFETY: read-only look at a live entry.
+        let f = unsafe { &*f };
+        if let Some(be) = BACKENDS.get(f.backend)
+            && keeps(be, f.epoch)
+        {
+            return Ok((f.backend, be));
+        }
+    }
+    from_table(svc, hash)
+}

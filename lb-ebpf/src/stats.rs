@@ -1,0 +1,52 @@
+//! Counters. Per-CPU slots: no atomics needed, the control plane sums the CPUs.
+use lb_common::{Counter, TrafficStats};
+
+use crate::maps::{BACKEND_STATS, SERVICE_STATS, STATS};
+
+/// Adds one to a global counter.
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(v) = STATS.get_ptr_mut(c as u32) {
+        // SAFETY: this CPU's own slot; XDP runs with preemption disabled.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Direction of a forwarded packet, for the per-service and per-backend statistics.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client -> backend.
+    In,
+    /// NAT reply, backend -> client.
+    Out,
+}
+
+/// Accounts one forwarded packet to its service and backend.
+#[inline(always)]
+pub fn traffic(service: u32, backend: u32, bytes: u64, dir: Dir, new_flow: bool) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(service) {
+        // SAFETY: as in `count`.
+        unsafe { add(&mut *s, bytes, dir, new_flow) };
+    }
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: as in `count`.
+        unsafe { add(&mut *b, bytes, dir, new_flow) };
+    }
+}
+
+#[inline(always)]
+fn add(s: &mut TrafficStats, bytes: u64, dir: Dir, new_flow: bool) {
+    match dir {
+        Dir::In => {
+            s.packets += 1;
+            s.bytes += bytes;
+        }
+        Dir::Out => {
+            s.packets_out += 1;
+            s.bytes_out += bytes;
+        }
+    }
+    if new_flow {
+        s.new_flows += 1;
+    }
+}

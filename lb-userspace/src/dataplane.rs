@@ -1,0 +1,393 @@
+//! The datapath's maps, seen from userspace: the one place that writes them.
+//!
+//! Everything else in the control plane computes *what* the maps should hold (pure
+//! code, no aya) and hands it to a [`Dataplane`], which knows *how* to write it without
+//! a packet ever seeing a half-done change:
+//! - a Maglev table is written into a fresh inner array (through mmap) and swapped in
+//!   with one update of the service's outer slot;
+//! - a backend record is complete before any table slot names its index.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData, PerCpuArray},
+    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
+};
+use lb_common::{
+    Backend, Counter, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_TABLES,
+    MAP_VIPS, NO_BACKEND, NatReverse, Service, ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS,
+    TableChunk, TrafficStats,
+};
+
+use crate::ebpf::{self, AttachMode};
+
+/// Sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Entries of `CONNTRACK` and of `NAT_REVERSE`.
+    pub conntrack_entries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            conntrack_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+        }
+    }
+}
+
+/// The loaded XDP object and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    services: HashMap<MapData, ServiceKey, Service>,
+    tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
+    backends: Array<MapData, Backend>,
+    conntrack: HashMap<MapData, FlowKey, Flow>,
+    nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
+    vips: HashMap<MapData, u32, u32>,
+    nat_sources: HashMap<MapData, u32, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    service_stats: PerCpuArray<MapData, TrafficStats>,
+    backend_stats: PerCpuArray<MapData, TrafficStats>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
+}
+
+impl Dataplane {
+    /// Loads the embedded object and the XDP program into the kernel (not attached).
+    pub fn load(limits: Limits) -> Result<Self> {
+        ensure!(
+            limits.conntrack_entries >= 1024,
+            "the connection table needs at least 1024 entries (got {})",
+            limits.conntrack_entries
+        );
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CONNTRACK, limits.conntrack_entries)
+            .map_max_entries(MAP_NAT_REVERSE, limits.conntrack_entries)
+            .load(ebpf::OBJECT)
+            .context(
+                "loading the lb eBPF object into the kernel (are you root, with BPF enabled?)",
+            )?;
+        ebpf::program_mut(&mut ebpf)?
+            .load()
+            .context("the kernel verifier rejected the lb XDP program")?;
+        Ok(Dataplane {
+            services: take(&mut ebpf, MAP_SERVICES)?,
+            tables: take(&mut ebpf, MAP_TABLES)?,
+            backends: take(&mut ebpf, MAP_BACKENDS)?,
+            conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
+            nat_reverse: take(&mut ebpf, MAP_NAT_REVERSE)?,
+            vips: take(&mut ebpf, MAP_VIPS)?,
+            nat_sources: take(&mut ebpf, MAP_NAT_SOURCES)?,
+            stats: take(&mut ebpf, MAP_STATS)?,
+            service_stats: take(&mut ebpf, MAP_SERVICE_STATS)?,
+            backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
+            ebpf,
+        })
+    }
+
+    /// Attaches the program to `iface`.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        ebpf::attach(&mut self.ebpf, iface, mode)
+    }
+
+    /// The XDP program (for BPF_PROG_TEST_RUN).
+    pub fn program(&self) -> Result<&Xdp> {
+        ebpf::program(&self.ebpf)
+    }
+
+    /// Runs one frame through the program with BPF_PROG_TEST_RUN. `ingress_ifindex` 0
+    /// means the loopback device. Returns the result and the output frame.
+    pub fn test_run(&self, frame: &[u8], ingress_ifindex: u32) -> Result<(TestRunResult, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }: the kernel wants data = 0 and data_end = the frame length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let result = self
+            .program()?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result, out))
+    }
+
+    pub fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()> {
+        self.services
+            .insert(key, svc, 0)
+            .context("writing SERVICES")
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        remove_if_present(&mut self.services, key).context("removing from SERVICES")
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
+        get_if_present(&self.services, key).context("reading SERVICES")
+    }
+
+    /// Replaces the Maglev table of service `id` with `slots` (backend indexes or
+    /// [`NO_BACKEND`]) in one step: the new table is complete before it is visible.
+    /// An empty `slots` installs a one-element table of `NO_BACKEND` (the service
+    /// drops new flows; lookups past it miss and drop the same way), which also frees
+    /// the memory of the table it replaces.
+    pub fn set_table(&mut self, id: u32, slots: &[u32]) -> Result<()> {
+        let chunks = slots.len().div_ceil(TABLE_CHUNK).max(1) as u32;
+        let inner = Array::<MapData, TableChunk>::create(chunks, TABLE_MAP_FLAGS)
+            .context("creating a Maglev table map")?;
+        {
+            let mut mapped = Mmap::new(raw_fd(&inner), chunks as usize * size_of::<TableChunk>())
+                .context("mapping a Maglev table")?;
+            let words = mapped.as_u32_slice_mut();
+            words[..slots.len()].copy_from_slice(slots);
+            words[slots.len()..].fill(NO_BACKEND);
+        }
+        self.tables
+            .set(id, &inner, 0)
+            .context("swapping in the Maglev table")
+    }
+
+    /// The table of service `id` as the datapath sees it (for tests and tools), or
+    /// `None` when the service has none.
+    pub fn table(&self, id: u32, size: u32) -> Result<Option<Vec<u32>>> {
+        let inner = match self.tables.get(&id, 0) {
+            Ok(inner) => inner,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(e).context("reading TABLES"),
+        };
+        let chunks = inner.len() as usize;
+        let mapped = Mmap::new(raw_fd(&inner), chunks * size_of::<TableChunk>())
+            .context("mapping a Maglev table")?;
+        let words = mapped.as_u32_slice();
+        ensure!(
+            words.len() >= size as usize,
+            "table of service {id} is shorter than {size}"
+        );
+        Ok(Some(words[..size as usize].to_vec()))
+    }
+
+    pub fn set_backend(&mut self, index: u32, be: Backend) -> Result<()> {
+        self.backends.set(index, be, 0).context("writing BACKENDS")
+    }
+
+    pub fn backend(&self, index: u32) -> Result<Backend> {
+        self.backends.get(&index, 0).context("reading BACKENDS")
+    }
+
+    /// Sets the number of services on a VIP address (0 removes it).
+    pub fn set_vip(&mut self, addr: u32, services: u32) -> Result<()> {
+        set_count(&mut self.vips, addr, services).context("writing VIPS")
+    }
+
+    /// Sets the number of NAT backends on an address (0 removes it).
+    pub fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<()> {
+        set_count(&mut self.nat_sources, addr, backends).context("writing NAT_SOURCES")
+    }
+
+    /// Global counters, summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let v = self.stats.get(&(*c as u32), 0).context("reading STATS")?;
+                Ok(v.iter().sum())
+            })
+            .collect()
+    }
+
+    pub fn service_stats(&self, id: u32) -> Result<TrafficStats> {
+        sum_stats(&self.service_stats, id).context("reading SERVICE_STATS")
+    }
+
+    pub fn backend_stats(&self, index: u32) -> Result<TrafficStats> {
+        sum_stats(&self.backend_stats, index).context("reading BACKEND_STATS")
+    }
+
+    /// Zeroes the statistics of a backend index (before it is given to a new backend).
+    pub fn reset_backend_stats(&mut self, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?;
+        self.backend_stats
+            .set(index, zero, 0)
+            .context("writing BACKEND_STATS")
+    }
+
+    /// Zeroes the statistics of a service id (before it is given to a new service).
+    pub fn reset_service_stats(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?;
+        self.service_stats
+            .set(id, zero, 0)
+            .context("writing SERVICE_STATS")
+    }
+
+    /// Every connection-table entry (a snapshot; entries may come and go meanwhile).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        collect(&self.conntrack).context("reading CONNTRACK")
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        get_if_present(&self.conntrack, key).context("reading CONNTRACK")
+    }
+
+    pub fn insert_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
+        self.conntrack
+            .insert(key, flow, 0)
+            .context("writing CONNTRACK")
+    }
+
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        remove_if_present(&mut self.conntrack, key).context("removing from CONNTRACK")
+    }
+
+    /// Every NAT reverse entry (a snapshot).
+    pub fn nat_reverse_entries(&self) -> Result<Vec<(FlowKey, NatReverse)>> {
+        collect(&self.nat_reverse).context("reading NAT_REVERSE")
+    }
+
+    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
+        get_if_present(&self.nat_reverse, key).context("reading NAT_REVERSE")
+    }
+
+    pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
+        remove_if_present(&mut self.nat_reverse, key).context("removing from NAT_REVERSE")
+    }
+}
+
+fn sum_stats(map: &PerCpuArray<MapData, TrafficStats>, index: u32) -> Result<TrafficStats> {
+    let per_cpu = map.get(&index, 0)?;
+    Ok(per_cpu.iter().fold(TrafficStats::default(), |mut a, s| {
+        a.packets += s.packets;
+        a.bytes += s.bytes;
+        a.new_flows += s.new_flows;
+        a.packets_out += s.packets_out;
+        a.bytes_out += s.bytes_out;
+        a
+    }))
+}
+
+fn set_count(map: &mut HashMap<MapData, u32, u32>, addr: u32, n: u32) -> Result<()> {
+    if n == 0 {
+        remove_if_present(map, &addr)
+    } else {
+        Ok(map.insert(addr, n, 0)?)
+    }
+}
+
+fn get_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<Option<V>> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<()> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn collect<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for entry in map.iter() {
+        match entry {
+            Ok(kv) => out.push(kv),
+            // The entry went away between listing its key and reading it.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// The raw fd of a map usable as an inner map.
+fn raw_fd<T: InnerMap>(map: &T) -> i32 {
+    map.fd().as_fd().as_raw_fd()
+}
+
+/// A shared, writable mapping of a `BPF_F_MMAPABLE` array map, unmapped on drop.
+struct Mmap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mmap {
+    fn new(fd: i32, bytes: usize) -> Result<Self> {
+        let page = 4096;
+        let len = bytes.div_ceil(page) * page;
+        // SAFETY: mapping a map fd we own; the kernel checks the length against the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mmap of a BPF array failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Mmap {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    fn as_u32_slice(&self) -> &[u32] {
+        // SAFETY: the mapping is `len` bytes, page aligned, alive while self is.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len / 4) }
+    }
+
+    fn as_u32_slice_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as above, and we hold the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len / 4) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
