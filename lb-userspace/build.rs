@@ -1,5 +1,6 @@
 //! Builds the XDP program (`lb-ebpf`) for the BPF target and leaves the object in
-//! `OUT_DIR/lb`, where `src/ebpf.rs` embeds it into the `lb` binary.
+//! `OUT_DIR/lb`, where `src/ebpf.rs` embeds it into the `lb` binary (and the benchmark
+//! object in `OUT_DIR/lb-bench`, used only by `benches/`).
 //!
 //! The eBPF crate is compiled by Debian's rustc-web, registered with rustup as the
 //! toolchain `lb-bpf` by `scripts/setup.sh`, with `-Z build-std=core` (rustup's own
@@ -17,7 +18,7 @@ use std::{
 const BPF_TOOLCHAIN: &str = "lb-bpf";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const PACKAGE: &str = "lb-ebpf";
-const BINARY: &str = "lb";
+const BINARIES: [&str; 2] = ["lb", "lb-bench"];
 
 fn main() {
     if let Err(e) = build() {
@@ -55,6 +56,12 @@ fn build() -> Result<(), String> {
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
+        // BPF ISA v3: 32-bit jumps and ALU (kernel 5.1+). rustc passes it on to
+        // bpf-linker, which does the final code generation. (LLVM 22's
+        // `allows-misaligned-mem-access` would load unaligned header fields in one go,
+        // but it also merges stack stores into misaligned ones, which the verifier
+        // rejects.)
+        "-Ctarget-cpu=v3".into(),
     ]
     .join("\x1f");
 
@@ -95,14 +102,25 @@ fn build() -> Result<(), String> {
         cmd.env_remove(key);
     }
     let out = cmd.output().map_err(|e| format!("starting {cmd:?}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!(
-            "building the XDP program ({PACKAGE}) failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "building the XDP program ({PACKAGE}) failed:\n{stderr}"
         ));
     }
-    let object = target_dir.join(BPF_TARGET).join("release").join(BINARY);
-    copy(&object, &out_dir.join(BINARY))
+    // Compiler warnings of the BPF build would otherwise vanish with its output.
+    let mut in_warning = false;
+    for line in stderr.lines() {
+        in_warning = (in_warning && !line.trim().is_empty()) || line.starts_with("warning");
+        if in_warning {
+            println!("cargo:warning={line}");
+        }
+    }
+    for binary in BINARIES {
+        let object = target_dir.join(BPF_TARGET).join("release").join(binary);
+        copy(&object, &out_dir.join(binary))?;
+    }
+    Ok(())
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

@@ -1099,13 +1099,8 @@ fn packet_cases() {
     }
 
     // The RST created no entry; the DSR and NAT flows did, and NAT left a reverse entry.
-    let key = |src: &str, dst: &str, sport: u16, dport: u16, proto| FlowKey {
-        src: ne(src),
-        dst: ne(dst),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto,
-        _pad: [0; 3],
+    let key = |src: &str, dst: &str, sport: u16, dport: u16, proto| {
+        FlowKey::new(ne(src), ne(dst), sport.to_be(), dport.to_be(), proto)
     };
     assert!(
         f.dp.flow(&key(CLIENT, DSR_VIP, 45000, 80, TCP))
@@ -1209,8 +1204,8 @@ fn flows_keep_their_backend_until_it_goes() {
     );
     assert_eq!(
         send(&f, 50000, ACK),
-        (mac_of(&f, b), vec![("tx", 1), ("flow_hit", 1)]),
-        "re-picked flow is pinned again"
+        (mac_of(&f, b), vec![("tx", 1), ("flow_cache_hit", 1)]),
+        "re-picked flow is pinned again (and now served from the flow cache)"
     );
 
     // Removal: flows pinned to b choose again when b's index is cleared.
@@ -1499,5 +1494,110 @@ fn randomized_frames() {
     assert!(
         forwarded > FRAMES / 10,
         "the generator must exercise the forwarding paths"
+    );
+}
+
+/// The per-CPU flow cache serves established flows without the connection table, and
+/// steps aside for everything that must reach it.
+#[test]
+fn flow_cache_serves_settled_flows_only() {
+    let mut f = Fixture::new();
+    let (cli, srv) = (f.cli, f.srv);
+    let dsr = |flags| from_client(ipv4(CLIENT, DSR_VIP, tcp(51000, 80, flags))).bytes();
+    let idx = f.pick("dsr_web", CLIENT, 51000, 80);
+    let key = FlowKey::new(
+        ne(CLIENT),
+        ne(DSR_VIP),
+        51000u16.to_be(),
+        80u16.to_be(),
+        TCP,
+    );
+
+    assert_eq!(run(&f, &dsr(SYN), cli).2, vec![("tx", 1), ("flow_new", 1)]);
+    // Handshake not complete: the ACK takes the full path (and marks it established).
+    assert_eq!(run(&f, &dsr(ACK), cli).2, vec![("tx", 1), ("flow_hit", 1)]);
+    assert_ne!(
+        f.dp.flow(&key).unwrap().unwrap().state & lb_common::FLOW_ESTABLISHED,
+        0
+    );
+    // Settled: served from the cache, even with its table entry gone.
+    f.dp.remove_flow(&key).unwrap();
+    let (action, out, moved) = run(&f, &dsr(ACK | PSH), cli);
+    assert_eq!(
+        (action, dmac(&out), moved),
+        (
+            XDP_TX,
+            f.backend(idx).mac,
+            vec![("tx", 1), ("flow_cache_hit", 1)]
+        )
+    );
+    // FIN must reach the connection table: it bypasses the cache (and, the entry being
+    // gone, makes a new one).
+    assert_eq!(
+        run(&f, &dsr(FIN | ACK), cli).2,
+        vec![("tx", 1), ("flow_new", 1)]
+    );
+    assert_ne!(
+        f.dp.flow(&key).unwrap().unwrap().state & lb_common::FLOW_FIN,
+        0
+    );
+    // A closing flow is not cached.
+    assert_eq!(run(&f, &dsr(ACK), cli).2, vec![("tx", 1), ("flow_hit", 1)]);
+
+    // A cached flow whose backend goes away is re-placed at once.
+    let flow = |p| from_client(ipv4(CLIENT, DSR_VIP, tcp(52000, 80, p))).bytes();
+    let key = FlowKey::new(
+        ne(CLIENT),
+        ne(DSR_VIP),
+        52000u16.to_be(),
+        80u16.to_be(),
+        TCP,
+    );
+    run(&f, &flow(SYN), cli);
+    run(&f, &flow(ACK), cli);
+    assert_eq!(
+        run(&f, &flow(ACK), cli).2,
+        vec![("tx", 1), ("flow_cache_hit", 1)]
+    );
+    let other = dsr_backend("10.0.0.99", 80, dsr_mac(0x99), cli, LB_CLI_MAC, 0);
+    f.dp.set_backend(5, other).unwrap();
+    f.set_table(0, &[5]);
+    let pinned = f.dp.flow(&key).unwrap().unwrap().backend;
+    let mut gone = f.backend(pinned);
+    gone.flags = 0;
+    f.dp.set_backend(pinned, gone).unwrap();
+    let (_, out, moved) = run(&f, &flow(ACK), cli);
+    assert_eq!(
+        (dmac(&out), moved),
+        (dsr_mac(0x99), vec![("tx", 1), ("flow_repick", 1)])
+    );
+
+    // NAT: replies are cached too, and keep being translated from the cache.
+    let nat = |p| from_client(ipv4(CLIENT, NAT_VIP, tcp(53000, 8080, p))).bytes();
+    let rip_idx = f.pick("nat_web", CLIENT, 53000, 8080);
+    let rip = std::net::Ipv4Addr::from(f.backend(rip_idx).addr.to_ne_bytes()).to_string();
+    run(&f, &nat(SYN), cli);
+    let reply = from_backend(ipv4(&rip, CLIENT, tcp(80, 53000, SYN | ACK))).bytes();
+    assert_eq!(
+        run(&f, &reply, srv).2,
+        vec![("redirect", 1), ("nat_reply", 1)]
+    );
+    f.dp.remove_nat_reverse(&FlowKey::new(
+        ne(&rip),
+        ne(CLIENT),
+        80u16.to_be(),
+        53000u16.to_be(),
+        TCP,
+    ))
+    .unwrap();
+    let (action, out, moved) = run(&f, &reply, srv);
+    assert_eq!(
+        (action, moved),
+        (XDP_REDIRECT, vec![("redirect", 1), ("nat_reply", 1)])
+    );
+    assert_eq!(
+        frame::ip_src(&out).unwrap(),
+        addr(NAT_VIP),
+        "translated from the cache"
     );
 }

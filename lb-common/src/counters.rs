@@ -89,8 +89,10 @@ counters! {
     /// Internal inconsistency (a map entry the control plane should have written is missing).
     DropInternal = "drop_internal", outcome;
     // ---- events ----
-    /// A packet of a known flow (connection-table hit).
+    /// A packet of a known flow found in the connection table.
     FlowHit = "flow_hit", event;
+    /// A packet of a known flow forwarded from the per-CPU flow cache (fast path).
+    FlowCacheHit = "flow_cache_hit", event;
     /// A new flow got a backend from the Maglev table and an entry.
     FlowNew = "flow_new", event;
     /// A flow's backend was removed, down or in maintenance: it chose again.

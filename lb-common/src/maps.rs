@@ -139,7 +139,26 @@ pub struct FlowKey {
     pub dport: u16,
     /// IP protocol number.
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Padding as plain integers: a `[u8; 3]` would make LLVM zero it with a call to
+    // a byte-loop memset in BPF, on every packet.
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl FlowKey {
+    /// A flow key; addresses and ports in network byte order.
+    #[inline(always)]
+    pub const fn new(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
 }
 
 /// Value of `CONNTRACK`.
@@ -241,4 +260,83 @@ mod tests {
         assert!(TABLE_SIZES.windows(2).all(|w| w[0] < w[1]));
         assert!(TABLE_SIZES.contains(&DEFAULT_TABLE_SIZE));
     }
+}
+
+// ---- fast path -------------------------------------------------------------------
+
+pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
+pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
+pub const MAP_NAT_FILTER: &str = "NAT_FILTER";
+
+/// Slots of the per-CPU flow cache (a power of two). Each CPU caches at most this many
+/// flows; a collision only sends a packet down the full path.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
+/// A cached flow takes the full path again after this many jiffies (0.25 s at HZ=1000,
+/// 2.5 s at HZ=100): that refreshes its connection-table entry (so an active flow is
+/// never aged out) and its NAT next hop.
+pub const FLOW_CACHE_SYNC_JIFFIES: u64 = 250;
+
+/// `CachedFlow::kind`: the slot is empty.
+pub const CACHE_EMPTY: u32 = 0;
+/// A client -> VIP flow of a DSR service.
+pub const CACHE_DSR: u32 = 1;
+/// A client -> VIP flow of a NAT service.
+pub const CACHE_NAT_FORWARD: u32 = 2;
+/// A backend -> client reply of a NAT service.
+pub const CACHE_NAT_REPLY: u32 = 3;
+
+/// Value of the per-CPU `FLOW_CACHE` array: what the full path decided for a flow, so
+/// its next packets can be forwarded with array lookups only (no helper calls).
+///
+/// The connection table stays the truth: the cache is filled only from it, is checked
+/// against the backend's record (live, not re-pick, same epoch) on every hit, is
+/// bypassed by TCP SYN/FIN/RST (so connection state reaches the table), and expires
+/// after [`FLOW_CACHE_SYNC_JIFFIES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedFlow {
+    pub key: FlowKey,
+    /// `CACHE_*`.
+    pub kind: u32,
+    /// Backend index (its record is checked on every hit).
+    pub backend: u32,
+    /// The backend's epoch when the entry was made.
+    pub epoch: u32,
+    /// Service id (statistics).
+    pub service: u32,
+    /// `bpf_jiffies64()` when the full path last saw this flow.
+    pub synced: u64,
+    /// NAT: the address written into the packet (backend's, or the VIP for replies).
+    pub addr: u32,
+    /// NAT: the port written, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// NAT: egress interface of the next hop.
+    pub ifindex: u32,
+    /// NAT: next hop MACs.
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Words of the `VIP_FILTER` and `NAT_FILTER` bitmaps (64 bits each): 256 Ki bits.
+pub const FILTER_WORDS: u32 = 4096;
+
+/// Where an address sits in an address filter: (word index, bit mask). A bit set
+/// means "maybe": the hash maps (`VIPS`, `NAT_SOURCES`) decide; a bit clear means
+/// "certainly not", which lets traffic for other hosts skip every hash lookup.
+#[inline(always)]
+pub const fn filter_bit(addr: u32) -> (u32, u64) {
+    let h = crate::hash::source_hash(addr);
+    ((h >> 6) % FILTER_WORDS, 1u64 << (h & 63))
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<CachedFlow>() == 64);
+    assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+};
+
+#[cfg(feature = "user")]
+mod pod_fast {
+    // SAFETY: repr(C), integers and byte arrays only, explicit padding.
+    unsafe impl aya::Pod for super::CachedFlow {}
 }

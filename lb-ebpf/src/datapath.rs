@@ -15,15 +15,17 @@
 //! - to a VIP address but no service for the port/protocol: pass (`pass_vip_other`).
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    Counter, FlowKey, SERVICE_F_HASH_SRC, SERVICE_F_NAT, ServiceKey,
+    CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatReverse,
+    SERVICE_F_HASH_SRC, SERVICE_F_NAT, Service, ServiceKey,
     hash::{flow_hash, ports_word, source_hash},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    forward::{self, End},
+    cache,
+    forward::{self, End, Hop},
     icmp,
-    maps::{NAT_REVERSE, NAT_SOURCES, SERVICES, VIPS},
+    maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, NAT_SOURCES, SERVICES, VIP_FILTER, VIPS, in_filter},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Ports,
         frame_len, ne16, ne32, ptr_at,
@@ -82,9 +84,16 @@ pub fn run(ctx: &XdpContext) -> u32 {
     v.action
 }
 
+/// Whether `addr` is a VIP (the bitmap prefilter spares a hash lookup for others).
 #[inline(always)]
 pub fn is_vip(addr: u32) -> bool {
-    VIPS.get_ptr(addr).is_some()
+    in_filter(&VIP_FILTER, addr) && VIPS.get_ptr(addr).is_some()
+}
+
+/// Whether `addr` is the address of a NAT backend.
+#[inline(always)]
+pub fn is_nat_source(addr: u32) -> bool {
+    in_filter(&NAT_FILTER, addr) && NAT_SOURCES.get_ptr(addr).is_some()
 }
 
 /// A packet with a broken header: dropped when it is addressed to a VIP, otherwise left
@@ -204,105 +213,156 @@ fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
     let Some((ports, tcp_flags)) = l4_header(ctx, ip) else {
         return malformed(ip.dst, Counter::DropL4Header);
     };
-    let key = ServiceKey {
-        vip: ip.dst,
-        port: ports.dport,
-        proto: ip.proto,
-        _pad: 0,
-    };
-    // SAFETY: the control plane never deletes a service while it could be in use
-    // without first removing it from this map; values are plain data.
-    if let Some(svc) = unsafe { SERVICES.get(&key) } {
-        if ip.ttl <= 1 {
-            return Verdict::drop(Counter::DropTtl);
-        }
-        let flow = FlowKey {
-            src: ip.src,
-            dst: ip.dst,
-            sport: ports.sport,
-            dport: ports.dport,
-            proto: ip.proto,
-            _pad: [0; 3],
-        };
-        let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
-            source_hash(ip.src)
-        } else {
-            flow_hash(
-                ip.src,
-                ip.dst,
-                ports_word(ports.sport, ports.dport),
-                ip.proto,
-            )
-        };
-        let chosen = match select::for_packet(&flow, svc, hash, tcp_flags) {
-            Ok(c) => c,
-            Err(c) => return Verdict::drop(c),
-        };
-        let be = chosen.backend;
-        let v = if svc.flags & SERVICE_F_NAT != 0 {
-            if chosen.new_flow {
-                let reverse = FlowKey {
-                    src: be.addr,
-                    dst: ip.src,
-                    sport: be.port,
-                    dport: ports.sport,
-                    proto: ip.proto,
-                    _pad: [0; 3],
-                };
-                let back = lb_common::NatReverse {
-                    vip: ip.dst,
-                    vport: ports.dport,
-                    _pad: 0,
-                    backend: chosen.index,
-                    service: svc.id,
-                };
-                if NAT_REVERSE.insert(&reverse, &back, 0).is_err() {
-                    stats::count(Counter::FlowInsertFailed);
-                }
-            }
-            forward::nat(ctx, ip, End::Dst, be.addr, be.port)
-        } else {
-            forward::dsr(ctx, ip, be)
-        };
-        if v.forwarded() || v.counter == Counter::PassNoNeigh {
-            stats::traffic(
-                svc.id,
-                chosen.index,
-                frame_len(ctx) as u64,
-                Dir::In,
-                chosen.new_flow,
-            );
-        }
+    let flow = FlowKey::new(ip.src, ip.dst, ports.sport, ports.dport, ip.proto);
+    let slot = cache::slot(&flow);
+    if let Some(v) = cache::forward(ctx, ip, &flow, slot, tcp_flags) {
         return v;
     }
-    // A reply from a NAT backend?
-    if NAT_SOURCES.get_ptr(ip.src).is_some() {
-        let reverse = FlowKey {
-            src: ip.src,
-            dst: ip.dst,
-            sport: ports.sport,
-            dport: ports.dport,
+    let maybe_vip = in_filter(&VIP_FILTER, ip.dst);
+    if maybe_vip {
+        let key = ServiceKey {
+            vip: ip.dst,
+            port: ports.dport,
             proto: ip.proto,
-            _pad: [0; 3],
+            _pad: 0,
         };
-        // SAFETY: plain data; a concurrent eviction at worst gives stale values for
-        // this one packet.
-        if let Some(back) = unsafe { NAT_REVERSE.get(&reverse) } {
-            if ip.ttl <= 1 {
-                return Verdict::drop(Counter::DropTtl);
-            }
-            let (service, backend) = (back.service, back.backend);
-            let v = forward::nat(ctx, ip, End::Src, back.vip, back.vport);
-            if v.forwarded() || v.counter == Counter::PassNoNeigh {
-                stats::count(Counter::NatReply);
-                stats::traffic(service, backend, frame_len(ctx) as u64, Dir::Out, false);
-            }
-            return v;
+        // SAFETY: values are plain data; the control plane removes a service from this
+        // map before it retires anything the service points to.
+        if let Some(svc) = unsafe { SERVICES.get(&key) } {
+            return to_service(ctx, ip, &flow, slot, tcp_flags, svc);
         }
     }
-    if is_vip(ip.dst) {
+    if in_filter(&NAT_FILTER, ip.src) {
+        // SAFETY: plain data; a concurrent eviction at worst gives stale values for
+        // this one packet.
+        if let Some(back) = unsafe { NAT_REVERSE.get(&flow) } {
+            return nat_reply(ctx, ip, &flow, slot, back);
+        }
+    }
+    if maybe_vip && VIPS.get_ptr(ip.dst).is_some() {
         Verdict::pass(Counter::PassVipOther)
     } else {
         Verdict::pass(Counter::PassNotVip)
     }
+}
+
+/// A client packet for a service: choose the backend, forward, cache the decision.
+#[inline(always)]
+fn to_service(
+    ctx: &XdpContext,
+    ip: &Ip,
+    flow: &FlowKey,
+    slot: u32,
+    tcp_flags: u8,
+    svc: &Service,
+) -> Verdict {
+    if ip.ttl <= 1 {
+        return Verdict::drop(Counter::DropTtl);
+    }
+    let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
+        source_hash(ip.src)
+    } else {
+        flow_hash(ip.src, ip.dst, ports_word(flow.sport, flow.dport), ip.proto)
+    };
+    let chosen = match select::for_packet(flow, svc, hash, tcp_flags) {
+        Ok(c) => c,
+        Err(c) => return Verdict::drop(c),
+    };
+    let be = chosen.backend;
+    if !chosen.cacheable {
+        cache::forget(slot);
+    }
+    let v = if svc.flags & SERVICE_F_NAT != 0 {
+        if chosen.new_flow {
+            let reverse = FlowKey::new(be.addr, ip.src, be.port, flow.sport, ip.proto);
+            let back = NatReverse {
+                vip: ip.dst,
+                vport: flow.dport,
+                _pad: 0,
+                backend: chosen.index,
+                service: svc.id,
+            };
+            if NAT_REVERSE.insert(&reverse, &back, 0).is_err() {
+                stats::count(Counter::FlowInsertFailed);
+            }
+        }
+        let hop = match forward::next_hop(ctx, ip, ip.src, be.addr) {
+            Ok(hop) => hop,
+            Err(v) => return v,
+        };
+        if forward::rewrite(ctx, ip, End::Dst, be.addr, be.port).is_none() {
+            return Verdict::drop(Counter::DropInternal);
+        }
+        if chosen.cacheable && hop.resolved {
+            cache::fill(
+                slot,
+                flow,
+                CACHE_NAT_FORWARD,
+                chosen.index,
+                be,
+                svc.id,
+                (be.addr, be.port),
+                hop,
+            );
+        }
+        forward::send(ctx, hop)
+    } else {
+        let v = forward::dsr(ctx, ip, be);
+        if chosen.cacheable && v.forwarded() {
+            cache::fill(
+                slot,
+                flow,
+                CACHE_DSR,
+                chosen.index,
+                be,
+                svc.id,
+                (0, 0),
+                Hop::NONE,
+            );
+        }
+        v
+    };
+    if v.forwarded() || v.counter == Counter::PassNoNeigh {
+        stats::traffic(
+            svc.id,
+            chosen.index,
+            frame_len(ctx) as u64,
+            Dir::In,
+            chosen.new_flow,
+        );
+    }
+    v
+}
+
+/// A NAT backend's reply: translate the source back to VIP:port, cache the decision.
+#[inline(always)]
+fn nat_reply(ctx: &XdpContext, ip: &Ip, flow: &FlowKey, slot: u32, back: &NatReverse) -> Verdict {
+    if ip.ttl <= 1 {
+        return Verdict::drop(Counter::DropTtl);
+    }
+    let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
+    let hop = match forward::next_hop(ctx, ip, vip, ip.dst) {
+        Ok(hop) => hop,
+        Err(v) => return v,
+    };
+    if forward::rewrite(ctx, ip, End::Src, vip, vport).is_none() {
+        return Verdict::drop(Counter::DropInternal);
+    }
+    if hop.resolved
+        && let Some(be) = BACKENDS.get(backend)
+    {
+        cache::fill(
+            slot,
+            flow,
+            CACHE_NAT_REPLY,
+            backend,
+            be,
+            service,
+            (vip, vport),
+            hop,
+        );
+    }
+    stats::count(Counter::NatReply);
+    stats::traffic(service, backend, frame_len(ctx) as u64, Dir::Out, false);
+    forward::send(ctx, hop)
 }

@@ -1,6 +1,6 @@
 //! Sending a packet on: DSR (MAC rewrite) and NAT (address/port rewrite plus a FIB
 //! lookup for the next hop), and the choice between XDP_TX and XDP_REDIRECT.
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -76,12 +76,50 @@ pub enum End {
     Dst,
 }
 
-/// The next hop towards `dst`, as the kernel's FIB sees it from the ingress interface.
-/// On success returns (egress ifindex, source MAC, destination MAC).
+/// Where a routed packet goes next: egress interface and the MACs to write, or (not
+/// `resolved`) the kernel, when the neighbour's MAC is unknown.
+///
+/// Verifier note: always fully initialised (no `Option`): LLVM leaves the payload of a
+/// `None` undefined and may still store it, which the verifier rejects.
+#[derive(Clone, Copy)]
+pub struct Hop {
+    pub resolved: bool,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+impl Hop {
+    /// No next hop (DSR entries of the flow cache do not use one).
+    pub const NONE: Hop = Hop {
+        resolved: false,
+        ifindex: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+}
+
+/// The next hop from `src` to `dst` (the addresses the packet will carry), as the
+/// kernel's FIB sees it from the ingress interface. `Err` means drop, and nothing
+/// should be rewritten. An unresolved hop means: rewrite the packet and hand it to the
+/// kernel, which resolves the neighbour and forwards it.
 #[inline(always)]
-fn fib(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32) -> Result<(u32, [u8; 6], [u8; 6]), u32> {
-    // SAFETY: the struct is plain data; all-zero is its documented initial state.
-    let mut p: FibParams = unsafe { zeroed() };
+pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32) -> Result<Hop, Verdict> {
+    if ip.vlan {
+        return Err(Verdict::drop(Counter::DropVlanUnsupported));
+    }
+    // All-zero is the documented initial state, and the verifier wants the whole struct
+    // initialised. Zeroed with volatile u64 stores: `zeroed()` (or any zero idiom LLVM
+    // recognises) becomes a call to a byte-loop memset in BPF.
+    let mut p = core::mem::MaybeUninit::<FibParams>::uninit();
+    let words = p.as_mut_ptr().cast::<u64>();
+    for i in 0..size_of::<FibParams>() / 8 {
+        // SAFETY: writes stay inside the 64-byte struct.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte was just written; the struct is plain data. A reference, not
+    // `assume_init()`: moving the known-zero struct becomes a memset again.
+    let p = unsafe { &mut *p.as_mut_ptr() };
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
     p.__bindgen_anon_1.tot_len = ip.tot_len as u16;
@@ -90,59 +128,30 @@ fn fib(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32) -> Result<(u32, [u8; 6], [
     p.__bindgen_anon_3.ipv4_src = src;
     p.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size we pass.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut p, size_of::<FibParams>() as i32, 0) }
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut *p, size_of::<FibParams>() as i32, 0) }
         as u32;
-    if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        Ok((p.ifindex, p.smac, p.dmac))
-    } else {
-        Err(rc)
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop {
+            resolved: rc == BPF_FIB_LKUP_RET_SUCCESS,
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        }),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Verdict::drop(Counter::DropMtu)),
+        _ => Err(Verdict::drop(Counter::DropNoRoute)),
     }
 }
 
-/// NAT: rewrites one end of the packet to `addr:port`, routes it with the kernel's FIB
-/// and sends it on.
+/// Sends a rewritten packet to `hop` (or to the kernel when the hop is unresolved).
 #[inline(always)]
-pub fn nat(ctx: &XdpContext, ip: &Ip, end: End, addr: u32, port: u16) -> Verdict {
-    let (src, dst) = match end {
-        End::Src => (addr, ip.dst),
-        End::Dst => (ip.src, addr),
-    };
-    route(ctx, ip, src, dst, || rewrite(ctx, ip, end, addr, port))
-}
-
-/// Looks up the next hop from `src` to `dst` (the addresses the packet will carry),
-/// then applies `rewrite` and sends the packet on. Nothing is rewritten when the
-/// packet is dropped. When only the neighbour's MAC is unknown, the rewritten packet
-/// goes to the kernel, which resolves it and forwards the packet itself.
-#[inline(always)]
-pub fn route(
-    ctx: &XdpContext,
-    ip: &Ip,
-    src: u32,
-    dst: u32,
-    rewrite: impl FnOnce() -> Option<()>,
-) -> Verdict {
-    if ip.vlan {
-        return Verdict::drop(Counter::DropVlanUnsupported);
+pub fn send(ctx: &XdpContext, hop: Hop) -> Verdict {
+    if !hop.resolved {
+        return Verdict::pass(Counter::PassNoNeigh);
     }
-    let hop = match fib(ctx, ip, src, dst) {
-        Ok(hop) => Some(hop),
-        Err(BPF_FIB_LKUP_RET_NO_NEIGH) => None,
-        Err(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return Verdict::drop(Counter::DropMtu),
-        Err(_) => return Verdict::drop(Counter::DropNoRoute),
-    };
-    if rewrite().is_none() {
+    if set_macs(ctx, hop.dmac, hop.smac).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }
-    match hop {
-        Some((ifindex, smac, dmac)) => {
-            if set_macs(ctx, dmac, smac).is_none() {
-                return Verdict::drop(Counter::DropInternal);
-            }
-            out(ctx, false, ifindex)
-        }
-        None => Verdict::pass(Counter::PassNoNeigh),
-    }
+    out(ctx, false, hop.ifindex)
 }
 
 /// Decrements the TTL of the IPv4 header at `l3` and updates its checksum.

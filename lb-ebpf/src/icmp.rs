@@ -21,9 +21,9 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
-    datapath::{Verdict, is_vip, malformed},
+    datapath::{Verdict, is_nat_source, is_vip, malformed},
     forward::{self, End},
-    maps::{NAT_REVERSE, NAT_SOURCES, SERVICES},
+    maps::{NAT_REVERSE, SERVICES},
     packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
     select,
     stats::{self, Dir},
@@ -158,7 +158,7 @@ fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
         }
         return error_to_backend(ctx, ip, &q);
     }
-    if q.dst == ip.src && q.src == ip.dst && NAT_SOURCES.get_ptr(ip.src).is_some() {
+    if q.dst == ip.src && q.src == ip.dst && is_nat_source(ip.src) {
         return error_to_client(ctx, ip, &q);
     }
     Verdict::pass(Counter::PassNotVip)
@@ -181,14 +181,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         return Verdict::drop(Counter::DropTtl);
     }
     // The flow, as the client sent it.
-    let flow = FlowKey {
-        src: q.dst,
-        dst: q.src,
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
+    let flow = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
     let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
         source_hash(flow.src)
     } else {
@@ -205,9 +198,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     };
     let v = if svc.flags & SERVICE_F_NAT != 0 {
         let (addr, port) = (be.addr, be.port);
-        forward::route(ctx, ip, ip.src, addr, || {
-            rewrite(ctx, ip, End::Dst, q, addr, port)
-        })
+        translate(ctx, ip, ip.src, addr, End::Dst, q, addr, port)
     } else {
         forward::dsr(ctx, ip, be)
     };
@@ -227,14 +218,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
 /// NAT: an error a backend sent about a client's packet (quoted client -> backend).
 #[inline(always)]
 fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
-    let reverse = FlowKey {
-        src: q.dst,
-        dst: q.src,
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
+    let reverse = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
     // SAFETY: plain data (see datapath::l4).
     let Some(back) = (unsafe { NAT_REVERSE.get(&reverse) }) else {
         return Verdict::pass(Counter::PassNotVip);
@@ -243,9 +227,7 @@ fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         return Verdict::drop(Counter::DropTtl);
     }
     let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
-    let v = forward::route(ctx, ip, vip, ip.dst, || {
-        rewrite(ctx, ip, End::Src, q, vip, vport)
-    });
+    let v = translate(ctx, ip, vip, ip.dst, End::Src, q, vip, vport);
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToClient);
         stats::traffic(
@@ -257,6 +239,32 @@ fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         );
     }
     v
+}
+
+/// Routes a translated ICMP error from `src` to `dst` and rewrites it (see `rewrite`).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "kept flat so BPF inlines it without a struct copy"
+)]
+fn translate(
+    ctx: &XdpContext,
+    ip: &Ip,
+    src: u32,
+    dst: u32,
+    outer: End,
+    q: &Quoted,
+    addr: u32,
+    port: u16,
+) -> Verdict {
+    let hop = match forward::next_hop(ctx, ip, src, dst) {
+        Ok(hop) => hop,
+        Err(v) => return v,
+    };
+    if rewrite(ctx, ip, outer, q, addr, port).is_none() {
+        return Verdict::drop(Counter::DropInternal);
+    }
+    forward::send(ctx, hop)
 }
 
 /// NAT translation of an ICMP error. `outer` is the end of the outer header that

@@ -4,9 +4,11 @@
 //! One module per concern, as Katran's `lib/bpf` is split: `maps` (every map),
 //! `packet` (bounds-checked access and parsing), `csum` (incremental checksums),
 //! `stats` (counters), `select` (connection table and Maglev lookup), `forward` (DSR and
-//! NAT rewrites, FIB lookups), `icmp` (echo and errors), and `datapath` (the pipeline).
+//! NAT rewrites, FIB lookups), `icmp` (echo and errors), `cache` (the per-CPU flow
+//! cache of the fast path), and `datapath` (the pipeline).
 #![no_std]
 
+pub mod cache;
 pub mod csum;
 pub mod datapath;
 pub mod forward;

@@ -6,9 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BPF_F_NO_COMMON_LRU, Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, Flow, FlowKey, MAX_BACKENDS,
-    MAX_NAT_SOURCES, MAX_SERVICES, MAX_VIPS, NatReverse, Service, ServiceKey, TABLE_MAP_FLAGS,
-    TableChunk, TrafficStats,
+    BPF_F_NO_COMMON_LRU, Backend, CachedFlow, Counter, DEFAULT_CONNTRACK_ENTRIES, FILTER_WORDS,
+    FLOW_CACHE_SLOTS, Flow, FlowKey, MAX_BACKENDS, MAX_NAT_SOURCES, MAX_SERVICES, MAX_VIPS,
+    NatReverse, Service, ServiceKey, TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit,
 };
 
 const SERVICES_N: usize = MAX_SERVICES as usize;
@@ -54,3 +54,22 @@ pub static SERVICE_STATS: PerCpuArray<TrafficStats, SERVICES_N> = PerCpuArray::n
 
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats, BACKENDS_N> = PerCpuArray::new();
+
+/// Per-CPU flow cache, indexed by a hash of the 5-tuple (see `lb_common::CachedFlow`).
+#[btf_map]
+pub static FLOW_CACHE: PerCpuArray<CachedFlow, { FLOW_CACHE_SLOTS as usize }> = PerCpuArray::new();
+
+/// Bitmap prefilter of VIP addresses (see `lb_common::filter_bit`).
+#[btf_map]
+pub static VIP_FILTER: Array<u64, { FILTER_WORDS as usize }> = Array::new();
+
+/// Bitmap prefilter of NAT backend addresses.
+#[btf_map]
+pub static NAT_FILTER: Array<u64, { FILTER_WORDS as usize }> = Array::new();
+
+/// Whether `addr` may be in the filter (no false negatives).
+#[inline(always)]
+pub fn in_filter(filter: &Array<u64, { FILTER_WORDS as usize }>, addr: u32) -> bool {
+    let (word, bit) = filter_bit(addr);
+    filter.get(word).is_some_and(|w| w & bit != 0)
+}

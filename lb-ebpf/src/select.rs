@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, TABLES},
-    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
 
@@ -26,11 +26,21 @@ pub struct Chosen<'a> {
     pub backend: &'a Backend,
     /// The packet started (or re-placed) a flow.
     pub new_flow: bool,
+    /// The flow's state is settled (UDP, or TCP past its handshake and not closing), so
+    /// its next packets may use the flow cache.
+    pub cacheable: bool,
+}
+
+/// Whether a flow in `state` may be served from the flow cache: its next packets
+/// would not change its connection-table state.
+#[inline(always)]
+fn settled(state: u32, tcp: bool) -> bool {
+    !tcp || state & (FLOW_ESTABLISHED | FLOW_FIN | FLOW_RST) == FLOW_ESTABLISHED
 }
 
 /// A pinned flow may stay on `be` only if this holds (see the module docs).
 #[inline(always)]
-fn keeps(be: &Backend, epoch: u32) -> bool {
+pub fn keeps(be: &Backend, epoch: u32) -> bool {
     be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) == BACKEND_F_LIVE && be.epoch == epoch
 }
 
@@ -83,6 +93,7 @@ pub fn for_packet<'a>(
     hash: u32,
     tcp_flags: u8,
 ) -> Result<Chosen<'a>, Counter> {
+    let tcp = key.proto == IPPROTO_TCP;
     // SAFETY: the helper only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let bits = state_bits(tcp_flags);
@@ -108,6 +119,7 @@ pub fn for_packet<'a>(
                 index: f.backend,
                 backend: be,
                 new_flow: false,
+                cacheable: settled(state, tcp),
             });
         }
         let (index, be) = from_table(svc, hash)?;
@@ -125,6 +137,7 @@ pub fn for_packet<'a>(
             index,
             backend: be,
             new_flow: true,
+            cacheable: settled(bits, tcp),
         });
     }
     let (index, be) = from_table(svc, hash)?;
@@ -134,6 +147,7 @@ pub fn for_packet<'a>(
             index,
             backend: be,
             new_flow: false,
+            cacheable: false,
         });
     }
     let flow = Flow {
@@ -143,14 +157,17 @@ pub fn for_packet<'a>(
         state: bits,
         last_seen: now,
     };
-    match CONNTRACK.insert(key, &flow, BPF_ANY as u64) {
-        Ok(()) => count(Counter::FlowNew),
-        Err(_) => count(Counter::FlowInsertFailed),
-    }
+    let inserted = CONNTRACK.insert(key, &flow, BPF_ANY as u64).is_ok();
+    count(if inserted {
+        Counter::FlowNew
+    } else {
+        Counter::FlowInsertFailed
+    });
     Ok(Chosen {
         index,
         backend: be,
         new_flow: true,
+        cacheable: inserted && settled(bits, tcp),
     })
 }
 

@@ -19,9 +19,9 @@ use aya::{
 };
 use lb_common::{
     Backend, Counter, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, MAP_TABLES,
-    MAP_VIPS, NO_BACKEND, NatReverse, Service, ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS,
-    TableChunk, TrafficStats,
+    MAP_NAT_FILTER, MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
+    MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NO_BACKEND, NatReverse, Service, ServiceKey, TABLE_CHUNK,
+    TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit,
 };
 
 use crate::ebpf::{self, AttachMode};
@@ -44,6 +44,10 @@ impl Default for Limits {
 /// The loaded XDP object and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// The program `test_run` runs (the production one unless loaded otherwise).
+    program: String,
+    /// (map name, max entries, kernel memory in bytes), read at load time.
+    memory: Vec<MapMemory>,
     services: HashMap<MapData, ServiceKey, Service>,
     tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
     backends: Array<MapData, Backend>,
@@ -51,6 +55,8 @@ pub struct Dataplane {
     nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
     vips: HashMap<MapData, u32, u32>,
     nat_sources: HashMap<MapData, u32, u32>,
+    vip_filter: AddressFilter,
+    nat_filter: AddressFilter,
     stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, TrafficStats>,
     backend_stats: PerCpuArray<MapData, TrafficStats>,
@@ -66,9 +72,46 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
 
+/// Kernel memory of one map.
+#[derive(Clone, Debug)]
+pub struct MapMemory {
+    pub name: String,
+    pub max_entries: u32,
+    /// What the kernel charges for the map (`memlock` in its fdinfo).
+    pub bytes: u64,
+}
+
+/// The `memlock` line of a BPF object's fdinfo.
+fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let info = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{path} has no memlock line"))
+}
+
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d)
+        | Map::ArrayOfMaps(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d) => Some(d),
+        _ => None,
+    }
+}
+
 impl Dataplane {
     /// Loads the embedded object and the XDP program into the kernel (not attached).
     pub fn load(limits: Limits) -> Result<Self> {
+        Self::load_object(ebpf::OBJECT, &[ebpf::PROGRAM], limits)
+    }
+
+    /// Loads `object` with the programs `programs` (the first is the one `test_run`
+    /// runs); the object must define lb's maps. Used by the benchmarks.
+    pub fn load_object(object: &[u8], programs: &[&str], limits: Limits) -> Result<Self> {
         ensure!(
             limits.conntrack_entries >= 1024,
             "the connection table needs at least 1024 entries (got {})",
@@ -77,14 +120,33 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_CONNTRACK, limits.conntrack_entries)
             .map_max_entries(MAP_NAT_REVERSE, limits.conntrack_entries)
-            .load(ebpf::OBJECT)
+            .load(object)
             .context(
                 "loading the lb eBPF object into the kernel (are you root, with BPF enabled?)",
             )?;
-        ebpf::program_mut(&mut ebpf)?
-            .load()
-            .context("the kernel verifier rejected the lb XDP program")?;
+        for name in programs {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
+        }
+        let mut memory = Vec::new();
+        for (name, map) in ebpf.maps() {
+            if let Some(data) = map_data(map) {
+                let info = data.info()?;
+                memory.push(MapMemory {
+                    name: name.to_string(),
+                    max_entries: info.max_entries(),
+                    bytes: memlock(data.fd().as_fd())?,
+                });
+            }
+        }
+        memory.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Dataplane {
+            program: programs.first().context("no program to load")?.to_string(),
+            memory,
             services: take(&mut ebpf, MAP_SERVICES)?,
             tables: take(&mut ebpf, MAP_TABLES)?,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
@@ -92,6 +154,8 @@ impl Dataplane {
             nat_reverse: take(&mut ebpf, MAP_NAT_REVERSE)?,
             vips: take(&mut ebpf, MAP_VIPS)?,
             nat_sources: take(&mut ebpf, MAP_NAT_SOURCES)?,
+            vip_filter: AddressFilter::new(take(&mut ebpf, MAP_VIP_FILTER)?),
+            nat_filter: AddressFilter::new(take(&mut ebpf, MAP_NAT_FILTER)?),
             stats: take(&mut ebpf, MAP_STATS)?,
             service_stats: take(&mut ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
@@ -104,26 +168,55 @@ impl Dataplane {
         ebpf::attach(&mut self.ebpf, iface, mode)
     }
 
-    /// The XDP program (for BPF_PROG_TEST_RUN).
-    pub fn program(&self) -> Result<&Xdp> {
-        ebpf::program(&self.ebpf)
+    /// Kernel memory of every map, as loaded.
+    pub fn memory(&self) -> &[MapMemory] {
+        &self.memory
+    }
+
+    /// Kernel memory of one Maglev table of `size` slots.
+    pub fn table_memory(size: u32) -> Result<u64> {
+        let chunks = size.div_ceil(TABLE_CHUNK as u32);
+        let inner = Array::<MapData, TableChunk>::create(chunks, TABLE_MAP_FLAGS)?;
+        // SAFETY: the fd is owned by `inner`, alive for this call.
+        memlock(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw_fd(&inner)) })
+    }
+
+    /// The loaded object, for maps and programs beyond lb's own (benchmarks).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Runs one frame through the program with BPF_PROG_TEST_RUN. `ingress_ifindex` 0
     /// means the loopback device. Returns the result and the output frame.
     pub fn test_run(&self, frame: &[u8], ingress_ifindex: u32) -> Result<(TestRunResult, Vec<u8>)> {
+        self.run(&self.program, frame, ingress_ifindex, 1)
+    }
+
+    /// Runs `frame` through program `name`, `repeat` times on the same buffer.
+    pub fn run(
+        &self,
+        name: &str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<(TestRunResult, Vec<u8>)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex }: the kernel wants data = 0 and data_end = the frame length.
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        let result = self
-            .program()?
+        let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
+                repeat,
                 ..TestRunOptions::new()
             })
             .context("BPF_PROG_TEST_RUN")?;
@@ -193,14 +286,30 @@ impl Dataplane {
         self.backends.get(&index, 0).context("reading BACKENDS")
     }
 
-    /// Sets the number of services on a VIP address (0 removes it).
+    /// Sets the number of services on a VIP address (0 removes it). The address's
+    /// prefilter bit is set before it enters `VIPS` and cleared after it leaves.
     pub fn set_vip(&mut self, addr: u32, services: u32) -> Result<()> {
-        set_count(&mut self.vips, addr, services).context("writing VIPS")
+        if services > 0 {
+            self.vip_filter.add(addr).context("writing VIP_FILTER")?;
+        }
+        set_count(&mut self.vips, addr, services).context("writing VIPS")?;
+        if services == 0 {
+            self.vip_filter.remove(addr).context("writing VIP_FILTER")?;
+        }
+        Ok(())
     }
 
-    /// Sets the number of NAT backends on an address (0 removes it).
+    /// Sets the number of NAT backends on an address (0 removes it), keeping the
+    /// prefilter in step like [`Self::set_vip`].
     pub fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<()> {
-        set_count(&mut self.nat_sources, addr, backends).context("writing NAT_SOURCES")
+        if backends > 0 {
+            self.nat_filter.add(addr).context("writing NAT_FILTER")?;
+        }
+        set_count(&mut self.nat_sources, addr, backends).context("writing NAT_SOURCES")?;
+        if backends == 0 {
+            self.nat_filter.remove(addr).context("writing NAT_FILTER")?;
+        }
+        Ok(())
     }
 
     /// Global counters, summed over CPUs, in [`Counter::ALL`] order.
@@ -274,6 +383,47 @@ impl Dataplane {
 
     pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
         remove_if_present(&mut self.nat_reverse, key).context("removing from NAT_REVERSE")
+    }
+}
+
+/// A bitmap prefilter of addresses in the datapath (`VIP_FILTER`, `NAT_FILTER`) and the
+/// set of addresses it was built from. Each 64-bit word is written with one map update,
+/// so the datapath sees a word either before or after the change.
+struct AddressFilter {
+    map: Array<MapData, u64>,
+    addrs: std::collections::BTreeSet<u32>,
+}
+
+impl AddressFilter {
+    fn new(map: Array<MapData, u64>) -> Self {
+        AddressFilter {
+            map,
+            addrs: Default::default(),
+        }
+    }
+
+    fn word(&self, index: u32) -> u64 {
+        self.addrs
+            .iter()
+            .map(|a| filter_bit(*a))
+            .filter(|(w, _)| *w == index)
+            .fold(0, |acc, (_, bit)| acc | bit)
+    }
+
+    fn add(&mut self, addr: u32) -> Result<()> {
+        if self.addrs.insert(addr) {
+            let (index, _) = filter_bit(addr);
+            self.map.set(index, self.word(index), 0)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, addr: u32) -> Result<()> {
+        if self.addrs.remove(&addr) {
+            let (index, _) = filter_bit(addr);
+            self.map.set(index, self.word(index), 0)?;
+        }
+        Ok(())
     }
 }
 

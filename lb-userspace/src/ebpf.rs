@@ -31,15 +31,6 @@ pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .with_context(|| format!("program {PROGRAM} is not an XDP program"))
 }
 
-/// The program of a loaded object, for BPF_PROG_TEST_RUN.
-pub fn program(ebpf: &Ebpf) -> Result<&Xdp> {
-    let prog = ebpf
-        .program(PROGRAM)
-        .with_context(|| format!("the eBPF object has no program named {PROGRAM}"))?;
-    prog.try_into()
-        .with_context(|| format!("program {PROGRAM} is not an XDP program"))
-}
-
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {

@@ -23,6 +23,18 @@ enum Command {
     Test,
     /// Run the demo on the built-in lab (network namespaces on this machine).
     Lab,
+    /// Run a benchmark (not a test): side by side with its floor/peer, ratios reported.
+    Bench {
+        #[arg(value_enum)]
+        what: Bench,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// ns per packet of the XDP pipeline vs a MAC-swap floor (BPF_PROG_TEST_RUN), and
+    /// the memory of every map.
+    Datapath,
 }
 
 fn main() -> Result<()> {
@@ -30,6 +42,7 @@ fn main() -> Result<()> {
         Command::Setup => util::setup(),
         Command::Test => test(),
         Command::Lab => lab::demo(),
+        Command::Bench { what } => bench(what),
     }
 }
 
@@ -57,4 +70,23 @@ fn test() -> Result<()> {
     util::cargo(&[&["test", "--test", "*"][..], &CRATES, &FEATURES].concat())?;
     util::step("all tests passed");
     Ok(())
+}
+
+fn bench(what: Bench) -> Result<()> {
+    util::setup()?;
+    match what {
+        Bench::Datapath => {
+            util::step("datapath benchmark (BPF_PROG_TEST_RUN, pinned to one CPU)");
+            util::cargo(&[
+                "bench",
+                "--quiet",
+                "--package",
+                "lb-userspace",
+                "--features",
+                "root-tests",
+                "--bench",
+                "datapath",
+            ])
+        }
+    }
 }

@@ -1,0 +1,142 @@
+//! The fast path: forwarding a known flow with array lookups only.
+//!
+//! Every helper call costs about as much as the whole floor program on machines with
+//! return-thunk mitigations (see docs/BENCHMARKS.md), so the packets of established
+//! flows avoid them all: the per-CPU `FLOW_CACHE` (an array, whose lookups the verifier
+//! inlines) remembers what the full path decided; `bpf_jiffies64` (inlined too) dates
+//! it. A hit is used only when the backend's record still lets the flow stay (the same
+//! rule as the connection table's), the TCP packet carries no SYN/FIN/RST, and the entry
+//! is younger than `FLOW_CACHE_SYNC_JIFFIES`; otherwise the full path runs and refills.
+use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
+use lb_common::{
+    Backend, CACHE_DSR, CACHE_EMPTY, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, CachedFlow, Counter,
+    FLOW_CACHE_SLOTS, FLOW_CACHE_SYNC_JIFFIES, FlowKey,
+};
+
+use crate::{
+    datapath::Verdict,
+    forward::{self, End, Hop},
+    maps::{BACKENDS, FLOW_CACHE},
+    packet::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
+    select,
+    stats::{self, Dir},
+};
+
+/// Index of a flow's cache slot: a cheap multiplicative hash of the 5-tuple.
+#[inline(always)]
+pub fn slot(key: &FlowKey) -> u32 {
+    let ports = u32::from(key.sport) | (u32::from(key.dport) << 16);
+    let x = (key.src ^ key.dst.rotate_left(11) ^ ports.rotate_left(22) ^ u32::from(key.proto))
+        .wrapping_mul(0x9e37_79b1);
+    (x >> 16) & (FLOW_CACHE_SLOTS - 1)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: reads jiffies; inlined by the verifier on 64-bit JITs.
+    unsafe { bpf_jiffies64() }
+}
+
+/// Forwards the packet from the cache, or returns `None` for the full path.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    ip: &Ip,
+    key: &FlowKey,
+    slot: u32,
+    tcp_flags: u8,
+) -> Option<Verdict> {
+    let e = FLOW_CACHE.get_ptr(slot)?;
+    // SAFETY: this CPU's slot; only this CPU writes it, and not while we read.
+    let e = unsafe { &*e };
+    // Field by field (the padding never differs), most selective first.
+    let k = &e.key;
+    if k.sport != key.sport
+        || k.src != key.src
+        || k.dport != key.dport
+        || k.dst != key.dst
+        || k.proto != key.proto
+        || ip.ttl <= 1
+        || now().wrapping_sub(e.synced) >= FLOW_CACHE_SYNC_JIFFIES
+    {
+        return None;
+    }
+    let be = BACKENDS.get(e.backend)?;
+    if !select::keeps(be, e.epoch) {
+        return None;
+    }
+    let hop = Hop {
+        resolved: true,
+        ifindex: e.ifindex,
+        smac: e.smac,
+        dmac: e.dmac,
+    };
+    let bytes = frame_len(ctx) as u64;
+    let v = match e.kind {
+        CACHE_DSR if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => forward::dsr(ctx, ip, be),
+        CACHE_NAT_FORWARD if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
+            forward::rewrite(ctx, ip, End::Dst, be.addr, be.port)?;
+            forward::send(ctx, hop)
+        }
+        CACHE_NAT_REPLY => {
+            forward::rewrite(ctx, ip, End::Src, e.addr, e.port)?;
+            let v = forward::send(ctx, hop);
+            stats::count(Counter::NatReply);
+            stats::traffic(e.service, e.backend, bytes, Dir::Out, false);
+            return Some(v);
+        }
+        _ => return None,
+    };
+    stats::count(Counter::FlowCacheHit);
+    stats::traffic(e.service, e.backend, bytes, Dir::In, false);
+    Some(v)
+}
+
+/// Forgets the flow in `slot` (the full path saw it change state: closing, re-placed
+/// without being settled, ...), so its next packets take the full path too.
+#[inline(always)]
+pub fn forget(slot: u32) {
+    if let Some(e) = FLOW_CACHE.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot.
+        unsafe { (*e).kind = CACHE_EMPTY };
+    }
+}
+
+/// Remembers what the full path decided for this flow.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "flat so BPF inlines it without a struct copy"
+)]
+pub fn fill(
+    slot: u32,
+    key: &FlowKey,
+    kind: u32,
+    index: u32,
+    be: &Backend,
+    service: u32,
+    nat: (u32, u16),
+    hop: Hop,
+) {
+    let Some(e) = FLOW_CACHE.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let e: &mut CachedFlow = unsafe { &mut *e };
+    // Field by field: a whole-struct store goes through a stack copy and a memcpy call.
+    e.key.src = key.src;
+    e.key.dst = key.dst;
+    e.key.sport = key.sport;
+    e.key.dport = key.dport;
+    e.key.proto = key.proto;
+    e.kind = kind;
+    e.backend = index;
+    e.epoch = be.epoch;
+    e.service = service;
+    e.synced = now();
+    e.addr = nat.0;
+    e.port = nat.1;
+    e.ifindex = hop.ifindex;
+    e.smac = hop.smac;
+    e.dmac = hop.dmac;
+}
