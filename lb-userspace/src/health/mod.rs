@@ -1,0 +1,1 @@
+//! Health checks: probes and the rise/fall state machine (no aya).

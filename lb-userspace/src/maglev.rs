@@ -1,0 +1,1 @@
+//! Weighted Maglev table builder (pure: no aya, no I/O).
