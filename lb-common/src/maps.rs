@@ -62,7 +62,7 @@ pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
 /// Key of `SERVICES`: a virtual service.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ServiceKey {
     /// VIP, network byte order.
     pub vip: u32,
@@ -127,7 +127,7 @@ pub const BACKEND_F_REPICK: u16 = 1 << 1;
 
 /// Key of `CONNTRACK` (client -> VIP direction) and `NAT_REVERSE` (backend -> client).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FlowKey {
     /// Source address, network byte order.
     pub src: u32,

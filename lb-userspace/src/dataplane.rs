@@ -53,6 +53,9 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
+    /// Raw fds of the two connection tables (owned by the maps above), for batch reads.
+    conntrack_fd: i32,
+    nat_reverse_fd: i32,
     vips: HashMap<MapData, u32, u32>,
     nat_sources: HashMap<MapData, u32, u32>,
     vip_filter: AddressFilter,
@@ -144,7 +147,20 @@ impl Dataplane {
             }
         }
         memory.sort_by(|a, b| a.name.cmp(&b.name));
+        let raw = |name: &str| -> Result<i32> {
+            let map = ebpf
+                .map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))?;
+            Ok(map_data(map)
+                .with_context(|| format!("map {name} has an unexpected type"))?
+                .fd()
+                .as_fd()
+                .as_raw_fd())
+        };
+        let (conntrack_fd, nat_reverse_fd) = (raw(MAP_CONNTRACK)?, raw(MAP_NAT_REVERSE)?);
         Ok(Dataplane {
+            conntrack_fd,
+            nat_reverse_fd,
             program: programs.first().context("no program to load")?.to_string(),
             memory,
             services: take(&mut ebpf, MAP_SERVICES)?,
@@ -355,7 +371,12 @@ impl Dataplane {
 
     /// Every connection-table entry (a snapshot; entries may come and go meanwhile).
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        collect(&self.conntrack).context("reading CONNTRACK")
+        crate::sys::dump(self.conntrack_fd).context("reading CONNTRACK")
+    }
+
+    /// Deletes connection-table entries (missing ones are fine).
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
+        crate::sys::delete(self.conntrack_fd, keys).context("deleting from CONNTRACK")
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
@@ -374,7 +395,12 @@ impl Dataplane {
 
     /// Every NAT reverse entry (a snapshot).
     pub fn nat_reverse_entries(&self) -> Result<Vec<(FlowKey, NatReverse)>> {
-        collect(&self.nat_reverse).context("reading NAT_REVERSE")
+        crate::sys::dump(self.nat_reverse_fd).context("reading NAT_REVERSE")
+    }
+
+    /// Deletes NAT reverse entries (missing ones are fine).
+    pub fn remove_nat_reverses(&mut self, keys: &[FlowKey]) -> Result<()> {
+        crate::sys::delete(self.nat_reverse_fd, keys).context("deleting from NAT_REVERSE")
     }
 
     pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
@@ -473,19 +499,6 @@ fn remove_if_present<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-fn collect<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
-    for entry in map.iter() {
-        match entry {
-            Ok(kv) => out.push(kv),
-            // The entry went away between listing its key and reading it.
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(out)
-}
-
 /// The raw fd of a map usable as an inner map.
 fn raw_fd<T: InnerMap>(map: &T) -> i32 {
     map.fd().as_fd().as_raw_fd()
@@ -539,5 +552,32 @@ impl Drop for Mmap {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `new` mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl crate::apply::Maps for Dataplane {
+    fn set_backend(&mut self, index: u32, be: Backend) -> Result<()> {
+        Dataplane::set_backend(self, index, be)
+    }
+    fn set_table(&mut self, id: u32, slots: &[u32]) -> Result<()> {
+        Dataplane::set_table(self, id, slots)
+    }
+    fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()> {
+        Dataplane::set_service(self, key, svc)
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        Dataplane::remove_service(self, key)
+    }
+    fn set_vip(&mut self, addr: u32, services: u32) -> Result<()> {
+        Dataplane::set_vip(self, addr, services)
+    }
+    fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<()> {
+        Dataplane::set_nat_source(self, addr, backends)
+    }
+    fn reset_backend_stats(&mut self, index: u32) -> Result<()> {
+        Dataplane::reset_backend_stats(self, index)
+    }
+    fn reset_service_stats(&mut self, id: u32) -> Result<()> {
+        Dataplane::reset_service_stats(self, id)
     }
 }

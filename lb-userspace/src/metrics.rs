@@ -1,0 +1,341 @@
+//! Prometheus text exposition (`lb run --metrics-addr 127.0.0.1:9xxx`, opt-in).
+//!
+//! Conventions: one prefix (`lb_`), counters end in `_total`, byte counters carry
+//! `_bytes`, labels are `vip`, `port`, `proto` and `backend` only — never a client
+//! address. Datapath outcomes and events are one metric each (`lb_datapath_tx_total`,
+//! `lb_datapath_drop_fragment_total`, ...), so no other label is needed.
+use std::{fmt::Write as _, net::SocketAddr};
+
+use anyhow::Result;
+use lb_common::Counter;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::server::Shared;
+
+/// One sample of everything exported, taken under the controller's lock.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub counters: Vec<(Counter, u64)>,
+    pub services: Vec<ServiceSample>,
+    pub conntrack_entries: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceSample {
+    pub vip: String,
+    pub port: u16,
+    pub proto: &'static str,
+    pub traffic: lb_common::TrafficStats,
+    pub backends: Vec<BackendSample>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendSample {
+    pub backend: String,
+    pub traffic: lb_common::TrafficStats,
+    pub up: bool,
+    pub weight: u16,
+    /// 0 ready, 1 drain, 2 maint.
+    pub admin_state: u8,
+    pub in_rotation: bool,
+    pub active: u64,
+    pub inactive: u64,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", l.join(","));
+        }
+    }
+}
+
+/// Renders a snapshot in the Prometheus text format (version 0.0.4).
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut f = Family { out: &mut out };
+    f.header(
+        "lb_build_info",
+        "gauge",
+        "Build of the running lb; the value is always 1.",
+    );
+    f.sample(
+        "lb_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    for (c, v) in &s.counters {
+        let name = format!("lb_datapath_{}_total", c.name());
+        let kind = if c.is_outcome() {
+            "Packets with this outcome"
+        } else {
+            "Datapath event"
+        };
+        f.header(&name, "counter", &format!("{kind}: {}", c.help()));
+        f.sample(&name, &[], v);
+    }
+    f.header(
+        "lb_conntrack_entries",
+        "gauge",
+        "Entries in the connection table at the last sweep.",
+    );
+    f.sample("lb_conntrack_entries", &[], s.conntrack_entries);
+
+    type Get = fn(&lb_common::TrafficStats) -> u64;
+    let traffic: [(&str, &str, Get); 5] = [
+        (
+            "packets_in_total",
+            "Packets forwarded towards backends.",
+            |t| t.packets,
+        ),
+        (
+            "bytes_in_total",
+            "Bytes forwarded towards backends, Ethernet header included.",
+            |t| t.bytes,
+        ),
+        (
+            "packets_out_total",
+            "NAT replies translated back towards clients.",
+            |t| t.packets_out,
+        ),
+        (
+            "bytes_out_total",
+            "Bytes of NAT replies translated back towards clients.",
+            |t| t.bytes_out,
+        ),
+        (
+            "connections_total",
+            "New connections (connection-table entries created or re-placed).",
+            |t| t.new_flows,
+        ),
+    ];
+    for (suffix, help, get) in traffic {
+        let name = format!("lb_service_{suffix}");
+        f.header(&name, "counter", help);
+        for svc in &s.services {
+            let port = svc.port.to_string();
+            f.sample(
+                &name,
+                &[("vip", &svc.vip), ("port", &port), ("proto", svc.proto)],
+                get(&svc.traffic),
+            );
+        }
+        let name = format!("lb_backend_{suffix}");
+        f.header(&name, "counter", help);
+        for svc in &s.services {
+            let port = svc.port.to_string();
+            for b in &svc.backends {
+                f.sample(
+                    &name,
+                    &[
+                        ("vip", &svc.vip),
+                        ("port", &port),
+                        ("proto", svc.proto),
+                        ("backend", &b.backend),
+                    ],
+                    get(&b.traffic),
+                );
+            }
+        }
+    }
+    type GetB = fn(&BackendSample) -> u64;
+    let gauges: [(&str, &str, GetB); 6] = [
+        ("lb_backend_up", "Health: 1 up, 0 down.", |b| b.up.into()),
+        ("lb_backend_weight", "Configured weight.", |b| {
+            b.weight.into()
+        }),
+        (
+            "lb_backend_admin_state",
+            "Admin state: 0 ready, 1 drain, 2 maint.",
+            |b| b.admin_state.into(),
+        ),
+        (
+            "lb_backend_in_rotation",
+            "1 when the backend owns Maglev table slots (takes new connections).",
+            |b| b.in_rotation.into(),
+        ),
+        (
+            "lb_backend_active_connections",
+            "TCP connections past the handshake and not closing.",
+            |b| b.active,
+        ),
+        (
+            "lb_backend_inactive_connections",
+            "Other connection-table entries (opening, closing, UDP).",
+            |b| b.inactive,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        f.header(name, "gauge", help);
+        for svc in &s.services {
+            let port = svc.port.to_string();
+            for b in &svc.backends {
+                f.sample(
+                    name,
+                    &[
+                        ("vip", &svc.vip),
+                        ("port", &port),
+                        ("proto", svc.proto),
+                        ("backend", &b.backend),
+                    ],
+                    get(b),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `addr` until the task is aborted.
+pub async fn serve(addr: SocketAddr, ctl: Shared) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("metrics endpoint {addr}: {e}; metrics are off");
+            return;
+        }
+    };
+    log::info!("metrics on http://{addr}/metrics");
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read the request head (bounded); the request line is all we need.
+            while n < buf.len() {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stream.read(&mut buf[n..]),
+                )
+                .await
+                {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(m)) => {
+                        n += m;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, body, kind) = if head.starts_with("GET ")
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                let snap = tokio::task::spawn_blocking(move || {
+                    ctl.lock().unwrap_or_else(|p| p.into_inner()).metrics()
+                })
+                .await;
+                match snap {
+                    Ok(Ok(s)) => (
+                        "200 OK",
+                        render(&s),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                    Ok(Err(e)) => (
+                        "500 Internal Server Error",
+                        format!("{e:#}\n"),
+                        "text/plain",
+                    ),
+                    Err(e) => ("500 Internal Server Error", format!("{e}\n"), "text/plain"),
+                }
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served\n".to_string(),
+                    "text/plain",
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+impl crate::controller::Controller {
+    /// Everything the metrics endpoint exports.
+    pub fn metrics(&self) -> Result<Snapshot> {
+        let counters = self.dataplane().counters()?;
+        Ok(Snapshot {
+            counters: Counter::ALL.iter().copied().zip(counters).collect(),
+            services: self.service_samples()?,
+            conntrack_entries: self
+                .conn_counts()
+                .values()
+                .map(|c| c.active + c.inactive)
+                .sum(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_names_follow_conventions() {
+        let s = Snapshot {
+            counters: vec![(Counter::Tx, 5), (Counter::FlowNew, 2)],
+            services: vec![ServiceSample {
+                vip: "10.100.0.10".into(),
+                port: 80,
+                proto: "tcp",
+                traffic: lb_common::TrafficStats {
+                    packets: 7,
+                    bytes: 700,
+                    ..Default::default()
+                },
+                backends: vec![BackendSample {
+                    backend: "10.0.0.11:80".into(),
+                    up: true,
+                    weight: 100,
+                    ..Default::default()
+                }],
+            }],
+            conntrack_entries: 3,
+        };
+        let text = render(&s);
+        assert!(text.contains("lb_datapath_tx_total 5\n"), "{text}");
+        assert!(
+            text.contains(
+                "lb_service_bytes_in_total{vip=\"10.100.0.10\",port=\"80\",proto=\"tcp\"} 700\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("lb_backend_up{vip=\"10.100.0.10\",port=\"80\",proto=\"tcp\",backend=\"10.0.0.11:80\"} 1\n"), "{text}");
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            assert!(w[2].starts_with("lb_"), "{line}");
+            assert_eq!(w[3] == "counter", w[2].ends_with("_total"), "{line}");
+        }
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

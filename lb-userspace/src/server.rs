@@ -1,0 +1,234 @@
+//! The control socket: a UNIX stream socket, one JSON request per line, one JSON response
+//! per line, any number of concurrent clients.
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Notify,
+};
+
+use crate::{
+    controller::Controller,
+    proto::{self, MAX_LINE, Request, Response},
+};
+
+pub type Shared = Arc<Mutex<Controller>>;
+
+/// Binds the control socket at `path` (mode 0600, directory 0700 when lb creates it).
+/// Refuses when another lb answers there; removes a stale socket left by a crashed run.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another lb is serving the control socket {}: stop it first, or give this one another --socket",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            log::info!(
+                "removed a stale control socket left by an earlier run: {}",
+                path.display()
+            );
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket: remove it or give another --socket",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Removes the socket file when dropped.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Accepts clients forever; `changed` is notified after every request that may have
+/// changed the running state (the health scheduler listens).
+pub async fn serve(listener: UnixListener, ctl: Shared, changed: Arc<Notify>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(client(stream, ctl.clone(), changed.clone()));
+            }
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A line read from a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line (without its newline) is in the buffer.
+    Complete,
+    /// The line exceeded the limit; it was read to its end and discarded.
+    TooLong,
+    /// The client closed the connection.
+    Eof,
+}
+
+/// Reads one line of at most `max` bytes into `buf`; longer lines are consumed to their
+/// newline and reported, so the next request on the connection still parses.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Complete
+            });
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let used = done.unwrap_or(available.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
+        }
+    }
+}
+
+async fn client(stream: UnixStream, ctl: Shared, changed: Arc<Notify>) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let response = match read_line(&mut r, &mut buf, MAX_LINE).await {
+            Err(_) | Ok(Line::Eof) => return,
+            Ok(Line::TooLong) => Response::error(format!(
+                "request line longer than {MAX_LINE} bytes: rejected, nothing changed; send one request per line"
+            )),
+            Ok(Line::Complete) => match std::str::from_utf8(&buf) {
+                Err(_) => Response::error("request is not UTF-8 text: rejected, nothing changed"),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => match proto::parse(text.trim()) {
+                    Err(e) => Response::error(e),
+                    Ok(req) => handle(&ctl, &changed, req).await,
+                },
+            },
+        };
+        let mut line = response.to_line();
+        line.push('\n');
+        if w.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(ctl: &Shared, changed: &Notify, req: Request) -> Response {
+    let mutates = !matches!(
+        req,
+        Request::List | Request::Stats { .. } | Request::Conns { .. }
+    );
+    let ctl = ctl.clone();
+    let response = tokio::task::spawn_blocking(move || {
+        let mut c = ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        c.handle(req)
+    })
+    .await
+    .unwrap_or_else(|e| Response::error(format!("internal error: {e}")));
+    if mutates && response.ok {
+        changed.notify_one();
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<(Line, String)> {
+        let mut r = BufReader::with_capacity(7, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let l = read_line(&mut r, &mut buf, max).await.unwrap();
+            let eof = l == Line::Eof;
+            out.push((l, String::from_utf8_lossy(&buf).into_owned()));
+            if eof {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_reported_and_skipped_whole() {
+        let got = lines(
+            b"short\nthis line is far too long\nok\nlast-without-newline",
+            10,
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                (Line::Complete, "short".into()),
+                (Line::TooLong, String::new()),
+                (Line::Complete, "ok".into()),
+                (Line::TooLong, String::new()),
+                (Line::Eof, String::new()),
+            ]
+        );
+        let got = lines(b"a\nend", 10).await;
+        assert_eq!(
+            got,
+            vec![
+                (Line::Complete, "a".into()),
+                (Line::Complete, "end".into()),
+                (Line::Eof, String::new())
+            ]
+        );
+        let got = lines(b"exactly-10\n", 10).await;
+        assert_eq!(got[0], (Line::Complete, "exactly-10".into()));
+    }
+}

@@ -1,0 +1,262 @@
+//! Human output of the CLI, in the spirit of `ipvsadm -Ln` (pure: JSON in, text out).
+use serde_json::Value;
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn proto_addr(service: &str) -> (String, String) {
+    match service.split_once('/') {
+        Some((addr, proto)) => (proto.to_uppercase(), addr.to_string()),
+        None => (String::new(), service.to_string()),
+    }
+}
+
+/// `lb service list`.
+pub fn services(list: &Value) -> String {
+    let mut out = String::new();
+    out += "Prot LocalAddress:Port         Scheduler Forward Flags\n";
+    out += "  -> RemoteAddress:Port        Weight ActiveConn InActConn Health State  Rotation Last check\n";
+    for svc in list["services"].as_array().into_iter().flatten() {
+        let (proto, addr) = proto_addr(s(svc, "service"));
+        let cfg = &svc["config"];
+        let mut flags = vec![format!("table={}", u(cfg, "table_size"))];
+        if cfg["persistence"].as_bool() == Some(true) {
+            flags.push("persistent".into());
+        }
+        let hc = &cfg["health_check"];
+        flags.push(format!("check={}", s(hc, "kind")));
+        out += &format!(
+            "{proto:<4} {addr:<25} {:<9} {:<7} {}\n",
+            s(cfg, "scheduler"),
+            s(cfg, "forwarding"),
+            flags.join(",")
+        );
+        for b in svc["backends"].as_array().into_iter().flatten() {
+            let health = &b["health"];
+            let mut name = s(b, "backend").to_string();
+            if b["backup"].as_bool() == Some(true) {
+                name += " (backup)";
+            }
+            let last = health
+                .get("last_result")
+                .and_then(Value::as_str)
+                .unwrap_or("-");
+            out += &format!(
+                "  -> {name:<25} {:<6} {:<10} {:<9} {:<6} {:<6} {:<8} {last}\n",
+                u(b, "weight"),
+                u(b, "active_conns"),
+                u(b, "inactive_conns"),
+                s(health, "state"),
+                s(b, "state"),
+                if b["in_rotation"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+            );
+            if let Some(n) = b.get("neighbour").and_then(Value::as_str)
+                && !n.contains(':')
+            {
+                out += &format!("       ! {n}\n");
+            }
+        }
+    }
+    out
+}
+
+fn human(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{:.1}G", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1}M", n / 1e6)
+    } else if n >= 1e4 {
+        format!("{:.1}K", n / 1e3)
+    } else {
+        format!("{}", n.round())
+    }
+}
+
+/// `lb stats` (`--rate` adds the per-second table).
+pub fn stats(st: &Value, rate: bool) -> String {
+    let mut out = String::new();
+    if rate {
+        out += &format!("Rates over the last {:.1} s\n", f(st, "rate_window_s"));
+        out += &format!(
+            "{:<4} {:<25}{:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "Prot", "LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"
+        );
+        out += "  -> RemoteAddress:Port\n";
+        for svc in st["services"].as_array().into_iter().flatten() {
+            let (proto, addr) = proto_addr(s(svc, "service"));
+            out += &format!("{proto:<4} {addr:<25}{}\n", rate_cols(&svc["rate"]));
+            for b in svc["backends"].as_array().into_iter().flatten() {
+                out += &format!("  -> {:<25}{}\n", s(b, "backend"), rate_cols(&b["rate"]));
+            }
+        }
+    } else {
+        out += &format!(
+            "{:<4} {:<25}{:>10} {:>8} {:>8} {:>8} {:>8}\n",
+            "Prot", "LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+        );
+        out += "  -> RemoteAddress:Port\n";
+        for svc in st["services"].as_array().into_iter().flatten() {
+            let (proto, addr) = proto_addr(s(svc, "service"));
+            out += &format!("{proto:<4} {addr:<25}{}\n", traffic_cols(&svc["traffic"]));
+            for b in svc["backends"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  -> {:<25}{}\n",
+                    s(b, "backend"),
+                    traffic_cols(&b["traffic"])
+                );
+            }
+        }
+    }
+    out += "\nDatapath counters (non-zero)\n";
+    if let Some(counters) = st["counters"].as_object() {
+        let per_s = st.get("counters_per_s").and_then(Value::as_object);
+        for (name, v) in counters {
+            let v = v.as_u64().unwrap_or(0);
+            if v == 0 {
+                continue;
+            }
+            match per_s.and_then(|p| p.get(name)).and_then(Value::as_f64) {
+                Some(r) if rate => out += &format!("  {name:<24} {v:>12} {:>10}/s\n", human(r)),
+                _ => out += &format!("  {name:<24} {v:>12}\n"),
+            }
+        }
+    }
+    out
+}
+
+fn traffic_cols(t: &Value) -> String {
+    format!(
+        "{:>10} {:>8} {:>8} {:>8} {:>8}",
+        human(u(t, "conns") as f64),
+        human(u(t, "packets") as f64),
+        human(u(t, "packets_out") as f64),
+        human(u(t, "bytes") as f64),
+        human(u(t, "bytes_out") as f64)
+    )
+}
+
+fn rate_cols(r: &Value) -> String {
+    format!(
+        "{:>8} {:>8} {:>8} {:>8} {:>8}",
+        human(f(r, "conns_per_s")),
+        human(f(r, "packets_per_s")),
+        human(f(r, "packets_out_per_s")),
+        human(f(r, "bytes_per_s")),
+        human(f(r, "bytes_out_per_s"))
+    )
+}
+
+/// `lb conns` (like `ipvsadm -Lnc`).
+pub fn conns(c: &Value) -> String {
+    let mut out = String::from(
+        "Pro Idle(s) State        Source                Virtual               Destination\n",
+    );
+    for row in c["conns"].as_array().into_iter().flatten() {
+        let (_, virt) = proto_addr(s(row, "service"));
+        out += &format!(
+            "{:<3} {:>7} {:<12} {:<21} {:<21} {}\n",
+            s(row, "protocol").to_uppercase(),
+            u(row, "idle_s"),
+            s(row, "state"),
+            s(row, "client"),
+            virt,
+            s(row, "backend"),
+        );
+    }
+    if c["truncated"].as_bool() == Some(true) {
+        out += &format!(
+            "... {} connections in all; use --limit to see more\n",
+            u(c, "total")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn service_listing_reads_like_ipvsadm() {
+        let v = json!({"services": [{"service": "10.100.0.10:80/tcp",
+            "config": {"scheduler": "maglev", "forwarding": "dsr", "table_size": 65537, "persistence": false, "health_check": {"kind": "http"}},
+            "backends": [
+                {"backend": "10.0.0.11:80", "weight": 100, "backup": false, "state": "ready", "in_rotation": true, "active_conns": 3, "inactive_conns": 1,
+                 "health": {"state": "up", "last_result": "ok"}, "neighbour": "02:00:00:00:00:0b"},
+                {"backend": "10.0.0.12:80", "weight": 0, "backup": true, "state": "drain", "in_rotation": false, "active_conns": 0, "inactive_conns": 0,
+                 "health": {"state": "down", "last_result": "HTTP 503"}, "neighbour": "its MAC on eth0 is not known yet"}]}]});
+        let t = services(&v);
+        assert!(t.contains("TCP  10.100.0.10:80"), "{t}");
+        assert!(
+            t.contains("maglev    dsr     table=65537,check=http"),
+            "{t}"
+        );
+        assert!(
+            t.lines().any(|l| l.starts_with("  -> 10.0.0.11:80")
+                && l.contains(" 100 ")
+                && l.contains(" up ")
+                && l.ends_with("yes      ok")),
+            "{t}"
+        );
+        assert!(
+            t.contains("10.0.0.12:80 (backup)") && t.contains("HTTP 503") && t.contains("drain"),
+            "{t}"
+        );
+        assert!(t.contains("! its MAC on eth0 is not known yet"), "{t}");
+    }
+
+    #[test]
+    fn stats_and_conns_tables() {
+        let v = json!({"counters": {"tx": 10, "drop_fragment": 0, "flow_new": 2},
+            "counters_per_s": {"tx": 5.0, "flow_new": 1.0},
+            "rate_window_s": 2.0,
+            "services": [{"service": "10.100.0.10:80/tcp", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000, "packets_out": 0, "bytes_out": 0},
+                "rate": {"conns_per_s": 1.0, "packets_per_s": 5.0},
+                "backends": [{"backend": "10.0.0.11:80", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000}, "rate": {}}]}]});
+        let t = stats(&v, false);
+        assert!(
+            t.contains(
+                "TCP  10.100.0.10:80                    2       10        0     1.5M        0"
+            ),
+            "{t}"
+        );
+        let header = t.lines().next().unwrap();
+        let row = t.lines().nth(2).unwrap();
+        assert_eq!(
+            header.find("Conns").unwrap() + "Conns".len(),
+            row.find("2 ").unwrap() + 1,
+            "columns align:\n{t}"
+        );
+        assert!(t.contains("  tx ") && !t.contains("drop_fragment"), "{t}");
+        let r = stats(&v, true);
+        assert!(
+            r.contains("Rates over the last 2.0 s") && r.contains("5/s"),
+            "{r}"
+        );
+        let c = conns(
+            &json!({"conns": [{"protocol": "tcp", "client": "198.51.100.7:40000", "service": "10.100.0.10:80/tcp", "backend": "10.0.0.11:80", "state": "established", "idle_s": 3}], "total": 5, "truncated": true}),
+        );
+        assert!(
+            c.contains(
+                "TCP       3 established  198.51.100.7:40000    10.100.0.10:80        10.0.0.11:80"
+            ),
+            "{c}"
+        );
+        assert!(c.contains("5 connections in all"), "{c}");
+    }
+}

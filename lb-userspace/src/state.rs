@@ -1,0 +1,808 @@
+//! The running state of the balancer, as the control plane sees it (pure: no aya).
+//!
+//! [`Runtime`] holds the services and backends with everything the datapath needs to know
+//! about them (service ids, backend indexes and epochs, admin state, health). Every change
+//! (from the configuration, the control socket or a health check) is validated in full
+//! before anything is modified: an operation either applies whole or returns an error and
+//! leaves the runtime as it was. [`Runtime::image`] derives what the datapath's maps should
+//! hold; `apply.rs` writes the difference between two images in a safe order.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+};
+
+use lb_common::{
+    BACKEND_F_LIVE, BACKEND_F_REPICK, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, SERVICE_F_HASH_SRC,
+    SERVICE_F_NAT,
+};
+
+use crate::{
+    config::{
+        AdminState, BackendConfig, Config, ConntrackConfig, Forwarding, ServiceConfig, ServiceKey,
+    },
+    health::Health,
+    maglev,
+};
+
+/// An operation that cannot be done, and why (shown to the operator as is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError(pub String);
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, OpError> {
+    Err(OpError(msg.into()))
+}
+
+/// Where a DSR backend is reached: egress interface and the MACs to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    pub config: BackendConfig,
+    /// Index in the datapath's `BACKENDS` array.
+    pub index: u32,
+    /// Epoch the index was given to this backend under.
+    pub epoch: u32,
+    pub health: Health,
+}
+
+/// One service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceState {
+    /// The service's configuration; its `backends` list is kept empty (see `backends`).
+    pub config: ServiceConfig,
+    /// Index in the datapath's `TABLES` and `SERVICE_STATS`.
+    pub id: u32,
+    pub backends: BTreeMap<SocketAddrV4, BackendState>,
+    /// The last table built, and what it was built from.
+    table: Option<(Vec<maglev::Candidate>, u32, Arc<Vec<u32>>)>,
+}
+
+impl ServiceState {
+    /// The service as configuration again (backends in address order).
+    pub fn to_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            backends: self.backends.values().map(|b| b.config.clone()).collect(),
+            ..self.config.clone()
+        }
+    }
+
+    /// Whether a backend may get table slots (before the primary/backup choice).
+    fn usable(&self, b: &BackendState, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> bool {
+        b.config.state == AdminState::Ready
+            && b.health == Health::Up
+            && b.config.weight > 0
+            && (self.config.forwarding == Forwarding::Nat || neighbours(b.config.address).is_some())
+    }
+
+    /// The backends that get slots: usable primaries, or, when there is none, usable
+    /// backups; empty when nothing is usable (the service then drops new flows).
+    pub fn in_rotation(
+        &self,
+        neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>,
+    ) -> Vec<&BackendState> {
+        let usable: Vec<&BackendState> = self
+            .backends
+            .values()
+            .filter(|b| self.usable(b, neighbours))
+            .collect();
+        let primaries: Vec<&BackendState> = usable
+            .iter()
+            .copied()
+            .filter(|b| !b.config.backup)
+            .collect();
+        if primaries.is_empty() {
+            usable
+        } else {
+            primaries
+        }
+    }
+
+    fn table(&mut self, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> Arc<Vec<u32>> {
+        let members = self.in_rotation(neighbours);
+        let candidates: Vec<maglev::Candidate> = members
+            .iter()
+            .map(|b| maglev::Candidate {
+                addr: b.config.socket_addr(self.config.port),
+                weight: u32::from(b.config.weight),
+            })
+            .collect();
+        let indexes: Vec<u32> = members.iter().map(|b| b.index).collect();
+        let size = self.config.table_size;
+        if let Some((c, s, t)) = &self.table
+            && *c == candidates
+            && *s == size
+        {
+            return t.clone();
+        }
+        let slots: Vec<u32> = maglev::build(&candidates, size)
+            .into_iter()
+            .map(|pos| pos.map_or(NO_BACKEND, |p| indexes[p as usize]))
+            .collect();
+        let table = Arc::new(slots);
+        self.table = Some((candidates, size, table.clone()));
+        table
+    }
+}
+
+/// Hands out ids `0..limit`, lowest free first, remembering how often each was given out
+/// (its epoch).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct IdPool {
+    free: BTreeSet<u32>,
+    next: u32,
+    limit: u32,
+    epochs: BTreeMap<u32, u32>,
+}
+
+impl IdPool {
+    fn new(limit: u32) -> Self {
+        IdPool {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    fn available(&self) -> u32 {
+        self.limit - self.next + self.free.len() as u32
+    }
+
+    /// Takes an id; returns (id, epoch).
+    fn take(&mut self) -> Option<(u32, u32)> {
+        let id = match self.free.pop_first() {
+            Some(id) => id,
+            None if self.next < self.limit => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
+        let epoch = self.epochs.entry(id).or_insert(0);
+        *epoch += 1;
+        Some((id, *epoch))
+    }
+
+    fn give_back(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+/// The running services and backends.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub conntrack: ConntrackConfig,
+    services: BTreeMap<ServiceKey, ServiceState>,
+    service_ids: IdPool,
+    backend_indexes: IdPool,
+}
+
+/// What the datapath's maps should hold (see `apply.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub services: BTreeMap<lb_common::ServiceKey, lb_common::Service>,
+    pub tables: BTreeMap<u32, Arc<Vec<u32>>>,
+    pub backends: BTreeMap<u32, lb_common::Backend>,
+    /// VIP address (network order) -> number of services on it.
+    pub vips: BTreeMap<u32, u32>,
+    /// NAT backend address (network order) -> number of NAT backends on it.
+    pub nat_sources: BTreeMap<u32, u32>,
+}
+
+/// The datapath key of a service.
+pub fn datapath_key(k: &ServiceKey) -> lb_common::ServiceKey {
+    lb_common::ServiceKey {
+        vip: u32::from_ne_bytes(k.vip.octets()),
+        port: k.port.to_be(),
+        proto: k.protocol.number(),
+        _pad: 0,
+    }
+}
+
+impl Runtime {
+    /// An empty runtime.
+    pub fn new(conntrack: ConntrackConfig) -> Self {
+        Runtime {
+            conntrack,
+            services: BTreeMap::new(),
+            service_ids: IdPool::new(MAX_SERVICES),
+            backend_indexes: IdPool::new(MAX_BACKENDS),
+        }
+    }
+
+    /// A runtime holding exactly `config` (backends start `initial`).
+    pub fn from_config(config: &Config, initial: Health) -> Result<Self, OpError> {
+        let mut r = Runtime::new(config.conntrack.clone());
+        r.reload(config, initial)?;
+        Ok(r)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceState> {
+        self.services.values()
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceState> {
+        self.services.get(key)
+    }
+
+    /// The whole running configuration.
+    pub fn to_config(&self) -> Config {
+        Config {
+            conntrack: self.conntrack.clone(),
+            services: self
+                .services
+                .values()
+                .map(ServiceState::to_config)
+                .collect(),
+        }
+    }
+
+    fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut ServiceState, OpError> {
+        match self.services.get_mut(key) {
+            Some(s) => Ok(s),
+            None => fail(format!(
+                "no service {key}; `lb service list` shows the services"
+            )),
+        }
+    }
+
+    /// Replaces the running configuration with `config` (already validated as a whole).
+    /// Services and backends that stay keep their ids, indexes and health; everything
+    /// else is added or removed. `max_entries` cannot change while running.
+    pub fn reload(&mut self, config: &Config, initial: Health) -> Result<(), OpError> {
+        if !self.services.is_empty() && config.conntrack.max_entries != self.conntrack.max_entries {
+            return fail(format!(
+                "conntrack.max_entries cannot change while running ({} -> {}): restart lb to resize the connection table",
+                self.conntrack.max_entries, config.conntrack.max_entries
+            ));
+        }
+        let mut next = self.clone();
+        next.conntrack = config.conntrack.clone();
+        let wanted: BTreeSet<ServiceKey> = config.services.iter().map(ServiceConfig::key).collect();
+        let gone: Vec<ServiceKey> = next
+            .services
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            next.remove_service(&k)?;
+        }
+        for s in &config.services {
+            let key = s.key();
+            let replace = next
+                .services
+                .get(&key)
+                .is_some_and(|old| old.config.forwarding != s.forwarding);
+            if replace {
+                // DSR <-> NAT is a different service to the datapath: start it afresh.
+                next.remove_service(&key)?;
+            }
+            if !next.services.contains_key(&key) {
+                next.add_service(s.clone(), initial)?;
+                continue;
+            }
+            let svc = next.service_mut(&key)?;
+            svc.config = ServiceConfig {
+                backends: Vec::new(),
+                ..s.clone()
+            };
+            let wanted: BTreeSet<SocketAddrV4> =
+                s.backends.iter().map(|b| b.socket_addr(s.port)).collect();
+            let gone: Vec<SocketAddrV4> = svc
+                .backends
+                .keys()
+                .filter(|a| !wanted.contains(a))
+                .copied()
+                .collect();
+            for a in gone {
+                next.remove_backend(&key, a)?;
+            }
+            for b in &s.backends {
+                let addr = b.socket_addr(s.port);
+                match next.service_mut(&key)?.backends.get_mut(&addr) {
+                    Some(existing) => existing.config = b.clone(),
+                    None => next.add_backend(&key, b.clone(), initial)?,
+                }
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// Adds a service (and its backends).
+    pub fn add_service(&mut self, config: ServiceConfig, initial: Health) -> Result<(), OpError> {
+        let key = config.key();
+        config
+            .validate("service")
+            .map_err(|e| OpError(e.to_string()))?;
+        if self.services.contains_key(&key) {
+            return fail(format!(
+                "service {key} exists already; `lb service del {key}` first to replace it"
+            ));
+        }
+        if self.service_ids.available() == 0 {
+            return fail(format!(
+                "no free service id: lb runs at most {MAX_SERVICES} services"
+            ));
+        }
+        if self.backend_indexes.available() < config.backends.len() as u32 {
+            return fail(format!(
+                "not enough free backend slots for {} more backends (limit {MAX_BACKENDS})",
+                config.backends.len()
+            ));
+        }
+        let (id, _) = self.service_ids.take().expect("checked above");
+        let backends = config.backends.clone();
+        let svc = ServiceState {
+            config: ServiceConfig {
+                backends: Vec::new(),
+                ..config
+            },
+            id,
+            backends: BTreeMap::new(),
+            table: None,
+        };
+        self.services.insert(key, svc);
+        for b in backends {
+            self.add_backend(&key, b, initial)
+                .expect("validated and capacity checked");
+        }
+        Ok(())
+    }
+
+    /// Removes a service and its backends.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), OpError> {
+        let Some(svc) = self.services.remove(key) else {
+            return fail(format!(
+                "no service {key}; `lb service list` shows the services"
+            ));
+        };
+        for b in svc.backends.values() {
+            self.backend_indexes.give_back(b.index);
+        }
+        self.service_ids.give_back(svc.id);
+        Ok(())
+    }
+
+    /// Adds a backend to a service.
+    pub fn add_backend(
+        &mut self,
+        key: &ServiceKey,
+        config: BackendConfig,
+        initial: Health,
+    ) -> Result<(), OpError> {
+        let svc = self.services.get(key).ok_or_else(|| {
+            OpError(format!(
+                "no service {key}; `lb service list` shows the services"
+            ))
+        })?;
+        config
+            .validate("backend", &svc.config)
+            .map_err(|e| OpError(e.to_string()))?;
+        let addr = config.socket_addr(key.port);
+        if svc.backends.contains_key(&addr) {
+            return fail(format!(
+                "backend {addr} is already in service {key}; use `lb backend set` to change it"
+            ));
+        }
+        let Some((index, epoch)) = self.backend_indexes.take() else {
+            return fail(format!(
+                "no free backend slot: lb runs at most {MAX_BACKENDS} backends in all"
+            ));
+        };
+        let svc = self.service_mut(key)?;
+        svc.backends.insert(
+            addr,
+            BackendState {
+                config,
+                index,
+                epoch,
+                health: initial,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a backend from a service.
+    pub fn remove_backend(&mut self, key: &ServiceKey, addr: SocketAddrV4) -> Result<(), OpError> {
+        let svc = self.service_mut(key)?;
+        let Some(b) = svc.backends.remove(&addr) else {
+            return fail(format!("no backend {addr} in service {key}"));
+        };
+        self.backend_indexes.give_back(b.index);
+        Ok(())
+    }
+
+    /// Changes a backend's weight and/or admin state.
+    pub fn set_backend(
+        &mut self,
+        key: &ServiceKey,
+        addr: SocketAddrV4,
+        weight: Option<u16>,
+        state: Option<AdminState>,
+    ) -> Result<(), OpError> {
+        if weight.is_none() && state.is_none() {
+            return fail("nothing to change: give a weight and/or a state");
+        }
+        let svc = self.service_mut(key)?;
+        let Some(b) = svc.backends.get_mut(&addr) else {
+            return fail(format!("no backend {addr} in service {key}"));
+        };
+        if let Some(w) = weight {
+            b.config.weight = w;
+        }
+        if let Some(s) = state {
+            b.config.state = s;
+        }
+        Ok(())
+    }
+
+    /// Records a backend's health; returns whether it changed.
+    pub fn set_health(&mut self, key: &ServiceKey, addr: SocketAddrV4, health: Health) -> bool {
+        match self
+            .services
+            .get_mut(key)
+            .and_then(|s| s.backends.get_mut(&addr))
+        {
+            Some(b) if b.health != health => {
+                b.health = health;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What the datapath should hold. `neighbours` gives DSR backends' next hops; a DSR
+    /// backend without one gets no slot.
+    pub fn image(&mut self, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> Image {
+        let mut img = Image::default();
+        for (key, svc) in self.services.iter_mut() {
+            let nat = svc.config.forwarding == Forwarding::Nat;
+            let mut flags = 0;
+            if nat {
+                flags |= SERVICE_F_NAT;
+            }
+            if svc.config.persistence {
+                flags |= SERVICE_F_HASH_SRC;
+            }
+            img.services.insert(
+                datapath_key(key),
+                lb_common::Service {
+                    id: svc.id,
+                    flags,
+                    table_size: svc.config.table_size,
+                    _pad: 0,
+                },
+            );
+            img.tables.insert(svc.id, svc.table(neighbours));
+            *img.vips
+                .entry(u32::from_ne_bytes(key.vip.octets()))
+                .or_default() += 1;
+            for b in svc.backends.values() {
+                let addr = b.config.socket_addr(key.port);
+                // Flows re-pick away from backends in maintenance or down; drained and
+                // weight-0 backends keep theirs.
+                let repick = b.config.state == AdminState::Maint || b.health == Health::Down;
+                let n = if nat {
+                    None
+                } else {
+                    neighbours(b.config.address)
+                };
+                img.backends.insert(
+                    b.index,
+                    lb_common::Backend {
+                        addr: u32::from_ne_bytes(addr.ip().octets()),
+                        port: addr.port().to_be(),
+                        flags: BACKEND_F_LIVE | if repick { BACKEND_F_REPICK } else { 0 },
+                        epoch: b.epoch,
+                        ifindex: n.map_or(0, |n| n.ifindex),
+                        mac: n.map_or([0; 6], |n| n.mac),
+                        src_mac: n.map_or([0; 6], |n| n.src_mac),
+                        service: svc.id,
+                    },
+                );
+                if nat {
+                    *img.nat_sources
+                        .entry(u32::from_ne_bytes(addr.ip().octets()))
+                        .or_default() += 1;
+                }
+            }
+        }
+        img
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neighbours(a: Ipv4Addr) -> Option<Neighbour> {
+        Some(Neighbour {
+            ifindex: 3,
+            mac: [2, 0, 0, 0, 0, a.octets()[3]],
+            src_mac: [2, 0, 0, 0, 0, 1],
+        })
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const TWO: &str = r#"{"services": [
+        {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [
+            {"address": "10.0.0.11"}, {"address": "10.0.0.12"}, {"address": "10.0.0.13", "backup": true}]},
+        {"vip": "10.100.0.20", "port": 8080, "forwarding": "nat", "table_size": 251, "backends": [
+            {"address": "10.1.0.11", "port": 80}]}]}"#;
+
+    fn key(s: &str) -> ServiceKey {
+        s.parse().unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    /// Backend indexes that own at least one slot of a service's table.
+    fn members(img: &Image, id: u32) -> BTreeSet<u32> {
+        img.tables[&id]
+            .iter()
+            .copied()
+            .filter(|i| *i != NO_BACKEND)
+            .collect()
+    }
+
+    fn index(r: &Runtime, s: &str, b: &str) -> u32 {
+        r.service(&key(s)).unwrap().backends[&addr(b)].index
+    }
+
+    #[test]
+    fn image_of_a_config() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let img = r.image(&neighbours);
+        assert_eq!(img.services.len(), 2);
+        let web = r.service(&key("10.100.0.10:80/tcp")).unwrap().id;
+        let a = index(&r, "10.100.0.10:80/tcp", "10.0.0.11:80");
+        let b = index(&r, "10.100.0.10:80/tcp", "10.0.0.12:80");
+        assert_eq!(
+            members(&img, web),
+            BTreeSet::from([a, b]),
+            "the backup gets no slot while primaries are usable"
+        );
+        let be = img.backends[&a];
+        assert_eq!(
+            (be.flags, be.ifindex, be.mac, be.port),
+            (BACKEND_F_LIVE, 3, [2, 0, 0, 0, 0, 11], 80u16.to_be())
+        );
+        let nat = r.service(&key("10.100.0.20:8080/tcp")).unwrap();
+        let nat_be = img.backends[&nat.backends[&addr("10.1.0.11:80")].index];
+        assert_eq!(
+            (nat_be.port, nat_be.mac),
+            (80u16.to_be(), [0; 6]),
+            "NAT backends need no MAC"
+        );
+        assert_eq!(
+            img.services[&datapath_key(&key("10.100.0.20:8080/tcp"))].flags,
+            SERVICE_F_NAT
+        );
+        assert_eq!(img.vips.len(), 2);
+        assert_eq!(
+            img.nat_sources.keys().copied().collect::<Vec<_>>(),
+            vec![u32::from_ne_bytes([10, 1, 0, 11])]
+        );
+    }
+
+    #[test]
+    fn drain_maint_down_weight_zero_and_backups() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let s = key("10.100.0.10:80/tcp");
+        let id = r.service(&s).unwrap().id;
+        let (a, b, c) = (
+            index(&r, "10.100.0.10:80/tcp", "10.0.0.11:80"),
+            index(&r, "10.100.0.10:80/tcp", "10.0.0.12:80"),
+            index(&r, "10.100.0.10:80/tcp", "10.0.0.13:80"),
+        );
+
+        r.set_backend(&s, addr("10.0.0.11:80"), None, Some(AdminState::Drain))
+            .unwrap();
+        let img = r.image(&neighbours);
+        assert_eq!(members(&img, id), BTreeSet::from([b]), "drain: no slots");
+        assert_eq!(img.backends[&a].flags, BACKEND_F_LIVE, "drain: flows stay");
+
+        r.set_backend(&s, addr("10.0.0.12:80"), Some(0), None)
+            .unwrap();
+        let img = r.image(&neighbours);
+        assert_eq!(
+            members(&img, id),
+            BTreeSet::from([c]),
+            "no usable primary: the backup takes over"
+        );
+        assert_eq!(
+            img.backends[&b].flags, BACKEND_F_LIVE,
+            "weight 0: flows stay"
+        );
+
+        r.set_backend(&s, addr("10.0.0.12:80"), Some(100), None)
+            .unwrap();
+        assert_eq!(
+            members(&r.image(&neighbours), id),
+            BTreeSet::from([b]),
+            "a primary back: the backup steps aside"
+        );
+
+        assert!(r.set_health(&s, addr("10.0.0.12:80"), Health::Down));
+        assert!(
+            !r.set_health(&s, addr("10.0.0.12:80"), Health::Down),
+            "no change reported twice"
+        );
+        let img = r.image(&neighbours);
+        assert_eq!(members(&img, id), BTreeSet::from([c]));
+        assert_eq!(
+            img.backends[&b].flags,
+            BACKEND_F_LIVE | BACKEND_F_REPICK,
+            "down: flows re-pick"
+        );
+
+        r.set_backend(&s, addr("10.0.0.13:80"), None, Some(AdminState::Maint))
+            .unwrap();
+        let img = r.image(&neighbours);
+        assert!(
+            members(&img, id).is_empty(),
+            "nothing usable: the service drops new flows"
+        );
+        assert_eq!(
+            img.backends[&c].flags,
+            BACKEND_F_LIVE | BACKEND_F_REPICK,
+            "maint: flows re-pick"
+        );
+    }
+
+    #[test]
+    fn dsr_backends_without_a_neighbour_get_no_slot() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let id = r.service(&key("10.100.0.10:80/tcp")).unwrap().id;
+        let only_12 = |a: Ipv4Addr| {
+            if a.octets()[3] == 12 {
+                neighbours(a)
+            } else {
+                None
+            }
+        };
+        let img = r.image(&only_12);
+        assert_eq!(
+            members(&img, id),
+            BTreeSet::from([index(&r, "10.100.0.10:80/tcp", "10.0.0.12:80")])
+        );
+    }
+
+    #[test]
+    fn failed_operations_change_nothing() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let before = r.to_config();
+        let s = key("10.100.0.10:80/tcp");
+        let b = |t: &str| -> BackendConfig { serde_json::from_str(t).unwrap() };
+        let errors = [
+            r.add_backend(&s, b(r#"{"address": "10.0.0.11"}"#), Health::Up)
+                .unwrap_err(),
+            r.add_backend(&s, b(r#"{"address": "10.0.0.20", "port": 81}"#), Health::Up)
+                .unwrap_err(),
+            r.add_backend(
+                &key("10.9.9.9:80/tcp"),
+                b(r#"{"address": "10.0.0.20"}"#),
+                Health::Up,
+            )
+            .unwrap_err(),
+            r.remove_backend(&s, addr("10.0.0.99:80")).unwrap_err(),
+            r.set_backend(&s, addr("10.0.0.99:80"), Some(1), None)
+                .unwrap_err(),
+            r.set_backend(&s, addr("10.0.0.11:80"), None, None)
+                .unwrap_err(),
+            r.remove_service(&key("10.9.9.9:80/tcp")).unwrap_err(),
+            r.add_service(config(TWO).services[0].clone(), Health::Up)
+                .unwrap_err(),
+        ];
+        for e in &errors {
+            assert!(!e.0.is_empty());
+        }
+        assert!(errors[0].0.contains("already"), "{}", errors[0]);
+        assert!(
+            errors[1].0.contains("DSR cannot change the port"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].0.contains("no service 10.9.9.9:80/tcp"),
+            "{}",
+            errors[2]
+        );
+        assert_eq!(r.to_config(), before);
+        let mut bigger = config(TWO);
+        bigger.conntrack.max_entries *= 2;
+        assert!(
+            r.reload(&bigger, Health::Up)
+                .unwrap_err()
+                .0
+                .contains("restart")
+        );
+        assert_eq!(r.to_config(), before);
+    }
+
+    #[test]
+    fn reload_keeps_what_stays_and_reuses_indexes_with_new_epochs() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let s = key("10.100.0.10:80/tcp");
+        let kept = r.service(&s).unwrap().backends[&addr("10.0.0.12:80")].clone();
+        r.set_health(&s, addr("10.0.0.12:80"), Health::Down);
+        let freed = index(&r, "10.100.0.10:80/tcp", "10.0.0.11:80");
+        let next = config(
+            r#"{"services": [
+            {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [
+                {"address": "10.0.0.12"}, {"address": "10.0.0.14"}]}]}"#,
+        );
+        r.reload(&next, Health::Up).unwrap();
+        let svc = r.service(&s).unwrap();
+        let b12 = &svc.backends[&addr("10.0.0.12:80")];
+        assert_eq!(
+            (b12.index, b12.epoch, b12.health),
+            (kept.index, kept.epoch, Health::Down),
+            "a staying backend keeps index, epoch and health"
+        );
+        assert!(r.service(&key("10.100.0.20:8080/tcp")).is_none());
+        // The lowest free index is reused, with a new epoch.
+        let b14 = &svc.backends[&addr("10.0.0.14:80")];
+        assert_eq!(b14.index, freed.min(b14.index));
+        assert!(b14.epoch >= 1);
+        let reused = r
+            .service(&s)
+            .unwrap()
+            .backends
+            .values()
+            .find(|b| b.index == freed);
+        if let Some(b) = reused {
+            assert_eq!(b.epoch, 2, "a reused index carries a new epoch");
+        }
+        assert_eq!(r.to_config().services.len(), 1);
+    }
+
+    #[test]
+    fn switching_forwarding_replaces_the_service() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let mut c = config(TWO);
+        c.services[0].forwarding = Forwarding::Nat;
+        let old = index(&r, "10.100.0.10:80/tcp", "10.0.0.11:80");
+        let old_epoch =
+            r.service(&key("10.100.0.10:80/tcp")).unwrap().backends[&addr("10.0.0.11:80")].epoch;
+        r.reload(&c, Health::Up).unwrap();
+        let b = &r.service(&key("10.100.0.10:80/tcp")).unwrap().backends[&addr("10.0.0.11:80")];
+        assert!(
+            b.index != old || b.epoch != old_epoch,
+            "flows of the DSR service must not follow into the NAT one"
+        );
+    }
+
+    #[test]
+    fn tables_are_reused_when_nothing_changed() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let a = r.image(&neighbours);
+        let b = r.image(&neighbours);
+        for (id, t) in &a.tables {
+            assert!(
+                Arc::ptr_eq(t, &b.tables[id]),
+                "service {id}: table rebuilt without a change"
+            );
+        }
+    }
+}

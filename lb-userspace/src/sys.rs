@@ -1,0 +1,108 @@
+//! Batched map operations (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, kernel 5.6+),
+//! which aya 0.14 does not offer: reading a 1M-entry connection table one entry at a time
+//! costs two syscalls per entry; in batches it costs a few hundred.
+use std::{io, os::fd::RawFd};
+
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `union bpf_attr`'s `batch` member.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size we pass; the buffers it points
+    // to are alive and sized for `count` elements (checked by the callers).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Every entry of a hash-type map (a snapshot taken bucket by bucket; entries added or
+/// removed meanwhile may or may not appear).
+pub fn dump<K: Pod, V: Pod>(fd: RawFd) -> io::Result<Vec<(K, V)>> {
+    let mut chunk = 4096usize;
+    let mut out = Vec::new();
+    let mut token: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut keys: Vec<K> = Vec::with_capacity(chunk);
+        let mut values: Vec<V> = Vec::with_capacity(chunk);
+        let mut next: u32 = 0;
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw const token) as u64 },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // Entries are filled on success and on the final ENOENT alike.
+        let filled = (attr.count as usize).min(chunk);
+        // SAFETY: the kernel wrote `filled` (<= chunk) whole keys and values.
+        unsafe {
+            keys.set_len(filled);
+            values.set_len(filled);
+        }
+        out.extend(keys.into_iter().zip(values));
+        match r {
+            Ok(()) => {
+                token = next;
+                first = false;
+            }
+            // The end of the map.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            // One bucket holds more entries than fit: retry it with room for them.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && filled == 0 => chunk *= 2,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Deletes `keys` from a hash-type map; keys already gone are fine.
+pub fn delete<K: Pod>(fd: RawFd, keys: &[K]) -> io::Result<()> {
+    for part in keys.chunks(4096) {
+        let mut attr = BatchAttr {
+            keys: part.as_ptr() as u64,
+            count: part.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => {}
+            // Stops at the first missing key: delete the rest one by one from there.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let done = attr.count as usize;
+                if done + 1 < part.len() {
+                    delete(fd, &part[done + 1..])?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
