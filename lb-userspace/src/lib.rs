@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
 pub mod health;
+pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;

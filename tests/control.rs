@@ -1,0 +1,1 @@
+//! Control-plane integration tests (see tests/support/daemon.rs).
