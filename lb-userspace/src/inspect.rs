@@ -1,1 +1,174 @@
 //! Reading the maps of an lb datapath that another process loaded (by program id).
+//!
+//! `lb run` owns its maps and pins nothing, but root may open any loaded map by its id.
+//! [`Inspector::for_program`] takes the id of an attached XDP program (what
+//! `ip -d link show` prints as `prog/xdp id N`), asks the kernel which maps that program
+//! uses, and opens lb's by name. Everything here only reads: tools and tests use it to
+//! see what the datapath will see, independently of the daemon's own bookkeeping.
+//!
+//! Keys and values are the datapath's (`lb_common`): addresses and ports in network byte
+//! order (`crate::state::datapath_key` builds a [`ServiceKey`] from a service name).
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::loaded_programs,
+};
+use lb_common::{
+    Backend, Counter, MAP_BACKENDS, MAP_NAT_SOURCES, MAP_SERVICES, MAP_STATS, MAP_TABLES, MAP_VIPS,
+    Service, ServiceKey, TABLE_CHUNK, TableChunk,
+};
+
+/// The kernel keeps at most 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16, with
+/// the terminating NUL).
+const KERNEL_NAME_LEN: usize = 15;
+
+/// Read-only handles on the maps of one loaded lb XDP program.
+pub struct Inspector {
+    prog_id: u32,
+    services: HashMap<MapData, ServiceKey, Service>,
+    tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
+    backends: Array<MapData, Backend>,
+    vips: HashMap<MapData, u32, u32>,
+    nat_sources: HashMap<MapData, u32, u32>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// Opens the map called `name` (as the kernel truncates it) from `maps` as type `T`.
+fn open<T>(maps: &mut BTreeMap<String, MapData>, prog_id: u32, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let kernel_name = &name[..name.len().min(KERNEL_NAME_LEN)];
+    let data = maps.remove(kernel_name).with_context(|| {
+        format!("BPF program {prog_id} uses no map named {name}: is it lb's datapath?")
+    })?;
+    let map = Map::from_map_data(data).with_context(|| format!("opening map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
+}
+
+/// Reads an entry of a hash map; a missing key is `None`.
+fn lookup<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<Option<V>> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Inspector {
+    /// Opens the maps of the loaded XDP program with this id (the id `ip -d link show`
+    /// prints as `prog/xdp id N`).
+    pub fn for_program(prog_id: u32) -> Result<Self> {
+        // aya 0.14 has no ProgramInfo::from_id: walk the loaded programs. A program that
+        // goes away during the walk yields an error; those are not the one we want.
+        let info = loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == prog_id)
+            .with_context(|| format!("no BPF program with id {prog_id} is loaded"))?;
+        let ids = info
+            .map_ids()
+            .with_context(|| format!("reading the map ids of BPF program {prog_id}"))?
+            .context("this kernel does not report the maps of a program")?;
+        let mut maps = BTreeMap::new();
+        for id in ids {
+            let data = MapData::from_id(id).with_context(|| format!("opening map id {id}"))?;
+            let info = data.info()?;
+            if let Some(name) = info.name_as_str() {
+                maps.insert(name.to_string(), data);
+            }
+        }
+        Ok(Inspector {
+            prog_id,
+            services: open(&mut maps, prog_id, MAP_SERVICES)?,
+            tables: open(&mut maps, prog_id, MAP_TABLES)?,
+            backends: open(&mut maps, prog_id, MAP_BACKENDS)?,
+            vips: open(&mut maps, prog_id, MAP_VIPS)?,
+            nat_sources: open(&mut maps, prog_id, MAP_NAT_SOURCES)?,
+            stats: open(&mut maps, prog_id, MAP_STATS)?,
+        })
+    }
+
+    /// The program id the maps were found through.
+    pub fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// The `SERVICES` record of a service, if the datapath has one.
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
+        lookup(&self.services, key).context("reading SERVICES")
+    }
+
+    /// Every `SERVICES` entry, sorted by key.
+    pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        let mut out = self
+            .services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading SERVICES")?;
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// The `BACKENDS` record at `index` (all zero when never written; flags 0 when the
+    /// backend was removed).
+    pub fn backend(&self, index: u32) -> Result<Backend> {
+        self.backends.get(&index, 0).context("reading BACKENDS")
+    }
+
+    /// The Maglev table of a service id as the datapath sees it (first `size` slots), or
+    /// `None` when `TABLES` has no table at that id.
+    pub fn table(&self, id: u32, size: u32) -> Result<Option<Vec<u32>>> {
+        let inner = match self.tables.get(&id, 0) {
+            Ok(inner) => inner,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(e).context("reading TABLES"),
+        };
+        let chunks = size.div_ceil(TABLE_CHUNK as u32);
+        if inner.len() < chunks {
+            bail!(
+                "the table of service {id} has {} slots, fewer than {size}",
+                inner.len() as usize * TABLE_CHUNK
+            );
+        }
+        // One lookup per 16-slot element; the inner array is never written once it is
+        // in TABLES (the control plane swaps in a new one), so this reads one table.
+        let mut slots = Vec::with_capacity(chunks as usize * TABLE_CHUNK);
+        for i in 0..chunks {
+            let chunk = inner.get(&i, 0).context("reading a Maglev table")?;
+            slots.extend_from_slice(&chunk);
+        }
+        slots.truncate(size as usize);
+        Ok(Some(slots))
+    }
+
+    /// `VIPS`: (VIP address in network order, number of services on it), sorted.
+    pub fn vips(&self) -> Result<Vec<(u32, u32)>> {
+        let mut out = self
+            .vips
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading VIPS")?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// `NAT_SOURCES`: (NAT backend address in network order, number of NAT backends on
+    /// it), sorted.
+    pub fn nat_sources(&self) -> Result<Vec<(u32, u32)>> {
+        let mut out = self
+            .nat_sources
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading NAT_SOURCES")?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// A global datapath counter, summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        let per_cpu = self.stats.get(&(c as u32), 0).context("reading STATS")?;
+        Ok(per_cpu.iter().sum())
+    }
+}

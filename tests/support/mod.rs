@@ -1,7 +1,9 @@
 //! Helpers shared by the root-only integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod daemon;
 pub mod frame;
+pub mod lab;
 pub mod netns;
 
 /// Panics (fails the test) unless we run as root: these tests need BPF and namespaces,
