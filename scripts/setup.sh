@@ -16,12 +16,12 @@ readonly RUSTC_WEB_MINOR=1.96
 readonly BPF_LINKER_VERSION=0.13.0
 readonly LLVM_MAJOR=22
 
-# Packages: build (rustc-web ...), tests and lab (iproute2 ... curl), benchmarks
+# Packages: build (rustc-web ...), tests and lab (iproute2 ... socat), benchmarks
 # (haproxy, wrk, netsniff-ng for trafgen, linux-perf).
 readonly PACKAGES=(
     rustc-web cargo-web rust-web-src "llvm-${LLVM_MAJOR}-dev"
     iproute2 ethtool nftables iperf3 nginx-light curl bpftool procps
-    haproxy wrk netsniff-ng
+    socat haproxy wrk netsniff-ng
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -1,0 +1,585 @@
+//! The built-in lab: network namespaces, veth pairs and a bridge on this machine, with
+//! real servers (nginx, socat) in the backends. Used by the end-to-end tests, by
+//! `cargo xtask lab` (the demo) and by the benchmarks (xtask includes this file).
+//!
+//! DSR (one L2 segment, bridge `br0` in `<p>-sw`):
+//! ```text
+//!   <p>-cli  eth0 10.0.0.2 ──┐            VIP 10.100.0.10 via 10.0.0.1 (the balancer)
+//!   <p>-lb   eth0 10.0.0.1 ──┤ br0        lb attaches XDP to eth0
+//!   <p>-b1..3 eth0 10.0.0.11..13 ─┘       VIP on lo, arp_ignore=1, arp_announce=2
+//! ```
+//! NAT (the balancer routes between two networks):
+//! ```text
+//!   <p>-cli eth0 10.0.1.2 ── eth0 10.0.1.1 <p>-lb eth1 10.0.2.1 ── br0 ── <p>-b1..3 10.0.2.11..13
+//!   VIP 10.100.0.20 via 10.0.1.1           backends' default route via 10.0.2.1
+//! ```
+//! veth interfaces deliver XDP_TX/XDP_REDIRECT frames only when their peer runs an XDP
+//! program: the peers the balancer transmits to get the pass-only program (`xdp-pass`).
+//! Client and backends send with full checksums (TX checksum offload off): a veth leaves
+//! checksums partial for "hardware" to finish, which frames crossing XDP never get.
+//! Everything the lab creates lives in its own namespaces and is removed when the `Lab`
+//! is dropped (processes it started are stopped by PID first). `Lab::up` first removes
+//! what an interrupted earlier run with the same prefix left behind.
+#![allow(
+    dead_code,
+    reason = "each user (tests, demo, benchmarks) uses a different subset"
+)]
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+/// The two topologies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Dsr,
+    Nat,
+}
+
+pub const DSR_VIP: &str = "10.100.0.10";
+pub const NAT_VIP: &str = "10.100.0.20";
+/// Port nginx serves on besides 80 (NAT port translation: VIP:80 -> RIP:8080).
+pub const ALT_PORT: u16 = 8080;
+/// UDP echo port (replies with the backend's name).
+pub const UDP_PORT: u16 = 5353;
+
+/// Runs a command; returns its output, panicking with its stderr when it fails.
+pub fn must(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    must(Command::new("ip").args(args));
+}
+
+/// Stops a process we started: SIGTERM, then SIGKILL after a bounded wait.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A backend: its namespace, address and servers.
+pub struct Backend {
+    pub name: String,
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    dir: PathBuf,
+    nginx: Option<Child>,
+    udp: Option<Child>,
+    status: u16,
+}
+
+pub struct Lab {
+    pub mode: Mode,
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub backends: Vec<Backend>,
+    namespaces: Vec<String>,
+    extra: Vec<Child>,
+}
+
+impl Lab {
+    /// Builds the topology and starts nginx and the UDP echo on every backend.
+    /// `pass_object`: the `xdp-pass` object (`OUT_DIR/xdp-pass` or target/ebpf/...).
+    pub fn up(mode: Mode, prefix: &str, backends: usize, pass_object: &Path) -> Lab {
+        assert!(
+            prefix.len() <= 8,
+            "prefix {prefix} too long for interface names"
+        );
+        Lab::down_leftovers(prefix);
+        let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the lab directory");
+        let mut lab = Lab {
+            mode,
+            prefix: prefix.to_string(),
+            dir,
+            backends: Vec::new(),
+            namespaces: Vec::new(),
+            extra: Vec::new(),
+        };
+        let sw = lab.add_ns("sw");
+        let lb = lab.add_ns("lb");
+        let cli = lab.add_ns("cli");
+        lab.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])
+            .status()
+            .ok();
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        let pass = pass_object.to_str().expect("UTF-8 path");
+        let veth = |a_ns: &str, a: &str, b_ns: &str, b: &str| {
+            ip(&[
+                "link", "add", "name", a, "netns", a_ns, "type", "veth", "peer", "name", b,
+                "netns", b_ns,
+            ]);
+            ip(&["-n", a_ns, "link", "set", a, "up"]);
+            ip(&["-n", b_ns, "link", "set", b, "up"]);
+        };
+        let to_bridge = |port: &str| ip(&["-n", &sw, "link", "set", port, "master", "br0"]);
+        let sysctl = |ns: &str, kv: &str| {
+            must(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", kv]));
+        };
+        // Endpoints compute full checksums: their frames cross XDP, which cannot finish
+        // a checksum the sender left partial for "hardware" (veth offload). Frames from
+        // a physical NIC always carry full checksums.
+        let full_checksums = |ns: &str| {
+            must(
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]),
+            );
+        };
+        for ns in [&lb, &cli] {
+            sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
+            sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
+        }
+        let (vip, net) = match mode {
+            Mode::Dsr => (DSR_VIP, "10.0.0"),
+            Mode::Nat => (NAT_VIP, "10.0.2"),
+        };
+        match mode {
+            Mode::Dsr => {
+                veth(&lb, "eth0", &sw, "p-lb");
+                veth(&cli, "eth0", &sw, "p-cli");
+                to_bridge("p-lb");
+                to_bridge("p-cli");
+                ip(&["-n", &lb, "addr", "add", "10.0.0.1/24", "dev", "eth0"]);
+                ip(&["-n", &cli, "addr", "add", "10.0.0.2/24", "dev", "eth0"]);
+                ip(&[
+                    "-n",
+                    &cli,
+                    "route",
+                    "add",
+                    "10.100.0.0/24",
+                    "via",
+                    "10.0.0.1",
+                ]);
+                // lb sends XDP_TX frames out of eth0: its peer must run an XDP program.
+                ip(&[
+                    "-n", &sw, "link", "set", "dev", "p-lb", "xdp", "obj", pass, "sec", "xdp",
+                ]);
+            }
+            Mode::Nat => {
+                veth(&cli, "eth0", &lb, "eth0");
+                veth(&lb, "eth1", &sw, "p-lb");
+                to_bridge("p-lb");
+                ip(&["-n", &cli, "addr", "add", "10.0.1.2/24", "dev", "eth0"]);
+                ip(&["-n", &cli, "route", "add", "default", "via", "10.0.1.1"]);
+                ip(&["-n", &lb, "addr", "add", "10.0.1.1/24", "dev", "eth0"]);
+                ip(&["-n", &lb, "addr", "add", "10.0.2.1/24", "dev", "eth1"]);
+                sysctl(&lb, "net.ipv4.ip_forward=1");
+                // lb redirects client->backend frames into eth1 and replies into eth0.
+                ip(&[
+                    "-n", &sw, "link", "set", "dev", "p-lb", "xdp", "obj", pass, "sec", "xdp",
+                ]);
+                ip(&[
+                    "-n", &cli, "link", "set", "dev", "eth0", "xdp", "obj", pass, "sec", "xdp",
+                ]);
+            }
+        }
+        full_checksums(&cli);
+        for i in 0..backends {
+            let name = format!("b{}", i + 1);
+            let ns = lab.add_ns(&name);
+            let port = format!("p-{name}");
+            veth(&ns, "eth0", &sw, &port);
+            to_bridge(&port);
+            let addr: Ipv4Addr = format!("{net}.{}", 11 + i).parse().expect("address");
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            full_checksums(&ns);
+            sysctl(&ns, "net.ipv4.conf.all.rp_filter=0");
+            match mode {
+                Mode::Dsr => {
+                    // The VIP on lo, never announced or answered for on the wire.
+                    ip(&["-n", &ns, "addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+                    sysctl(&ns, "net.ipv4.conf.all.arp_ignore=1");
+                    sysctl(&ns, "net.ipv4.conf.all.arp_announce=2");
+                    sysctl(&ns, "net.ipv4.conf.eth0.arp_ignore=1");
+                    sysctl(&ns, "net.ipv4.conf.eth0.arp_announce=2");
+                }
+                Mode::Nat => ip(&["-n", &ns, "route", "add", "default", "via", "10.0.2.1"]),
+            }
+            let dir = lab.dir.join(&name);
+            std::fs::create_dir_all(&dir).expect("backend directory");
+            lab.backends.push(Backend {
+                name,
+                ns,
+                addr,
+                dir,
+                nginx: None,
+                udp: None,
+                status: 200,
+            });
+        }
+        for i in 0..backends {
+            lab.start_backend(i);
+        }
+        lab
+    }
+
+    fn add_ns(&mut self, role: &str) -> String {
+        let ns = format!("{}-{role}", self.prefix);
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    /// Removes the namespaces (and their processes) an interrupted earlier run with the
+    /// same prefix left behind.
+    fn down_leftovers(prefix: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let ns = line.split_whitespace().next().unwrap_or("");
+            if ns.starts_with(&format!("{prefix}-")) {
+                kill_netns_pids(ns);
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    pub fn lb_ns(&self) -> String {
+        self.ns("lb")
+    }
+
+    pub fn client_ns(&self) -> String {
+        self.ns("cli")
+    }
+
+    /// Interfaces lb attaches to.
+    pub fn lb_ifaces(&self) -> Vec<&'static str> {
+        match self.mode {
+            Mode::Dsr => vec!["eth0"],
+            Mode::Nat => vec!["eth0", "eth1"],
+        }
+    }
+
+    pub fn vip(&self) -> &'static str {
+        match self.mode {
+            Mode::Dsr => DSR_VIP,
+            Mode::Nat => NAT_VIP,
+        }
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
+    /// Starts a long-running process inside `ns`; it is stopped (by PID) when the lab goes.
+    pub fn spawn(&mut self, ns: &str, args: &[&str], log: &str) -> u32 {
+        let out = std::fs::File::create(self.dir.join(log)).expect("log file");
+        let child = self
+            .exec(ns, args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {args:?} in {ns}: {e}"));
+        let pid = child.id();
+        self.extra.push(child);
+        pid
+    }
+
+    /// Stops a process started with `spawn`.
+    pub fn stop(&mut self, pid: u32) {
+        if let Some(i) = self.extra.iter().position(|c| c.id() == pid) {
+            let mut c = self.extra.remove(i);
+            stop_child(&mut c);
+        }
+    }
+
+    fn nginx_conf(&self, b: &Backend) -> PathBuf {
+        let d = b.dir.display();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
+             fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
+             keepalive_requests 1000000;\n\
+             server {{\n    listen 80 reuseport backlog=4096;\n    listen {ALT_PORT} reuseport backlog=4096;\n\
+             location / {{ return {} \"{}\\n\"; }}\n  }}\n}}\n",
+            b.status, b.name
+        );
+        let path = b.dir.join("nginx.conf");
+        std::fs::write(&path, conf).expect("writing nginx.conf");
+        path
+    }
+
+    /// Starts nginx (HTTP on 80 and 8080, answering with the backend's name) and the UDP
+    /// echo (replying with the backend's name) on backend `i`; waits until HTTP answers.
+    pub fn start_backend(&mut self, i: usize) {
+        let conf = self.nginx_conf(&self.backends[i]);
+        let b = &self.backends[i];
+        let log = std::fs::File::create(b.dir.join("nginx.out")).expect("log");
+        let nginx = self
+            .exec(
+                &b.ns,
+                &[
+                    "nginx",
+                    "-c",
+                    conf.to_str().expect("path"),
+                    "-g",
+                    "daemon off;",
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting nginx (installed by scripts/setup.sh)");
+        // DSR replies must come from the VIP: bind the echo there; NAT replies come from
+        // the backend's own address and lb translates them.
+        let bind = match self.mode {
+            Mode::Dsr => DSR_VIP.to_string(),
+            Mode::Nat => b.addr.to_string(),
+        };
+        let udp = self
+            .exec(
+                &b.ns,
+                &[
+                    "socat",
+                    &format!("UDP4-RECVFROM:{UDP_PORT},bind={bind},reuseaddr,fork"),
+                    &format!("SYSTEM:echo {}", b.name),
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting socat (installed by scripts/setup.sh)");
+        let (ns, addr) = (b.ns.clone(), b.addr);
+        let b = &mut self.backends[i];
+        b.nginx = Some(nginx);
+        b.udp = Some(udp);
+        self.wait_http(&ns, addr);
+    }
+
+    fn wait_http(&self, ns: &str, addr: Ipv4Addr) {
+        let url = format!("http://{addr}/");
+        for _ in 0..100 {
+            let out = self
+                .exec(ns, &["curl", "-s", "-o", "/dev/null", "-m", "1", &url])
+                .output();
+            if out.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "nginx did not answer on {url} within 5 s: {}",
+            self.nginx_log_tail(ns)
+        );
+    }
+
+    fn nginx_log_tail(&self, ns: &str) -> String {
+        self.backends
+            .iter()
+            .find(|b| b.ns == ns)
+            .and_then(|b| std::fs::read_to_string(b.dir.join("error.log")).ok())
+            .unwrap_or_default()
+    }
+
+    /// Stops backend `i`'s servers (its host stays up: connections are refused).
+    pub fn stop_backend(&mut self, i: usize) {
+        let b = &mut self.backends[i];
+        for c in [b.nginx.take(), b.udp.take()].into_iter().flatten() {
+            let mut c = c;
+            stop_child(&mut c);
+        }
+    }
+
+    /// Makes backend `i` answer HTTP with `status` (nginx reloads its configuration).
+    pub fn set_status(&mut self, i: usize, status: u16) {
+        self.backends[i].status = status;
+        self.nginx_conf(&self.backends[i]);
+        if let Some(n) = &self.backends[i].nginx {
+            // SAFETY: kill(2) on the PID of the nginx master we started: SIGHUP reloads.
+            unsafe { libc::kill(n.id() as i32, libc::SIGHUP) };
+        }
+        // nginx applies a reload asynchronously: wait until the new status is served.
+        let (ns, addr) = (self.backends[i].ns.clone(), self.backends[i].addr);
+        for _ in 0..100 {
+            let out = self
+                .exec(
+                    &ns,
+                    &[
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-m",
+                        "1",
+                        &format!("http://{addr}/"),
+                    ],
+                )
+                .output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == status.to_string()) {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "backend {} does not answer {status} after a reload",
+            self.backends[i].name
+        );
+    }
+
+    /// Black-holes (or restores) TCP to backend `i`: its namespace drops incoming SYNs,
+    /// so connection attempts time out instead of being refused.
+    pub fn blackhole(&self, i: usize, on: bool) {
+        let ns = &self.backends[i].ns;
+        if on {
+            let rules = "table inet lblab { chain input { type filter hook input priority 0; tcp flags & (syn | ack) == syn drop; } }";
+            must(self.exec(ns, &["nft", rules]).stdin(Stdio::null()));
+        } else {
+            let _ = self
+                .exec(ns, &["nft", "delete", "table", "inet", "lblab"])
+                .status();
+        }
+    }
+
+    /// Requests served by backend `i` from `from` (nginx's access log), e.g. health probes
+    /// coming from the balancer.
+    pub fn requests_from(&self, i: usize, from: &str) -> usize {
+        std::fs::read_to_string(self.backends[i].dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{from} ")))
+            .count()
+    }
+
+    /// The address lb probes backends from.
+    pub fn lb_backend_side_addr(&self) -> &'static str {
+        match self.mode {
+            Mode::Dsr => "10.0.0.1",
+            Mode::Nat => "10.0.2.1",
+        }
+    }
+
+    /// A configuration for this lab: an HTTP (TCP) service on VIP:80 and a UDP service on
+    /// VIP:5353 over all backends; NAT translates port 80 to 8080. `check` is the
+    /// health_check object of the HTTP service (JSON).
+    pub fn config(&self, check: &str, persistence: bool) -> String {
+        let (fwd, port) = match self.mode {
+            Mode::Dsr => ("dsr", 80),
+            Mode::Nat => ("nat", ALT_PORT),
+        };
+        let tcp_backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| format!(r#"{{"address": "{}", "port": {port}}}"#, b.addr))
+            .collect();
+        let udp_backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
+            .collect();
+        format!(
+            r#"{{"conntrack": {{"tcp_timeout_s": 900, "tcp_fin_timeout_s": 30, "udp_timeout_s": 30, "ageing_interval_s": 2}},
+  "services": [
+    {{"vip": "{vip}", "port": 80, "protocol": "tcp", "forwarding": "{fwd}", "persistence": {persistence},
+      "health_check": {check},
+      "backends": [{}]}},
+    {{"vip": "{vip}", "port": {UDP_PORT}, "protocol": "udp", "forwarding": "{fwd}",
+      "health_check": {{"kind": "tcp", "probe_port": 80, "interval_ms": 500, "timeout_ms": 400, "rise": 1, "fall": 2}},
+      "backends": [{}]}}]}}"#,
+            tcp_backends.join(", "),
+            udp_backends.join(", "),
+            vip = self.vip(),
+        )
+    }
+
+    /// Writes `text` as a file in the lab directory; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).expect("writing a lab file");
+        p
+    }
+
+    /// One HTTP GET from the client to `url`; the body on success.
+    pub fn curl(&self, url: &str) -> Result<String, String> {
+        let out = self
+            .exec(&self.client_ns(), &["curl", "-s", "-f", "-m", "3", url])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(format!(
+                "curl {url}: exit {:?} {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+/// Stops every process left in a namespace of ours (from an interrupted earlier run).
+fn kill_netns_pids(ns: &str) {
+    let out = Command::new("ip").args(["netns", "pids", ns]).output();
+    if let Ok(out) = out {
+        for pid in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2); the PID runs in a namespace this lab created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.extra {
+            stop_child(c);
+        }
+        for i in 0..self.backends.len() {
+            self.stop_backend(i);
+        }
+        for ns in self.namespaces.iter().rev() {
+            kill_netns_pids(ns);
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
