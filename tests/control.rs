@@ -512,7 +512,7 @@ fn nat_and_persistent_services_reach_the_datapath_with_their_flags() {
     let l = listed(&lab.list(), "10.100.0.10:443/tcp");
     assert_eq!(l["10.0.0.99:443"]["in_rotation"], false);
     assert!(
-        l["10.0.0.99:443"]["neighbour"]
+        l["10.0.0.99:443"]["neighbour"]["problem"]
             .as_str()
             .is_some_and(|n| n.contains("not known")),
         "{}",
@@ -1256,4 +1256,92 @@ fn a_second_daemon_on_the_same_interface_is_refused_and_the_first_keeps_running(
     let v = view(&lab.inspector());
     assert_eq!(v.rotation(v.service(&key(WEB)).id), set(&["10.0.0.11:80"]));
     assert_eq!(listed(&lab.list(), WEB).len(), 1);
+}
+
+// ---- health records across reloads ----------------------------------------------------
+
+/// Polls the list until every backend of `service` has `health` and (not) in rotation.
+fn wait_health(lab: &Lab, service: &str, health: &str, in_rotation: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let backends = listed(&lab.list(), service);
+        if backends
+            .values()
+            .all(|b| b["health"]["state"] == health && b["in_rotation"] == in_rotation)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} not all {health}: {backends:?}\n{}",
+            lab.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A service whose backends do not exist on the wire (static neighbours only): TCP
+/// checks time out.
+fn checked_web(kind: &str, forwarding: &str) -> Value {
+    json!({"vip": VIP, "port": 80, "table_size": 251, "forwarding": forwarding,
+           "health_check": {"kind": kind, "interval_ms": 200, "timeout_ms": 100, "rise": 1, "fall": 1},
+           "backends": [be(11), be(12)]})
+}
+
+#[test]
+fn health_follows_reloads_that_disable_checks_or_recreate_backends() {
+    let lab = Lab::new(&config(&[checked_web("tcp", "dsr")]));
+    wait_health(&lab, WEB, "down", false);
+    assert!(
+        lab.daemon.log().contains("is DOWN (timeout after 100 ms)"),
+        "{}",
+        lab.daemon.log()
+    );
+
+    // Checks off: backends are up, whatever their last probe said.
+    std::fs::write(&lab.config, config(&[checked_web("none", "dsr")])).unwrap();
+    lab.daemon.request_ok(r#"{"op":"reload"}"#);
+    wait_health(&lab, WEB, "up", true);
+    assert_rotation(
+        &lab,
+        &view(&lab.inspector()),
+        WEB,
+        &["10.0.0.11:80", "10.0.0.12:80"],
+    );
+
+    // Checks back on, and DSR -> NAT (new backend incarnations): the new backends start
+    // up and their failing probes take them down again (never stuck "up" with a stale
+    // "down" record).
+    std::fs::write(&lab.config, config(&[checked_web("tcp", "nat")])).unwrap();
+    lab.daemon.request_ok(r#"{"op":"reload"}"#);
+    wait_health(&lab, WEB, "down", false);
+    assert_rotation(&lab, &view(&lab.inspector()), WEB, &[]);
+}
+
+#[test]
+fn sighup_reloads_the_configuration() {
+    let mut lab = Lab::new(&config(&[web(&[be(11)])]));
+    std::fs::write(&lab.config, config(&[web(&[be(11), be(12)])])).unwrap();
+    // SAFETY: kill(2) on the PID of the daemon this test started.
+    unsafe { libc::kill(lab.daemon.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(&lab.list(), WEB).len() != 2
+        || !lab.daemon.log().contains("SIGHUP: configuration reloaded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {}",
+            lab.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        lab.daemon.log().contains("SIGHUP: configuration reloaded"),
+        "{}",
+        lab.daemon.log()
+    );
+    assert!(
+        lab.daemon.try_status().is_none(),
+        "SIGHUP must not stop the daemon"
+    );
 }

@@ -350,15 +350,34 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Deserializes JSON text into `T`, naming the failing field's path.
+/// A field path as serde_path_to_error prints it, or "" for the document itself.
+fn field_path(p: &serde_path_to_error::Path) -> String {
+    let field = p.to_string();
+    if field == "." || field == "?" {
+        String::new()
+    } else {
+        field
+    }
+}
+
+/// Deserializes JSON text into `T`, naming the failing field's path. serde_json adds
+/// " at line L column C" to the reason, which helps find the spot in a file.
 pub fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, ConfigError> {
     let de = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if field == "." { String::new() } else { field };
-        // serde_json appends " at line L column C"; keep it, it helps find the spot.
-        err(field, inner.to_string())
+        let field = field_path(e.path());
+        err(field, e.into_inner().to_string())
+    })
+}
+
+/// Deserializes an already parsed JSON value into `T`, naming the failing field's path
+/// (no line/column: they would not point into what the client sent).
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = field_path(e.path());
+        err(field, e.into_inner().to_string())
     })
 }
 
@@ -546,7 +565,12 @@ impl fmt::Display for BackendRef {
 
 /// Whether `a` can be a unicast host address (VIP, backend, probe target).
 fn check_host(field: &str, what: &str, a: Ipv4Addr) -> Result<(), ConfigError> {
-    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.octets()[0] == 0 {
+    if a.is_unspecified()
+        || a.is_broadcast()
+        || a.is_multicast()
+        || a.is_loopback()
+        || a.octets()[0] == 0
+    {
         return Err(err(
             field,
             format!("{a} cannot be a {what}: use a unicast host address"),
@@ -674,6 +698,21 @@ impl HealthCheckConfig {
             return Err(err(
                 format!("{at}.path"),
                 format!("`{}` must start with /", self.path),
+            ));
+        }
+        let plain = |t: &str| !t.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !plain(&self.path) {
+            return Err(err(
+                format!("{at}.path"),
+                "must not contain spaces or control characters: percent-encode them (%20)",
+            ));
+        }
+        if let Some(h) = &self.host
+            && (h.is_empty() || !plain(h))
+        {
+            return Err(err(
+                format!("{at}.host"),
+                format!("`{h}` is not a host name: no spaces or control characters"),
             ));
         }
         if self.interval_ms < 100 {
@@ -888,6 +927,26 @@ mod tests {
                 "start with /",
             ),
             (
+                r#"{"vip": "10.1.1.1", "port": 80, "health_check": {"kind": "http", "path": "/a b"}}"#,
+                "services[0].health_check.path",
+                "spaces",
+            ),
+            (
+                r#"{"vip": "10.1.1.1", "port": 80, "health_check": {"kind": "http", "host": "a b"}}"#,
+                "services[0].health_check.host",
+                "host name",
+            ),
+            (
+                r#"{"vip": "127.0.0.1", "port": 80}"#,
+                "services[0].vip",
+                "unicast",
+            ),
+            (
+                r#"{"vip": "10.1.1.1", "port": 80, "backends": [{"address": "127.0.0.2"}]}"#,
+                "services[0].backends[0].address",
+                "unicast",
+            ),
+            (
                 r#"{"vip": "10.1.1.1", "port": 80, "health_check": {"expect_status": "2xx"}}"#,
                 "services[0].health_check.expect_status",
                 "range",
@@ -961,6 +1020,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let e = reject("{ not json");
         assert!(e.reason.contains("line 1"), "{e}");
+        assert_eq!(e.field, "", "no `?` path for a syntax error: {e}");
     }
 
     #[test]

@@ -92,8 +92,12 @@ pub struct Controller {
     runtime: Runtime,
     applied: Image,
     neighbours: BTreeMap<Ipv4Addr, Result<Neighbour, Unreachable>>,
-    health: BTreeMap<(ServiceKey, SocketAddrV4), BackendHealth>,
+    /// Health of each backend incarnation: (index, epoch) tell a re-created backend
+    /// (new index or epoch) from the one the record was about.
+    health: BTreeMap<(ServiceKey, SocketAddrV4), (u32, u32, BackendHealth)>,
     config_path: PathBuf,
+    /// Interfaces the program is attached to.
+    ifaces: Vec<String>,
     conns: BTreeMap<u32, ConnCount>,
     /// The two most recent samples (older, newer).
     samples: (Sample, Sample),
@@ -108,8 +112,13 @@ fn monotonic_coarse_ns() -> u64 {
 }
 
 impl Controller {
-    /// Takes over a loaded (and attached) datapath and applies `config`.
-    pub fn new(dp: Dataplane, config: Config, config_path: PathBuf) -> Result<Self> {
+    /// Takes over a loaded datapath, attached to `ifaces`, and applies `config`.
+    pub fn new(
+        dp: Dataplane,
+        config: Config,
+        config_path: PathBuf,
+        ifaces: Vec<String>,
+    ) -> Result<Self> {
         let runtime = Runtime::from_config(&config, Health::Up).map_err(anyhow::Error::msg)?;
         let mut c = Controller {
             dp,
@@ -118,11 +127,13 @@ impl Controller {
             neighbours: BTreeMap::new(),
             health: BTreeMap::new(),
             config_path,
+            ifaces,
             conns: BTreeMap::new(),
             samples: Default::default(),
         };
         c.resolve_neighbours(&runtime, true)?;
         c.commit(runtime).map_err(anyhow::Error::msg)?;
+        c.check_forwarding();
         c.sample()?;
         Ok(c)
     }
@@ -181,8 +192,45 @@ impl Controller {
         Ok(())
     }
 
+    /// The health records `next` needs, and `next`'s Up/Down made to agree with them: a
+    /// backend keeps its record while it is the same incarnation (index and epoch); a new
+    /// one starts with the runtime's initial health; services without checks are up.
+    fn sync_health(
+        &self,
+        next: &mut Runtime,
+    ) -> BTreeMap<(ServiceKey, SocketAddrV4), (u32, u32, BackendHealth)> {
+        let now = SystemTime::now();
+        let mut records = BTreeMap::new();
+        let mut updates = Vec::new();
+        for s in next.services() {
+            let unchecked = s.config.effective_health_check().kind == CheckKind::None;
+            for (addr, b) in &s.backends {
+                let k = (s.config.key(), *addr);
+                let record = match self.health.get(&k) {
+                    Some((i, e, h))
+                        if *i == b.index
+                            && *e == b.epoch
+                            && !(unchecked && h.state() == Health::Down) =>
+                    {
+                        h.clone()
+                    }
+                    _ => BackendHealth::new(if unchecked { Health::Up } else { b.health }, now),
+                };
+                if record.state() != b.health {
+                    updates.push((k, record.state()));
+                }
+                records.insert(k, (b.index, b.epoch, record));
+            }
+        }
+        for ((service, addr), health) in updates {
+            next.set_health(&service, addr, health);
+        }
+        records
+    }
+
     /// Makes `next` the running state: image, ordered writes, rollback on failure.
     fn commit(&mut self, mut next: Runtime) -> Result<(), String> {
+        let health = self.sync_health(&mut next);
         let neighbours = self.neighbours.clone();
         let lookup = move |a: Ipv4Addr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
         let image = next.image(&lookup);
@@ -192,19 +240,6 @@ impl Controller {
                 log::error!("restoring the previous datapath state failed too: {e2:#}");
             }
             return Err(format!("writing the datapath maps failed: {e:#}"));
-        }
-        // Keep one health record per backend; new backends start with theirs.
-        let now = SystemTime::now();
-        let mut health = BTreeMap::new();
-        for s in next.services() {
-            for (addr, b) in &s.backends {
-                let k = (s.config.key(), *addr);
-                let h = self
-                    .health
-                    .remove(&k)
-                    .unwrap_or_else(|| BackendHealth::new(b.health, now));
-                health.insert(k, h);
-            }
         }
         self.health = health;
         self.runtime = next;
@@ -231,6 +266,7 @@ impl Controller {
         match self.commit(next) {
             Ok(()) => {
                 log::info!("{what}");
+                self.check_forwarding();
                 Response::ok(json!({}))
             }
             Err(e) => Response::error(e),
@@ -382,7 +418,7 @@ impl Controller {
             rise: hc.rise,
             fall: hc.fall,
         };
-        let Some(h) = self.health.get_mut(&(service, backend)) else {
+        let Some((_, _, h)) = self.health.get_mut(&(service, backend)) else {
             return;
         };
         let Some(t) = h.record(&result, &thresholds, SystemTime::now()) else {
@@ -430,6 +466,7 @@ impl Controller {
             u64::from(c.udp_timeout_s),
         );
         let live: BTreeSet<u32> = self.runtime.services().map(|s| s.id).collect();
+        let epochs = self.epochs();
         let flows = self.dp.flows()?;
         let mut doomed = Vec::new();
         let mut kept = BTreeSet::new();
@@ -450,6 +487,9 @@ impl Controller {
                 continue;
             }
             kept.insert(*k);
+            if epochs.get(&f.backend) != Some(&f.epoch) {
+                continue; // pinned to a removed backend: it re-picks at its next packet
+            }
             let n = conns.entry(f.backend).or_default();
             if k.proto == Protocol::Tcp.number()
                 && f.state & FLOW_ESTABLISHED != 0
@@ -488,6 +528,34 @@ impl Controller {
         }
         self.samples = (std::mem::take(&mut self.samples.1), s);
         Ok(())
+    }
+
+    /// Backend index -> epoch of the backends running now.
+    fn epochs(&self) -> BTreeMap<u32, u32> {
+        self.runtime
+            .services()
+            .flat_map(|s| s.backends.values().map(|b| (b.index, b.epoch)))
+            .collect()
+    }
+
+    /// Warns when NAT services cannot forward because IP forwarding is off on an
+    /// interface lb is attached to.
+    pub fn check_forwarding(&self) {
+        if !self
+            .runtime
+            .services()
+            .any(|s| s.config.forwarding == Forwarding::Nat)
+        {
+            return;
+        }
+        for iface in &self.ifaces {
+            let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+            if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+                log::warn!(
+                    "NAT services need IP forwarding on {iface}, which is off: NAT packets are dropped (drop_no_route) until `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (or net.ipv4.ip_forward=1)"
+                );
+            }
+        }
     }
 
     /// Connection counts per backend index, from the last sweep.
@@ -554,16 +622,16 @@ impl Controller {
                             "weight": b.config.weight,
                             "backup": b.config.backup,
                             "state": b.config.state.as_str(),
-                            "health": self.health.get(&(key, *addr)).map(|h| serde_json::to_value(h.snapshot()).unwrap_or(Value::Null)),
+                            "health": self.health.get(&(key, *addr)).map(|(_, _, h)| serde_json::to_value(h.snapshot()).unwrap_or(Value::Null)),
                             "in_rotation": rotation.contains(&b.index),
                             "active_conns": n.active,
                             "inactive_conns": n.inactive,
                         });
                         if s.config.forwarding == Forwarding::Dsr {
                             v["neighbour"] = match self.neighbours.get(&b.config.address) {
-                                Some(Ok(nb)) => neigh::format_mac(&nb.mac).into(),
-                                Some(Err(why)) => why.to_string().into(),
-                                None => "unknown".into(),
+                                Some(Ok(nb)) => json!({"mac": neigh::format_mac(&nb.mac)}),
+                                Some(Err(why)) => json!({"problem": why.to_string()}),
+                                None => json!({"problem": "not looked up yet"}),
                             };
                         }
                         v
@@ -656,24 +724,38 @@ impl Controller {
         limit: usize,
     ) -> Result<Value> {
         let now = monotonic_coarse_ns();
-        let by_index: BTreeMap<u32, (ServiceKey, SocketAddrV4)> = self
+        // index -> (epoch, service, backend); a flow whose epoch differs belongs to a
+        // backend that was removed (the index may already serve another one).
+        let by_index: BTreeMap<u32, (u32, ServiceKey, SocketAddrV4)> = self
             .runtime
             .services()
             .flat_map(|s| {
                 s.backends
                     .iter()
-                    .map(move |(a, b)| (b.index, (s.config.key(), *a)))
+                    .map(move |(a, b)| (b.index, (b.epoch, s.config.key(), *a)))
             })
+            .collect();
+        let by_id: BTreeMap<u32, ServiceKey> = self
+            .runtime
+            .services()
+            .map(|s| (s.id, s.config.key()))
             .collect();
         let mut rows = Vec::new();
         let mut total = 0usize;
         for (k, f) in self.dp.flows()? {
-            let Some((svc, be)) = by_index.get(&f.backend) else {
+            let Some(svc) = by_id.get(&f.service) else {
                 continue;
             };
-            if service.is_some_and(|s| s != *svc)
-                || backend.is_some_and(|b| {
-                    b.address != *be.ip() || b.port.is_some_and(|p| p != be.port())
+            let be = match by_index.get(&f.backend) {
+                Some((epoch, _, be)) if *epoch == f.epoch => Some(*be),
+                _ => None,
+            };
+            if service.is_some_and(|s| s != *svc) {
+                continue;
+            }
+            if let Some(b) = backend
+                && !be.is_some_and(|be| {
+                    b.address == *be.ip() && b.port.is_none_or(|p| p == be.port())
                 })
             {
                 continue;
@@ -697,7 +779,7 @@ impl Controller {
                 "protocol": if k.proto == 6 { "tcp" } else { "udp" },
                 "client": SocketAddrV4::new(Ipv4Addr::from(k.src.to_ne_bytes()), u16::from_be(k.sport)).to_string(),
                 "service": svc.to_string(),
-                "backend": be.to_string(),
+                "backend": be.map_or_else(|| "(removed)".to_string(), |b| b.to_string()),
                 "state": state,
                 "idle_s": now.saturating_sub(f.last_seen) / 1_000_000_000,
             }));

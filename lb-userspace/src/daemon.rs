@@ -13,7 +13,6 @@ use anyhow::{Context as _, Result, bail};
 use tokio::{sync::Notify, task::JoinHandle};
 
 use crate::{
-    config::Forwarding,
     controller::{self, Check, Controller},
     dataplane::{Dataplane, Limits},
     ebpf::{self, AttachMode},
@@ -86,25 +85,6 @@ fn free_interface(iface: &str) -> Result<()> {
     Ok(())
 }
 
-/// Warns when NAT services cannot forward because IP forwarding is off.
-fn check_forwarding(ctl: &Controller, ifaces: &[String]) {
-    if !ctl
-        .runtime()
-        .services()
-        .any(|s| s.config.forwarding == Forwarding::Nat)
-    {
-        return;
-    }
-    for iface in ifaces {
-        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-            log::warn!(
-                "NAT services need IP forwarding on {iface}, which is off: NAT packets are dropped (drop_no_route) until `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (or net.ipv4.ip_forward=1)"
-            );
-        }
-    }
-}
-
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(opts: RunOptions) -> Result<()> {
     let config = controller::load_config(&opts.config)?;
@@ -118,6 +98,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         server::bind(&opts.socket)?
     };
     let _socket = SocketFile(opts.socket.clone());
+    // The metrics address too: a wrong one refuses the start instead of running blind.
+    let metrics = match opts.metrics_addr {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the metrics address {addr} (--metrics-addr)"))?,
+        ),
+        None => None,
+    };
     let mut dp = Dataplane::load(Limits {
         conntrack_entries: config.conntrack.max_entries,
     })?;
@@ -130,8 +118,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             opts.mode
         );
     }
-    let ctl = Controller::new(dp, config, opts.config.clone())?;
-    check_forwarding(&ctl, &opts.ifaces);
+    let ctl = Controller::new(dp, config, opts.config.clone(), opts.ifaces.clone())?;
     let services = ctl.runtime().services().count();
     log::info!(
         "serving {services} services; control socket {}",
@@ -146,13 +133,28 @@ pub fn run(opts: RunOptions) -> Result<()> {
             tokio::spawn(health_scheduler(ctl.clone(), changed.clone())),
             tokio::spawn(housekeeping(ctl.clone())),
         ];
-        if let Some(addr) = opts.metrics_addr {
-            tasks.push(tokio::spawn(crate::metrics::serve(addr, ctl.clone())));
+        if let Some(listener) = metrics {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tasks.push(tokio::spawn(crate::metrics::serve(listener, ctl.clone())));
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
-            _ = term.recv() => log::info!("SIGTERM: stopping"),
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); break; }
+                _ = term.recv() => { log::info!("SIGTERM: stopping"); break; }
+                _ = hup.recv() => {
+                    // SIGHUP reloads the configuration file, as with HAProxy and keepalived.
+                    let c = ctl.clone();
+                    let r = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(|p| p.into_inner()).reload()).await;
+                    match r {
+                        Ok(resp) if resp.ok => { log::info!("SIGHUP: configuration reloaded"); changed.notify_one(); }
+                        Ok(resp) => log::error!("SIGHUP: {}", resp.error.unwrap_or_default()),
+                        Err(e) => log::error!("SIGHUP: reload task failed: {e}"),
+                    }
+                }
+            }
         }
         for t in &tasks {
             t.abort();

@@ -121,27 +121,40 @@ struct ServiceAddArgs {
     /// Send every connection of a client to the same backend (hash on the source address).
     #[arg(long)]
     persistence: bool,
-    /// Health check: tcp, http or none (default: tcp for TCP services, none for UDP).
+    /// Health check: tcp, http or none. Default: tcp for TCP services, none for UDP;
+    /// http when --check-path or --check-status is given.
     #[arg(long, value_enum)]
     check: Option<CheckArg>,
-    /// HTTP check: path to GET.
-    #[arg(long, default_value = "/")]
-    check_path: String,
-    /// HTTP check: expected status or range (200, 200-399).
+    /// HTTP check: path to GET (default /).
+    #[arg(long)]
+    check_path: Option<String>,
+    /// HTTP check: expected status or range (200, 200-399; default 200-399).
     #[arg(long)]
     check_status: Option<String>,
-    /// Milliseconds between probes.
-    #[arg(long, default_value_t = 2000)]
-    check_interval_ms: u32,
-    /// Probe timeout in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    check_timeout_ms: u32,
-    /// Successes to come up.
-    #[arg(long, default_value_t = 2)]
-    rise: u32,
-    /// Failures to go down.
-    #[arg(long, default_value_t = 3)]
-    fall: u32,
+    /// HTTP check: Host header (default: the probed address).
+    #[arg(long)]
+    check_host: Option<String>,
+    /// HTTP check: text the response body must contain.
+    #[arg(long)]
+    check_body: Option<String>,
+    /// Probe this address instead of each backend's own.
+    #[arg(long)]
+    check_address: Option<std::net::Ipv4Addr>,
+    /// Probe this port instead of each backend's own (needed for checks of UDP services).
+    #[arg(long)]
+    check_port: Option<u16>,
+    /// Milliseconds between probes (default 2000).
+    #[arg(long)]
+    check_interval_ms: Option<u32>,
+    /// Probe timeout in milliseconds (default 1000).
+    #[arg(long)]
+    check_timeout_ms: Option<u32>,
+    /// Successes to come up (default 2).
+    #[arg(long)]
+    rise: Option<u32>,
+    /// Failures to go down (default 3).
+    #[arg(long)]
+    fall: Option<u32>,
     /// A backend to start with, ADDR[:PORT] (repeatable).
     #[arg(long = "backend")]
     backends: Vec<BackendRef>,
@@ -315,25 +328,48 @@ fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn service_config(a: ServiceAddArgs) -> Result<ServiceConfig> {
-    let expect_status = match &a.check_status {
-        Some(s) => serde_json::from_value::<StatusSpec>(Value::String(s.clone()))
-            .map_err(|e| anyhow::anyhow!("--check-status: {e}"))?,
-        None => StatusSpec::default(),
+    let http_hint = a.check_path.is_some()
+        || a.check_status.is_some()
+        || a.check_host.is_some()
+        || a.check_body.is_some();
+    let any = http_hint
+        || a.check.is_some()
+        || a.check_address.is_some()
+        || a.check_port.is_some()
+        || a.check_interval_ms.is_some()
+        || a.check_timeout_ms.is_some()
+        || a.rise.is_some()
+        || a.fall.is_some();
+    let health_check = if any {
+        let d = HealthCheckConfig::default();
+        let kind = match a.check {
+            Some(CheckArg::Tcp) => CheckKind::Tcp,
+            Some(CheckArg::Http) => CheckKind::Http,
+            Some(CheckArg::None) => CheckKind::None,
+            None if http_hint => CheckKind::Http,
+            None => CheckKind::Tcp,
+        };
+        let expect_status = match &a.check_status {
+            Some(s) => serde_json::from_value::<StatusSpec>(Value::String(s.clone()))
+                .map_err(|e| anyhow::anyhow!("--check-status: {e}"))?,
+            None => d.expect_status,
+        };
+        Some(HealthCheckConfig {
+            kind,
+            path: a.check_path.unwrap_or(d.path),
+            expect_status,
+            host: a.check_host,
+            body_contains: a.check_body,
+            interval_ms: a.check_interval_ms.unwrap_or(d.interval_ms),
+            timeout_ms: a.check_timeout_ms.unwrap_or(d.timeout_ms),
+            rise: a.rise.unwrap_or(d.rise),
+            fall: a.fall.unwrap_or(d.fall),
+            probe_address: a.check_address,
+            probe_port: a.check_port,
+        })
+    } else {
+        None
     };
-    let health_check = a.check.map(|k| HealthCheckConfig {
-        kind: match k {
-            CheckArg::Tcp => CheckKind::Tcp,
-            CheckArg::Http => CheckKind::Http,
-            CheckArg::None => CheckKind::None,
-        },
-        path: a.check_path.clone(),
-        expect_status,
-        interval_ms: a.check_interval_ms,
-        timeout_ms: a.check_timeout_ms,
-        rise: a.rise,
-        fall: a.fall,
-        ..HealthCheckConfig::default()
-    });
     Ok(ServiceConfig {
         vip: a.service.vip,
         port: a.service.port,

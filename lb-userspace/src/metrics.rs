@@ -4,7 +4,7 @@
 //! `_bytes`, labels are `vip`, `port`, `proto` and `backend` only — never a client
 //! address. Datapath outcomes and events are one metric each (`lb_datapath_tx_total`,
 //! `lb_datapath_drop_fragment_total`, ...), so no other label is needed.
-use std::{fmt::Write as _, net::SocketAddr};
+use std::fmt::Write as _;
 
 use anyhow::Result;
 use lb_common::Counter;
@@ -207,16 +207,11 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` until the task is aborted.
-pub async fn serve(addr: SocketAddr, ctl: Shared) {
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("metrics endpoint {addr}: {e}; metrics are off");
-            return;
-        }
-    };
-    log::info!("metrics on http://{addr}/metrics");
+/// Serves `GET /metrics` on `listener` until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, ctl: Shared) {
+    if let Ok(addr) = listener.local_addr() {
+        log::info!("metrics on http://{addr}/metrics");
+    }
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;

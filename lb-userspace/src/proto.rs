@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{AdminState, BackendConfig, BackendRef, ServiceConfig, ServiceKey, from_json};
+use crate::config::{AdminState, BackendConfig, BackendRef, ServiceConfig, ServiceKey, from_value};
 
 /// Longest request line accepted (bytes, newline excluded).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -138,7 +138,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         Some(_) => return Err("`op` must be a string naming the operation".into()),
         None => return Err(format!("missing `op`: use one of {}", OPS.join(", "))),
     };
-    let rest = Value::Object(fields).to_string();
+    let rest = Value::Object(fields);
     let fields = |e: crate::config::ConfigError| {
         if e.field.is_empty() {
             format!("{op}: {}", e.reason)
@@ -147,34 +147,34 @@ pub fn parse(line: &str) -> Result<Request, String> {
         }
     };
     Ok(match op.as_str() {
-        "list" => from_json::<Empty>(&rest)
+        "list" => from_value::<Empty>(rest)
             .map(|_| Request::List)
             .map_err(fields)?,
-        "reload" => from_json::<Empty>(&rest)
+        "reload" => from_value::<Empty>(rest)
             .map(|_| Request::Reload)
             .map_err(fields)?,
         "service_add" => Request::ServiceAdd {
-            service: from_json::<ServiceAdd>(&rest).map_err(fields)?.service,
+            service: from_value::<ServiceAdd>(rest).map_err(fields)?.service,
         },
         "service_del" => Request::ServiceDel {
-            service: from_json::<ServiceDel>(&rest).map_err(fields)?.service,
+            service: from_value::<ServiceDel>(rest).map_err(fields)?.service,
         },
         "backend_add" => {
-            let r: BackendAdd = from_json(&rest).map_err(fields)?;
+            let r: BackendAdd = from_value(rest).map_err(fields)?;
             Request::BackendAdd {
                 service: r.service,
                 backend: r.backend,
             }
         }
         "backend_del" => {
-            let r: BackendDel = from_json(&rest).map_err(fields)?;
+            let r: BackendDel = from_value(rest).map_err(fields)?;
             Request::BackendDel {
                 service: r.service,
                 backend: r.backend,
             }
         }
         "backend_set" => {
-            let r: BackendSet = from_json(&rest).map_err(fields)?;
+            let r: BackendSet = from_value(rest).map_err(fields)?;
             if r.weight.is_none() && r.state.is_none() {
                 return Err("backend_set: nothing to change: give `weight` and/or `state`".into());
             }
@@ -186,10 +186,10 @@ pub fn parse(line: &str) -> Result<Request, String> {
             }
         }
         "stats" => Request::Stats {
-            rate: from_json::<Stats>(&rest).map_err(fields)?.rate,
+            rate: from_value::<Stats>(rest).map_err(fields)?.rate,
         },
         "conns" => {
-            let r: Conns = from_json(&rest).map_err(fields)?;
+            let r: Conns = from_value(rest).map_err(fields)?;
             Request::Conns {
                 service: r.service,
                 backend: r.backend,
@@ -383,6 +383,12 @@ mod tests {
         for (line, want) in cases {
             let e = parse(line).expect_err(line);
             assert!(e.contains(want), "{line}: `{e}` should mention `{want}`");
+            if !line.starts_with("{not") {
+                assert!(
+                    !e.contains(" column "),
+                    "{line}: `{e}`: a position would point into a re-serialized request"
+                );
+            }
         }
     }
 

@@ -53,8 +53,14 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    // Created owner-only from the start (not chmod-ed afterwards, which leaves a window).
+    // SAFETY: umask(2) only swaps the process's file-creation mask.
+    let mask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(mask) };
+    let listener =
+        bound.with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -63,10 +63,12 @@ pub fn services(list: &Value) -> String {
                     "no"
                 },
             );
-            if let Some(n) = b.get("neighbour").and_then(Value::as_str)
-                && !n.contains(':')
+            if let Some(problem) = b
+                .get("neighbour")
+                .and_then(|n| n.get("problem"))
+                .and_then(Value::as_str)
             {
-                out += &format!("       ! {n}\n");
+                out += &format!("       ! gets no traffic: {problem}\n");
             }
         }
     }
@@ -123,8 +125,10 @@ pub fn stats(st: &Value, rate: bool) -> String {
     out += "\nDatapath counters (non-zero)\n";
     if let Some(counters) = st["counters"].as_object() {
         let per_s = st.get("counters_per_s").and_then(Value::as_object);
-        for (name, v) in counters {
-            let v = v.as_u64().unwrap_or(0);
+        // The datapath's order (outcomes, then events), not the JSON object's.
+        let order = lb_common::Counter::ALL.iter().map(|c| c.name());
+        for name in order.filter(|n| counters.contains_key(*n)) {
+            let v = counters[name].as_u64().unwrap_or(0);
             if v == 0 {
                 continue;
             }
@@ -197,9 +201,9 @@ mod tests {
             "config": {"scheduler": "maglev", "forwarding": "dsr", "table_size": 65537, "persistence": false, "health_check": {"kind": "http"}},
             "backends": [
                 {"backend": "10.0.0.11:80", "weight": 100, "backup": false, "state": "ready", "in_rotation": true, "active_conns": 3, "inactive_conns": 1,
-                 "health": {"state": "up", "last_result": "ok"}, "neighbour": "02:00:00:00:00:0b"},
+                 "health": {"state": "up", "last_result": "ok"}, "neighbour": {"mac": "02:00:00:00:00:0b"}},
                 {"backend": "10.0.0.12:80", "weight": 0, "backup": true, "state": "drain", "in_rotation": false, "active_conns": 0, "inactive_conns": 0,
-                 "health": {"state": "down", "last_result": "HTTP 503"}, "neighbour": "its MAC on eth0 is not known yet"}]}]});
+                 "health": {"state": "down", "last_result": "HTTP 503"}, "neighbour": {"problem": "reached through the router 10.0.0.1 on eth0: DSR needs it on a directly connected network"}}]}]});
         let t = services(&v);
         assert!(t.contains("TCP  10.100.0.10:80"), "{t}");
         assert!(
@@ -217,7 +221,11 @@ mod tests {
             t.contains("10.0.0.12:80 (backup)") && t.contains("HTTP 503") && t.contains("drain"),
             "{t}"
         );
-        assert!(t.contains("! its MAC on eth0 is not known yet"), "{t}");
+        assert!(
+            t.contains("! gets no traffic: reached through the router 10.0.0.1 on eth0"),
+            "{t}"
+        );
+        assert_eq!(t.matches("gets no traffic").count(), 1, "{t}");
     }
 
     #[test]

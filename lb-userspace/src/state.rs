@@ -263,7 +263,7 @@ impl Runtime {
     /// Services and backends that stay keep their ids, indexes and health; everything
     /// else is added or removed. `max_entries` cannot change while running.
     pub fn reload(&mut self, config: &Config, initial: Health) -> Result<(), OpError> {
-        if !self.services.is_empty() && config.conntrack.max_entries != self.conntrack.max_entries {
+        if config.conntrack.max_entries != self.conntrack.max_entries {
             return fail(format!(
                 "conntrack.max_entries cannot change while running ({} -> {}): restart lb to resize the connection table",
                 self.conntrack.max_entries, config.conntrack.max_entries
