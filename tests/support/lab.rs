@@ -89,6 +89,8 @@ pub struct Backend {
     dir: PathBuf,
     nginx: Option<Child>,
     udp: Option<Child>,
+    /// A slow HTTP server replacing nginx (see `Lab::make_slow`).
+    slow: Option<Child>,
     status: u16,
 }
 
@@ -237,6 +239,7 @@ impl Lab {
                 dir,
                 nginx: None,
                 udp: None,
+                slow: None,
                 status: 200,
             });
         }
@@ -417,10 +420,43 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// Replaces backend `i`'s nginx on port 80 with a server that accepts at once but
+    /// answers (200, its name) only after `delay`.
+    pub fn make_slow(&mut self, i: usize, delay: Duration) {
+        if let Some(mut n) = self.backends[i].nginx.take() {
+            stop_child(&mut n);
+        }
+        let b = &self.backends[i];
+        let reply = format!(
+            "sleep {:.3}; printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{}\\n'",
+            delay.as_secs_f64(),
+            b.name.len() + 1,
+            b.name
+        );
+        let slow = self
+            .exec(
+                &b.ns,
+                &[
+                    "socat",
+                    "TCP-LISTEN:80,reuseaddr,fork",
+                    &format!("SYSTEM:{reply}"),
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting socat");
+        self.backends[i].slow = Some(slow);
+    }
+
     /// Stops backend `i`'s servers (its host stays up: connections are refused).
     pub fn stop_backend(&mut self, i: usize) {
         let b = &mut self.backends[i];
-        for c in [b.nginx.take(), b.udp.take()].into_iter().flatten() {
+        for c in [b.nginx.take(), b.udp.take(), b.slow.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut c = c;
             stop_child(&mut c);
         }

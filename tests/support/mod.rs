@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod frame;
 pub mod lab;
 pub mod netns;
+pub mod running;
 
 /// Panics (fails the test) unless we run as root: these tests need BPF and namespaces,
 /// and a test that cannot run must never pass by skipping.

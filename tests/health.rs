@@ -1,0 +1,2 @@
+//! Health checks with real servers in the lab (issue: health checks and backend lifecycle).
+mod support;
