@@ -3,6 +3,10 @@
 //! Every command that needs the machine prepared runs `scripts/setup.sh` first (it is
 //! idempotent and takes about a second when nothing is missing).
 mod lab;
+/// The lab the tests use (network namespaces with real servers), shared with the demo
+/// and the benchmarks.
+#[path = "../../tests/support/lab.rs"]
+mod testlab;
 mod util;
 
 use anyhow::Result;
