@@ -2,7 +2,7 @@
 //! socat) in network namespaces, through `lb run`, in both DSR and NAT modes.
 mod support;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, thread::sleep, time::Duration};
 
 use support::{
     lab::Mode,
@@ -33,4 +33,233 @@ fn nat_spreads_new_connections_evenly() {
     let r = Running::start(Mode::Nat, "lbt-n1", QUICK_CHECK, false);
     let counts = r.spread(300);
     assert_even(&counts, 300, &["b1", "b2", "b3"]);
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Dsr => "dsr",
+        Mode::Nat => "nat",
+    }
+}
+
+fn run_ok(r: &Running, args: &[&str]) {
+    let out = r.cli(args);
+    assert!(
+        out.status.success(),
+        "lb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The HTTP service of the lab and a backend of it as lb names them.
+fn web(r: &Running) -> String {
+    format!("{}:80/tcp", r.lab.vip())
+}
+
+fn backend_addr(r: &Running, name: &str) -> String {
+    let i: usize = name[1..].parse::<usize>().expect("b<n>") - 1;
+    let port = match r.lab.mode {
+        Mode::Dsr => 80,
+        Mode::Nat => support::lab::ALT_PORT,
+    };
+    format!("{}:{port}", r.lab.backends[i].addr)
+}
+
+fn long_lived_connection_survives_table_changes(mode: Mode, prefix: &str) {
+    let r = Running::start(mode, prefix, QUICK_CHECK, false);
+    let stream = r.stream();
+    let serving = stream.backend();
+    let other = ["b1", "b2", "b3"]
+        .into_iter()
+        .find(|b| *b != serving)
+        .expect("another backend");
+    // Remove an unrelated backend, then add it back: two different Maglev tables.
+    run_ok(&r, &["backend", "del", &web(&r), &backend_addr(&r, other)]);
+    sleep(Duration::from_millis(500));
+    run_ok(&r, &["backend", "add", &web(&r), &backend_addr(&r, other)]);
+    assert_eq!(
+        stream.finish(),
+        support::lab::BIG_BYTES as u64,
+        "{}: the stream must complete",
+        mode_name(mode)
+    );
+}
+
+#[test]
+fn dsr_long_lived_connection_survives_table_changes() {
+    long_lived_connection_survives_table_changes(Mode::Dsr, "lbt-d2");
+}
+
+#[test]
+fn nat_long_lived_connection_survives_table_changes() {
+    long_lived_connection_survives_table_changes(Mode::Nat, "lbt-n2");
+}
+
+fn drain_keeps_connections_and_sends_new_ones_elsewhere(mode: Mode, prefix: &str) {
+    let r = Running::start(mode, prefix, QUICK_CHECK, false);
+    let stream = r.stream();
+    let draining = stream.backend();
+    run_ok(
+        &r,
+        &[
+            "backend",
+            "set",
+            &web(&r),
+            &backend_addr(&r, &draining),
+            "--state",
+            "drain",
+        ],
+    );
+    let counts = r.spread(90);
+    assert_eq!(
+        counts.get(&draining),
+        None,
+        "new connections reached the draining {draining}: {counts:?}"
+    );
+    assert_eq!(counts.get("error"), None, "{counts:?}");
+    assert_eq!(
+        stream.finish(),
+        support::lab::BIG_BYTES as u64,
+        "the existing connection to the draining backend completes"
+    );
+}
+
+#[test]
+fn dsr_drain_keeps_connections_and_sends_new_ones_elsewhere() {
+    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Dsr, "lbt-d3");
+}
+
+#[test]
+fn nat_drain_keeps_connections_and_sends_new_ones_elsewhere() {
+    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Nat, "lbt-n3");
+}
+
+fn failed_backend_is_taken_out(mode: Mode, prefix: &str) {
+    let mut r = Running::start(mode, prefix, QUICK_CHECK, false);
+    r.lab.stop_backend(1);
+    let b2 = backend_addr(&r, "b2");
+    r.wait_until("b2 down and out of rotation", |list| {
+        list["services"][0]["backends"]
+            .as_array()
+            .is_some_and(|bs| {
+                bs.iter().any(|b| {
+                    b["backend"] == b2.as_str()
+                        && b["health"]["state"] == "down"
+                        && b["in_rotation"] == false
+                })
+            })
+    });
+    let counts = r.spread(150);
+    assert_eq!(
+        counts.get("error"),
+        None,
+        "after detection no request fails: {counts:?}"
+    );
+    assert_eq!(counts.get("b2"), None, "{counts:?}");
+    assert!(
+        r.log().contains("is DOWN (connection refused)"),
+        "{}",
+        r.log()
+    );
+}
+
+#[test]
+fn dsr_failed_backend_is_taken_out_and_no_request_fails_after_detection() {
+    failed_backend_is_taken_out(Mode::Dsr, "lbt-d4");
+}
+
+#[test]
+fn nat_failed_backend_is_taken_out_and_no_request_fails_after_detection() {
+    failed_backend_is_taken_out(Mode::Nat, "lbt-n4");
+}
+
+#[test]
+fn dsr_udp_service_is_balanced() {
+    let r = Running::start(Mode::Dsr, "lbt-d5", QUICK_CHECK, false);
+    assert_even(&r.udp_spread(300), 300, &["b1", "b2", "b3"]);
+}
+
+#[test]
+fn nat_udp_service_is_balanced() {
+    let r = Running::start(Mode::Nat, "lbt-n5", QUICK_CHECK, false);
+    assert_even(&r.udp_spread(300), 300, &["b1", "b2", "b3"]);
+}
+
+/// A request to an address that is not a VIP, through the balancer's host: in DSR the
+/// balancer's own address (a server runs there), in NAT a backend's real address routed
+/// by the balancer's kernel.
+fn non_vip_url(r: &Running) -> String {
+    match r.lab.mode {
+        Mode::Dsr => "http://10.0.0.1:8081/".into(),
+        Mode::Nat => format!("http://{}/", r.lab.backends[0].addr),
+    }
+}
+
+fn sigterm_detaches_and_other_traffic_never_breaks(mode: Mode, prefix: &str) {
+    let mut r = Running::start(mode, prefix, QUICK_CHECK, false);
+    if mode == Mode::Dsr {
+        let lb_ns = r.lab.lb_ns();
+        let reply = r.lab.http_reply("lbhost", "lbhost\n", Duration::ZERO);
+        r.lab.spawn(
+            &lb_ns,
+            &[
+                "socat",
+                "TCP-LISTEN:8081,reuseaddr,fork",
+                &format!("SYSTEM:{reply}"),
+            ],
+            "host-server.log",
+        );
+        sleep(Duration::from_millis(300));
+    }
+    let url = non_vip_url(&r);
+    let mut failures = Vec::new();
+    let mut check = |r: &Running, when: &str| {
+        for _ in 0..10 {
+            if let Err(e) = r.lab.curl(&url) {
+                failures.push(format!("{when}: {e}"));
+            }
+        }
+    };
+    check(&r, "with lb attached");
+    assert!(
+        !r.spread(30).contains_key("error"),
+        "VIP traffic works while attached"
+    );
+    // SIGTERM to lb run, by its PID: it detaches and stops.
+    // SAFETY: kill(2) on the PID of the lb we started.
+    unsafe { libc::kill(r.lb_pid as i32, libc::SIGTERM) };
+    for _ in 0..100 {
+        check(&r, "while lb stops");
+        if r.log().contains("stopped") {
+            break;
+        }
+    }
+    assert!(r.log().contains("detached from"), "{}", r.log());
+    for iface in r.lab.lb_ifaces() {
+        let out = r
+            .lab
+            .exec(&r.lab.lb_ns(), &["ip", "-d", "link", "show", "dev", iface])
+            .output()
+            .expect("ip");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("prog/xdp"),
+            "{iface} still runs an XDP program"
+        );
+    }
+    check(&r, "after lb stopped");
+    assert!(
+        failures.is_empty(),
+        "{}: traffic to {url} broke: {failures:?}",
+        mode_name(mode)
+    );
+}
+
+#[test]
+fn dsr_sigterm_detaches_and_other_traffic_never_breaks() {
+    sigterm_detaches_and_other_traffic_never_breaks(Mode::Dsr, "lbt-d6");
+}
+
+#[test]
+fn nat_sigterm_detaches_and_other_traffic_never_breaks() {
+    sigterm_detaches_and_other_traffic_never_breaks(Mode::Nat, "lbt-n6");
 }

@@ -682,7 +682,7 @@ impl Controller {
                 let bt = self.dp.backend_stats(b.index)?;
                 let n = self.conns.get(&b.index).copied().unwrap_or_default();
                 let mut v = json!({"backend": addr.to_string(), "weight": b.config.weight, "state": b.config.state.as_str(),
-                    "health": b.health, "active_conns": n.active, "inactive_conns": n.inactive, "traffic": traffic(&bt)});
+                    "health": self.health.get(&(s.config.key(), *addr)).map(|(_, _, h)| serde_json::to_value(h.snapshot()).unwrap_or(Value::Null)), "active_conns": n.active, "inactive_conns": n.inactive, "traffic": traffic(&bt)});
                 if rate {
                     v["rate"] = per_s(old.backends.get(&b.index), new.backends.get(&b.index));
                 }

@@ -20,11 +20,46 @@ fn proto_addr(service: &str) -> (String, String) {
     }
 }
 
+/// How long ago `then_ms` (Unix milliseconds) was, shortly: 45s, 12m, 3h, 5d.
+pub fn since(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "-".into();
+    }
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A backend's health in a few words: state, time since the last change, consecutive
+/// failures, last check result.
+fn health_cols(h: &Value, now_ms: u64) -> (String, String, u64, String) {
+    (
+        s(h, "state").to_string(),
+        since(now_ms, u(h, "last_change_unix_ms")),
+        u(h, "consecutive_failures"),
+        h.get("last_result")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string(),
+    )
+}
+
 /// `lb service list`.
 pub fn services(list: &Value) -> String {
+    let now_ms = now_unix_ms();
     let mut out = String::new();
     out += "Prot LocalAddress:Port         Scheduler Forward Flags\n";
-    out += "  -> RemoteAddress:Port        Weight ActiveConn InActConn Health State  Rotation Last check\n";
+    out += "  -> RemoteAddress:Port        Weight ActiveConn InActConn Health Since  Fails State  Rotation Last check\n";
     for svc in list["services"].as_array().into_iter().flatten() {
         let (proto, addr) = proto_addr(s(svc, "service"));
         let cfg = &svc["config"];
@@ -32,8 +67,7 @@ pub fn services(list: &Value) -> String {
         if cfg["persistence"].as_bool() == Some(true) {
             flags.push("persistent".into());
         }
-        let hc = &cfg["health_check"];
-        flags.push(format!("check={}", s(hc, "kind")));
+        flags.push(format!("check={}", s(&cfg["health_check"], "kind")));
         out += &format!(
             "{proto:<4} {addr:<25} {:<9} {:<7} {}\n",
             s(cfg, "scheduler"),
@@ -41,27 +75,22 @@ pub fn services(list: &Value) -> String {
             flags.join(",")
         );
         for b in svc["backends"].as_array().into_iter().flatten() {
-            let health = &b["health"];
+            let (health, since, fails, last) = health_cols(&b["health"], now_ms);
             let mut name = s(b, "backend").to_string();
             if b["backup"].as_bool() == Some(true) {
                 name += " (backup)";
             }
-            let last = health
-                .get("last_result")
-                .and_then(Value::as_str)
-                .unwrap_or("-");
+            let rotation = if b["in_rotation"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            };
             out += &format!(
-                "  -> {name:<25} {:<6} {:<10} {:<9} {:<6} {:<6} {:<8} {last}\n",
+                "  -> {name:<25} {:<6} {:<10} {:<9} {health:<6} {since:<6} {fails:<5} {:<6} {rotation:<8} {last}\n",
                 u(b, "weight"),
                 u(b, "active_conns"),
                 u(b, "inactive_conns"),
-                s(health, "state"),
                 s(b, "state"),
-                if b["in_rotation"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "no"
-                },
             );
             if let Some(problem) = b
                 .get("neighbour")
@@ -106,16 +135,24 @@ pub fn stats(st: &Value, rate: bool) -> String {
         }
     } else {
         out += &format!(
-            "{:<4} {:<25}{:>10} {:>8} {:>8} {:>8} {:>8}\n",
-            "Prot", "LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+            "{:<4} {:<25}{:>10} {:>8} {:>8} {:>8} {:>8}  {}\n",
+            "Prot",
+            "LocalAddress:Port",
+            "Conns",
+            "InPkts",
+            "OutPkts",
+            "InBytes",
+            "OutBytes",
+            "Health (since, failures, last check)"
         );
         out += "  -> RemoteAddress:Port\n";
         for svc in st["services"].as_array().into_iter().flatten() {
             let (proto, addr) = proto_addr(s(svc, "service"));
             out += &format!("{proto:<4} {addr:<25}{}\n", traffic_cols(&svc["traffic"]));
             for b in svc["backends"].as_array().into_iter().flatten() {
+                let (health, since, fails, last) = health_cols(&b["health"], now_unix_ms());
                 out += &format!(
-                    "  -> {:<25}{}\n",
+                    "  -> {:<25}{}  {health} {since} fails={fails} {last}\n",
                     s(b, "backend"),
                     traffic_cols(&b["traffic"])
                 );
@@ -201,9 +238,9 @@ mod tests {
             "config": {"scheduler": "maglev", "forwarding": "dsr", "table_size": 65537, "persistence": false, "health_check": {"kind": "http"}},
             "backends": [
                 {"backend": "10.0.0.11:80", "weight": 100, "backup": false, "state": "ready", "in_rotation": true, "active_conns": 3, "inactive_conns": 1,
-                 "health": {"state": "up", "last_result": "ok"}, "neighbour": {"mac": "02:00:00:00:00:0b"}},
+                 "health": {"state": "up", "last_result": "ok", "last_change_unix_ms": 1, "consecutive_failures": 0}, "neighbour": {"mac": "02:00:00:00:00:0b"}},
                 {"backend": "10.0.0.12:80", "weight": 0, "backup": true, "state": "drain", "in_rotation": false, "active_conns": 0, "inactive_conns": 0,
-                 "health": {"state": "down", "last_result": "HTTP 503"}, "neighbour": {"problem": "reached through the router 10.0.0.1 on eth0: DSR needs it on a directly connected network"}}]}]});
+                 "health": {"state": "down", "last_result": "HTTP 503", "last_change_unix_ms": now_unix_ms() - 42_000, "consecutive_failures": 7}, "neighbour": {"problem": "reached through the router 10.0.0.1 on eth0: DSR needs it on a directly connected network"}}]}]});
         let t = services(&v);
         assert!(t.contains("TCP  10.100.0.10:80"), "{t}");
         assert!(
@@ -216,6 +253,11 @@ mod tests {
                 && l.contains(" up ")
                 && l.ends_with("yes      ok")),
             "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.contains("10.0.0.12:80") && l.contains(" down   42s    7     drain ")),
+            "since and failures:\n{t}"
         );
         assert!(
             t.contains("10.0.0.12:80 (backup)") && t.contains("HTTP 503") && t.contains("drain"),
@@ -235,7 +277,8 @@ mod tests {
             "rate_window_s": 2.0,
             "services": [{"service": "10.100.0.10:80/tcp", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000, "packets_out": 0, "bytes_out": 0},
                 "rate": {"conns_per_s": 1.0, "packets_per_s": 5.0},
-                "backends": [{"backend": "10.0.0.11:80", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000}, "rate": {}}]}]});
+                "backends": [{"backend": "10.0.0.11:80", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000}, "rate": {},
+                    "health": {"state": "down", "last_change_unix_ms": now_unix_ms() - 5000, "consecutive_failures": 4, "last_result": "timeout after 500 ms"}}]}]});
         let t = stats(&v, false);
         assert!(
             t.contains(
@@ -251,6 +294,7 @@ mod tests {
             "columns align:\n{t}"
         );
         assert!(t.contains("  tx ") && !t.contains("drop_fragment"), "{t}");
+        assert!(t.contains("down 5s fails=4 timeout after 500 ms"), "{t}");
         let r = stats(&v, true);
         assert!(
             r.contains("Rates over the last 2.0 s") && r.contains("5/s"),

@@ -46,6 +46,8 @@ pub const NAT_VIP: &str = "10.100.0.20";
 pub const ALT_PORT: u16 = 8080;
 /// UDP echo port (replies with the backend's name).
 pub const UDP_PORT: u16 = 5353;
+/// Size of each backend's `/big` (served at 2 MiB/s: a stream of about 4 s).
+pub const BIG_BYTES: usize = 8 << 20;
 
 /// Runs a command; returns its output, panicking with its stderr when it fails.
 pub fn must(cmd: &mut Command) -> Output {
@@ -338,9 +340,17 @@ impl Lab {
              fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
              keepalive_requests 1000000;\n\
              server {{\n    listen 80 reuseport backlog=4096;\n    listen {ALT_PORT} reuseport backlog=4096;\n\
-             location / {{ return {} \"{}\\n\"; }}\n  }}\n}}\n",
-            b.status, b.name
+             add_header X-Backend {name} always;\n\
+             location / {{ return {} \"{name}\\n\"; }}\n\
+             location = /big {{ alias {d}/big.bin; limit_rate 2m; }}\n  }}\n}}\n",
+            b.status,
+            name = b.name
         );
+        // /big: 8 MiB at 2 MiB/s, a stream of about 4 s (a long-lived connection).
+        let big = b.dir.join("big.bin");
+        if !big.exists() {
+            std::fs::write(&big, vec![b'x'; BIG_BYTES]).expect("writing big.bin");
+        }
         let path = b.dir.join("nginx.conf");
         std::fs::write(&path, conf).expect("writing nginx.conf");
         path
@@ -420,22 +430,30 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// Writes a complete HTTP response (200, `body`) to a file and returns the shell
+    /// command that serves it after `delay` (for `socat ... SYSTEM:<command>`: socat
+    /// strips quotes and unescapes `\r\n` in its addresses, so the bytes live in a file).
+    pub fn http_reply(&self, name: &str, body: &str, delay: Duration) -> String {
+        let path = self.dir.join(format!("{name}.http"));
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        std::fs::write(&path, reply).expect("writing a canned HTTP response");
+        format!("sleep {:.3}; cat {}", delay.as_secs_f64(), path.display())
+    }
+
     /// Replaces backend `i`'s nginx on port 80 with a server that accepts at once but
     /// answers (200, its name) only after `delay`.
     pub fn make_slow(&mut self, i: usize, delay: Duration) {
         if let Some(mut n) = self.backends[i].nginx.take() {
             stop_child(&mut n);
         }
-        let b = &self.backends[i];
-        let reply = format!(
-            "sleep {:.3}; printf 'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{}\\n'",
-            delay.as_secs_f64(),
-            b.name.len() + 1,
-            b.name
-        );
+        let name = self.backends[i].name.clone();
+        let reply = self.http_reply(&format!("{name}-slow"), &format!("{name}\n"), delay);
         let slow = self
             .exec(
-                &b.ns,
+                &self.backends[i].ns,
                 &[
                     "socat",
                     "TCP-LISTEN:80,reuseaddr,fork",
@@ -500,17 +518,33 @@ impl Lab {
         );
     }
 
-    /// Black-holes (or restores) TCP to backend `i`: its namespace drops incoming SYNs,
-    /// so connection attempts time out instead of being refused.
+    /// Black-holes (or restores) TCP to backend `i`: its namespace drops incoming SYNs
+    /// (nftables, rules given to `nft -f -`), so connection attempts time out instead of
+    /// being refused.
     pub fn blackhole(&self, i: usize, on: bool) {
         let ns = &self.backends[i].ns;
         if on {
-            let rules = "table inet lblab { chain input { type filter hook input priority 0; tcp flags & (syn | ack) == syn drop; } }";
-            must(self.exec(ns, &["nft", rules]).stdin(Stdio::null()));
+            let rules = "table inet lblab {\n  chain input {\n    type filter hook input priority 0;\n    tcp flags & (syn | ack) == syn drop\n  }\n}\n";
+            let mut nft = self
+                .exec(ns, &["nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting nft (installed by scripts/setup.sh)");
+            {
+                use std::io::Write as _;
+                let mut stdin = nft.stdin.take().expect("nft stdin");
+                stdin.write_all(rules.as_bytes()).expect("writing to nft");
+            }
+            let out = nft.wait_with_output().expect("waiting for nft");
+            assert!(
+                out.status.success(),
+                "nft -f - in {ns} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         } else {
-            let _ = self
-                .exec(ns, &["nft", "delete", "table", "inet", "lblab"])
-                .status();
+            must(&mut self.exec(ns, &["nft", "delete", "table", "inet", "lblab"]));
         }
     }
 
@@ -557,7 +591,7 @@ impl Lab {
       "health_check": {check},
       "backends": [{}]}},
     {{"vip": "{vip}", "port": {UDP_PORT}, "protocol": "udp", "forwarding": "{fwd}",
-      "health_check": {{"kind": "tcp", "probe_port": 80, "interval_ms": 500, "timeout_ms": 400, "rise": 1, "fall": 2}},
+      "health_check": {{"kind": "tcp", "probe_port": 80, "interval_ms": 1000, "timeout_ms": 1000, "rise": 1, "fall": 3}},
       "backends": [{}]}}]}}"#,
             tcp_backends.join(", "),
             udp_backends.join(", "),
@@ -618,4 +652,14 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Moves the calling thread into the lab namespace `ns` (for clients written in Rust).
+pub fn enter_netns(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("opening netns {ns}: {e}"));
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns(2) on an open namespace fd; affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({ns}): {}", std::io::Error::last_os_error());
 }

@@ -16,16 +16,49 @@ pub struct Running {
     pub lab: Lab,
     pub socket: String,
     pub lb_pid: u32,
+    /// Next client source port for `spread` and `udp_spread`.
+    next_port: std::sync::atomic::AtomicU16,
 }
 
 /// Fast checks so tests do not wait long for health.
-pub const QUICK_CHECK: &str = r#"{"kind": "http", "path": "/", "expect_status": 200, "interval_ms": 300, "timeout_ms": 250, "rise": 1, "fall": 2}"#;
+/// (They leave room for a loaded machine: e2e tests check balancing, not detection time;
+/// tests/health.rs checks the timing of transitions.)
+pub const QUICK_CHECK: &str = r#"{"kind": "http", "path": "/", "expect_status": 200, "interval_ms": 500, "timeout_ms": 500, "rise": 1, "fall": 3}"#;
 
 impl Running {
     pub fn start(mode: Mode, prefix: &str, check: &str, persistence: bool) -> Running {
+        Running::start_with(
+            mode,
+            prefix,
+            |lab| lab.config(check, persistence),
+            "every backend up and in rotation",
+            |list| {
+                list["services"].as_array().is_some_and(|s| {
+                    s.iter().all(|svc| {
+                        svc["backends"]
+                            .as_array()
+                            .is_some_and(|b| b.iter().all(|b| b["in_rotation"] == true))
+                    })
+                })
+            },
+        )
+    }
+
+    /// Like [`Running::start`], but with the configuration `config` writes for the lab
+    /// (e.g. [`Lab::config`] edited to add a backup), and waiting until `ready` holds for
+    /// `lb service list --json` (described by `what`) instead of until every backend is in
+    /// rotation, which a configuration with backups never reaches.
+    pub fn start_with(
+        mode: Mode,
+        prefix: &str,
+        config: impl FnOnce(&Lab) -> String,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Running {
         super::require_root();
         let mut lab = Lab::up(mode, prefix, 3, &pass_object());
-        let config = lab.write("lb.json", &lab.config(check, persistence));
+        let text = config(&lab);
+        let config = lab.write("lb.json", &text);
         let socket = lab.dir.join("lb.sock").to_string_lossy().into_owned();
         let mut args = vec![LB.to_string(), "run".into()];
         for iface in lab.lb_ifaces() {
@@ -45,16 +78,9 @@ impl Running {
             lab,
             socket,
             lb_pid,
+            next_port: std::sync::atomic::AtomicU16::new(30000),
         };
-        r.wait_until("every backend up and in rotation", |list| {
-            list["services"].as_array().is_some_and(|s| {
-                s.iter().all(|svc| {
-                    svc["backends"]
-                        .as_array()
-                        .is_some_and(|b| b.iter().all(|b| b["in_rotation"] == true))
-                })
-            })
-        });
+        r.wait_until(what, ready);
         r
     }
 
@@ -101,29 +127,25 @@ impl Running {
         );
     }
 
-    /// `n` HTTP requests from the client to the VIP, each on its own TCP connection;
+    /// `n` HTTP requests from the client to the VIP, each on its own TCP connection
+    /// from its own source port (taken in order from a per-lab range, so the spread is
+    /// a fixed property of the hash and the table, not of random ephemeral ports);
     /// returns how many each backend answered (and failures under "error").
     pub fn spread(&self, n: usize) -> BTreeMap<String, usize> {
+        let first = self
+            .next_port
+            .fetch_add(n as u16, std::sync::atomic::Ordering::Relaxed);
         let url = format!("http://{}/", self.lab.vip());
-        let mut counts = BTreeMap::new();
-        // One curl for all requests: `Connection: close` makes each one a new connection.
-        let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), n).collect();
-        let mut args = vec![
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "-H",
-            "Connection: close",
-            "-w",
-            "\n",
-        ];
-        args.extend(urls);
+        let script = format!(
+            "for p in $(seq {first} {last}); do curl -s -m 5 --local-port $p -H 'Connection: close' -w '\\n' {url} || echo error; done",
+            last = first as usize + n - 1
+        );
         let out = self
             .lab
-            .exec(&self.lab.client_ns(), &args)
+            .exec(&self.lab.client_ns(), &["sh", "-c", &script])
             .output()
-            .expect("curl");
+            .expect("curl loop");
+        let mut counts = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.is_empty())
@@ -132,7 +154,7 @@ impl Running {
         }
         let answered: usize = counts.values().sum();
         if answered < n {
-            counts.insert("error".into(), n - answered);
+            *counts.entry("error".into()).or_default() += n - answered;
         }
         counts
     }
@@ -144,5 +166,109 @@ impl Drop for Running {
             eprintln!("lb log:\n{}", self.log());
         }
         self.lab.stop(self.lb_pid);
+    }
+}
+
+/// A long download (`/big`) from the client through the VIP.
+pub struct Stream {
+    child: std::process::Child,
+    headers: PathBuf,
+}
+
+impl Stream {
+    /// The backend serving it (from its X-Backend header), once the headers arrived.
+    pub fn backend(&self) -> String {
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&self.headers).unwrap_or_default();
+            if let Some(v) = text.lines().find_map(|l| {
+                l.strip_prefix("X-Backend: ")
+                    .or_else(|| l.strip_prefix("x-backend: "))
+            }) {
+                return v.trim().to_string();
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!("no X-Backend header within 5 s");
+    }
+
+    /// Waits for the download; returns the bytes received (panics if curl failed).
+    pub fn finish(mut self) -> u64 {
+        let out = self.child.wait().expect("waiting for curl");
+        let mut stdout = String::new();
+        use std::io::Read as _;
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut stdout)
+            .expect("curl output");
+        assert!(out.success(), "the stream broke: curl {out}");
+        stdout.trim().parse().expect("curl size_download")
+    }
+}
+
+impl Running {
+    /// Starts downloading `/big` from the VIP (about 4 s at the lab's rate limit).
+    pub fn stream(&self) -> Stream {
+        let headers = self
+            .lab
+            .dir
+            .join(format!("stream-{}.headers", std::process::id()));
+        let _ = std::fs::remove_file(&headers);
+        let url = format!("http://{}/big", self.lab.vip());
+        let child = self
+            .lab
+            .exec(
+                &self.lab.client_ns(),
+                &[
+                    "curl",
+                    "-s",
+                    "-f",
+                    "-m",
+                    "30",
+                    "-D",
+                    headers.to_str().expect("path"),
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    &url,
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        Stream { child, headers }
+    }
+
+    /// `n` UDP datagrams to VIP:5353, each from its own source port; counts replies by
+    /// the backend named in them (missing replies under "error").
+    pub fn udp_spread(&self, n: usize) -> BTreeMap<String, usize> {
+        let ns = self.lab.client_ns();
+        let vip = self.lab.vip();
+        let first = self
+            .next_port
+            .fetch_add(n as u16, std::sync::atomic::Ordering::Relaxed);
+        std::thread::spawn(move || {
+            super::lab::enter_netns(&ns);
+            let mut counts = BTreeMap::new();
+            for i in 0..n {
+                let s =
+                    std::net::UdpSocket::bind(("0.0.0.0", first + i as u16)).expect("udp socket");
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                s.send_to(b"hello\n", (vip, super::lab::UDP_PORT))
+                    .expect("send");
+                let mut buf = [0u8; 64];
+                let key = match s.recv(&mut buf) {
+                    Ok(len) => String::from_utf8_lossy(&buf[..len]).trim().to_string(),
+                    Err(_) => "error".to_string(),
+                };
+                *counts.entry(key).or_default() += 1;
+            }
+            counts
+        })
+        .join()
+        .expect("udp client thread")
     }
 }

@@ -1,107 +1,314 @@
-//! The built-in lab: network namespaces on this machine.
+//! `cargo xtask lab`: the demo on the built-in lab.
 //!
-//! For now the demo loads the XDP program onto a veth in a throw-away namespace and
-//! shows it attached; the namespaces are removed on success, failure and Ctrl-C.
+//! Builds the DSR lab (network namespaces with three nginx backends), starts `lb run` in
+//! the balancer's namespace with the example configuration from the repository
+//! (examples/lb.json), sends requests from the client with curl and shows how they
+//! spread, stops one backend to show the health check taking it out while requests
+//! keep being answered, brings it back, and tears everything down — on success, on
+//! failure and on Ctrl-C.
 use std::{
-    process::{Child, Command, Stdio},
+    collections::BTreeMap,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
     thread::sleep,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 
-use crate::util::{self, root, step};
+use crate::{
+    testlab::{Lab, Mode},
+    util::{self, root, step},
+};
 
-const NS: &str = "lbdemo";
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// A network namespace that is deleted when dropped.
-struct Netns(&'static str);
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
 
-impl Netns {
-    fn create(name: &'static str) -> Result<Self> {
-        // A namespace left by an interrupted earlier run is ours to replace.
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        util::run(Command::new("ip").args(["netns", "add", name]))?;
-        Ok(Netns(name))
+/// Ctrl-C sets a flag the demo checks between steps; the lab is then torn down by its
+/// destructor. (lb and nginx get the SIGINT too and stop on their own.)
+fn catch_ctrl_c() {
+    // SAFETY: installing an async-signal-safe handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted: tearing the lab down");
+    }
+    Ok(())
+}
+
+struct Demo {
+    lab: Lab,
+    lb: String,
+    socket: String,
+    lb_pid: Option<u32>,
+}
+
+impl Demo {
+    fn lb_cmd(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec![self.lb.as_str(), "--socket", self.socket.as_str()];
+        all.extend(args);
+        self.lab
+            .exec(&self.lab.lb_ns(), &all)
+            .output()
+            .expect("running lb")
     }
 
-    fn exec(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", self.0]).args(args);
-        c
+    fn list(&self) -> Result<Value> {
+        let out = self.lb_cmd(&["service", "list", "--json"]);
+        if !out.status.success() {
+            bail!("lb service list: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Health state and rotation of every backend of the HTTP service.
+    fn web_backends(&self) -> Result<BTreeMap<String, (String, bool)>> {
+        let list = self.list()?;
+        let web = list["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["service"] == "10.100.0.10:80/tcp"))
+            .context("the example's HTTP service is not listed")?;
+        Ok(web["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| {
+                let state = b["health"]["state"].as_str().unwrap_or("?").to_string();
+                (
+                    b["backend"].as_str().unwrap_or("?").to_string(),
+                    (state, b["in_rotation"] == true),
+                )
+            })
+            .collect())
+    }
+
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&BTreeMap<String, (String, bool)>) -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            check_interrupt()?;
+            // Errors are "not yet" (the daemon may still be starting); the timeout decides.
+            if self.web_backends().is_ok_and(|b| cond(&b)) {
+                return Ok(start.elapsed());
+            }
+            sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "timed out after {timeout:?} waiting for {what}:\n{}",
+            self.log()
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.lab.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    /// `n` requests from the client, each a new connection; (answers by backend, failures).
+    fn requests(&self, n: usize) -> (BTreeMap<String, usize>, usize) {
+        let script = format!(
+            "for i in $(seq {n}); do curl -s -f -m 2 -H 'Connection: close' -w '\\n' http://10.100.0.10/ || echo FAILED; done"
+        );
+        let out = self
+            .lab
+            .exec(&self.lab.client_ns(), &["sh", "-c", &script])
+            .output()
+            .expect("curl");
+        let mut counts = BTreeMap::new();
+        let mut failed = 0;
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            if line.ends_with("FAILED") {
+                failed += 1;
+            } else {
+                *counts.entry(line.to_string()).or_default() += 1;
+            }
+        }
+        (counts, failed)
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
-    }
-}
-
-/// A child process stopped with SIGTERM (by its PID) when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
-}
-
-fn stop(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let _ = child.wait();
+fn bars(counts: &BTreeMap<String, usize>, total: usize) {
+    for (b, n) in counts {
+        let width = n * 50 / total.max(1);
+        println!(
+            "  {b:<4} {:<50} {n:>4} ({:.0}%)",
+            "█".repeat(width),
+            *n as f64 * 100.0 / total as f64
+        );
     }
 }
 
 pub fn demo() -> Result<()> {
     util::setup()?;
-    step("building lb");
+    step("building lb (release)");
     util::cargo(&["build", "--release", "--package", "lb-userspace"])?;
-    let lb = root().join("target/release/lb");
+    let root = root();
+    let lb = root
+        .join("target/release/lb")
+        .to_string_lossy()
+        .into_owned();
+    let pass = root.join("target/ebpf/bpfel-unknown-none/release/xdp-pass");
+    let config = root.join("examples/lb.json");
+    catch_ctrl_c();
 
-    step(&format!(
-        "lab: namespace {NS} with a veth pair lbd0 <-> lbd1"
-    ));
-    let ns = Netns::create(NS)?;
-    util::run(&mut ns.exec(&[
-        "ip", "link", "add", "lbd0", "type", "veth", "peer", "name", "lbd1",
-    ]))?;
-    util::run(&mut ns.exec(&["ip", "link", "set", "lbd0", "up"]))?;
-    util::run(&mut ns.exec(&["ip", "link", "set", "lbd1", "up"]))?;
-
-    step("lb run --iface lbd0 (native XDP)");
-    let lb = lb.to_str().context("target path is not UTF-8")?;
-    let mut daemon = Daemon(
-        ns.exec(&[lb, "run", "--iface", "lbd0"])
-            .spawn()
-            .context("starting lb run")?,
+    step(
+        "lab: DSR topology — namespaces lbdemo-{cli,lb,sw,b1,b2,b3}, bridge br0, nginx on 10.0.0.11-13",
     );
-    let mut attached = false;
-    for _ in 0..100 {
-        if let Some(status) = daemon.0.try_wait()? {
-            bail!("lb run exited early ({status})");
-        }
-        let out = ns.exec(&["ip", "link", "show", "dev", "lbd0"]).output()?;
-        if String::from_utf8_lossy(&out.stdout).contains("prog/xdp") {
-            attached = true;
+    println!(
+        "  client 10.0.0.2 --> VIP 10.100.0.10 via the balancer 10.0.0.1 --> backends (VIP on lo), replies go straight back"
+    );
+    let lab = Lab::up(Mode::Dsr, "lbdemo", 3, &pass);
+    let socket = lab.dir.join("lb.sock").to_string_lossy().into_owned();
+    let mut demo = Demo {
+        lab,
+        lb,
+        socket,
+        lb_pid: None,
+    };
+    let result = run(&mut demo, &config);
+    if let Some(pid) = demo.lb_pid.take() {
+        demo.lab.stop(pid);
+    }
+    if result.is_err() {
+        eprintln!("lb log:\n{}", demo.log());
+    }
+    drop(demo);
+    step("lab torn down (namespaces removed, processes stopped)");
+    result
+}
+
+fn run(demo: &mut Demo, config: &Path) -> Result<()> {
+    step(&format!(
+        "lb run --iface eth0 --config {} (in lbdemo-lb)",
+        config.display()
+    ));
+    let lb_ns = demo.lab.lb_ns();
+    let args = [
+        demo.lb.as_str(),
+        "run",
+        "--iface",
+        "eth0",
+        "--config",
+        config.to_str().context("path")?,
+        "--socket",
+        demo.socket.as_str(),
+    ];
+    demo.lb_pid = Some(demo.lab.spawn(&lb_ns, &args, "lb.log"));
+    demo.wait("every backend up", Duration::from_secs(20), |b| {
+        b.values().all(|(h, r)| h == "up" && *r)
+    })?;
+    let out = demo
+        .lab
+        .exec(&lb_ns, &["ip", "-d", "link", "show", "dev", "eth0"])
+        .output()?;
+    let link = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "  {}",
+        link.lines()
+            .find(|l| l.contains("prog/xdp"))
+            .unwrap_or("(no XDP program?)")
+            .trim()
+    );
+    print!(
+        "{}",
+        String::from_utf8_lossy(&demo.lb_cmd(&["service", "list"]).stdout)
+    );
+    check_interrupt()?;
+
+    step("300 requests from the client (curl, a new connection each)");
+    let (counts, failed) = demo.requests(300);
+    bars(&counts, 300);
+    println!("  failed: {failed}");
+
+    step("stopping nginx on b2 (10.0.0.12): the HTTP check (every 1 s, fall 3) takes it out");
+    demo.lab.stop_backend(1);
+    let stopped = Instant::now();
+    let mut failed_before = 0;
+    loop {
+        check_interrupt()?;
+        let (counts, failed) = demo.requests(10);
+        failed_before += failed;
+        let b = demo.web_backends()?;
+        let (health, rotation) = b.get("10.0.0.12:80").cloned().unwrap_or_default();
+        println!(
+            "  t={:>4.1}s  10 requests: {:?}, failed {failed}  | b2 health={health} in_rotation={rotation}",
+            stopped.elapsed().as_secs_f64(),
+            counts
+        );
+        if health == "down" && !rotation {
             break;
         }
-        sleep(Duration::from_millis(100));
+        if stopped.elapsed() > Duration::from_secs(20) {
+            bail!("b2 was not taken out within 20 s");
+        }
+        sleep(Duration::from_millis(300));
     }
-    if !attached {
-        bail!("the XDP program did not show up on lbd0 within 10 s");
+    println!(
+        "  taken out after {:.1} s; requests that hashed to b2 before that: {failed_before} failed",
+        stopped.elapsed().as_secs_f64()
+    );
+    for line in demo
+        .log()
+        .lines()
+        .filter(|l| l.contains("10.0.0.12:80") && l.contains("DOWN"))
+    {
+        println!("  lb: {line}");
     }
-    step("ip link show dev lbd0");
-    util::run(&mut ns.exec(&["ip", "link", "show", "dev", "lbd0"]))?;
+    let (counts, failed) = demo.requests(300);
+    println!("  300 requests after detection:");
+    bars(&counts, 300);
+    println!("  failed: {failed}");
+    if failed > 0 || counts.contains_key("b2") {
+        bail!("after detection {failed} requests failed / b2 still answered");
+    }
+
+    step("starting nginx on b2 again (rise 2): it comes back into rotation");
+    demo.lab.start_backend(1);
+    let took = demo.wait("b2 up", Duration::from_secs(20), |b| {
+        b.get("10.0.0.12:80").is_some_and(|(h, r)| h == "up" && *r)
+    })?;
+    println!("  back after {:.1} s", took.as_secs_f64());
+    let (counts, failed) = demo.requests(300);
+    bars(&counts, 300);
+    println!("  failed: {failed}");
+
+    step("lb stats");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&demo.lb_cmd(&["stats"]).stdout)
+    );
+
     step("stopping lb (SIGTERM): the program is detached");
-    stop(&mut daemon.0);
-    util::run(&mut ns.exec(&["ip", "link", "show", "dev", "lbd0"]))?;
-    drop(ns);
-    step("lab torn down");
+    if let Some(pid) = demo.lb_pid.take() {
+        demo.lab.stop(pid);
+    }
+    let out = demo
+        .lab
+        .exec(&lb_ns, &["ip", "-d", "link", "show", "dev", "eth0"])
+        .output()?;
+    let attached = String::from_utf8_lossy(&out.stdout).contains("prog/xdp");
+    println!(
+        "  eth0 {}",
+        if attached {
+            "still has an XDP program!"
+        } else {
+            "has no XDP program"
+        }
+    );
+    if attached {
+        bail!("the program is still attached after SIGTERM");
+    }
     Ok(())
 }
