@@ -16,12 +16,13 @@ readonly RUSTC_WEB_MINOR=1.96
 readonly BPF_LINKER_VERSION=0.13.0
 readonly LLVM_MAJOR=22
 
-# Packages: build (rustc-web ...), tests and lab (iproute2 ... socat), benchmarks
+# Packages: build (rustc-web ...), tests and lab (iproute2 ... socat; prometheus for
+# promtool, which checks the metrics exposition), benchmarks
 # (haproxy, wrk, netsniff-ng for trafgen, linux-perf).
 readonly PACKAGES=(
     rustc-web cargo-web rust-web-src "llvm-${LLVM_MAJOR}-dev"
     iproute2 ethtool nftables iperf3 nginx-light curl bpftool procps
-    socat haproxy wrk netsniff-ng
+    socat prometheus haproxy wrk netsniff-ng
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -70,6 +71,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     # instances inside namespaces, so keep the system one out of the way.
     if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
     if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl stop haproxy || true; fi
+    # prometheus is installed for promtool (the metrics test parses lb's exposition with it).
+    if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
 fi
 
 rustc_web_version=$(/usr/bin/rustc --version 2>/dev/null | awk '{print $2}')

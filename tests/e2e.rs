@@ -10,6 +10,11 @@ use support::{
 };
 
 fn assert_even(counts: &BTreeMap<String, usize>, n: usize, backends: &[&str]) {
+    assert_eq!(
+        counts.get("error"),
+        None,
+        "every request answered: {counts:?}"
+    );
     let share = n as f64 / backends.len() as f64;
     for b in backends {
         let got = counts.get(*b).copied().unwrap_or(0) as f64;

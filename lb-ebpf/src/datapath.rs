@@ -14,6 +14,7 @@
 //! - TTL 0 or 1 on a packet we would forward: dropped (`drop_ttl`);
 //! - to a VIP address but no service for the port/protocol: pass (`pass_vip_other`).
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_log_ebpf::{error, warn};
 use lb_common::{
     CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatReverse,
     SERVICE_F_HASH_SRC, SERVICE_F_NAT, Service, ServiceKey,
@@ -80,6 +81,15 @@ impl Verdict {
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let v = handle(ctx);
+    if v.counter == Counter::DropInternal
+        && let Some(n) = stats::rare(Counter::DropInternal)
+    {
+        error!(
+            ctx,
+            "internal inconsistency: a map entry the control plane should have written is missing ({} packets dropped so far on this CPU)",
+            n
+        );
+    }
     stats::count(v.counter);
     v.action
 }
@@ -264,9 +274,22 @@ fn to_service(
     } else {
         flow_hash(ip.src, ip.dst, ports_word(flow.sport, flow.dport), ip.proto)
     };
-    let chosen = match select::for_packet(flow, svc, hash, tcp_flags) {
+    let chosen = match select::for_packet(ctx, flow, svc, hash, tcp_flags) {
         Ok(c) => c,
-        Err(c) => return Verdict::drop(c),
+        Err(c) => {
+            if c == Counter::DropNoBackend
+                && let Some(n) = stats::rare(c)
+            {
+                warn!(
+                    ctx,
+                    "service {:i}:{} has no usable backend: its new flows are dropped ({} so far on this CPU)",
+                    u32::from_be(ip.dst),
+                    u16::from_be(flow.dport),
+                    n
+                );
+            }
+            return Verdict::drop(c);
+        }
     };
     let be = chosen.backend;
     if !chosen.cacheable {

@@ -11,6 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
+use aya_log_ebpf::warn;
 use lb_common::{Backend, Counter};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -137,8 +138,29 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32) -> Result<Hop, Ve
             smac: p.smac,
             dmac: p.dmac,
         }),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Verdict::drop(Counter::DropMtu)),
-        _ => Err(Verdict::drop(Counter::DropNoRoute)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            if let Some(n) = crate::stats::rare(Counter::DropMtu) {
+                warn!(
+                    ctx,
+                    "NAT: a packet to {:i} is larger than the egress MTU: dropped ({} so far on this CPU)",
+                    u32::from_be(dst),
+                    n
+                );
+            }
+            Err(Verdict::drop(Counter::DropMtu))
+        }
+        _ => {
+            if let Some(n) = crate::stats::rare(Counter::DropNoRoute) {
+                warn!(
+                    ctx,
+                    "NAT: no route to {:i} (FIB lookup result {}; is IP forwarding on?): dropped ({} so far on this CPU)",
+                    u32::from_be(dst),
+                    rc,
+                    n
+                );
+            }
+            Err(Verdict::drop(Counter::DropNoRoute))
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! entry is rewritten. A TCP SYN (without ACK) on an entry that saw FIN or RST is a new
 //! connection reusing the port, and is placed afresh too. Draining backends and
 //! weight-0 backends keep their flows: they only lose their table slots.
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_log_ebpf::warn;
 use lb_common::{
     BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
     FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NO_BACKEND, Service, TABLE_CHUNK,
@@ -88,6 +89,7 @@ fn state_bits(tcp_flags: u8) -> u32 {
 /// `tcp_flags` is 0 for UDP.
 #[inline(always)]
 pub fn for_packet<'a>(
+    ctx: &XdpContext,
     key: &FlowKey,
     svc: &Service,
     hash: u32,
@@ -158,6 +160,12 @@ pub fn for_packet<'a>(
         last_seen: now,
     };
     let inserted = CONNTRACK.insert(key, &flow, BPF_ANY as u64).is_ok();
+    if !inserted && let Some(n) = crate::stats::rare(Counter::FlowInsertFailed) {
+        warn!(
+            ctx,
+            "connection-table insert failed ({} times so far on this CPU)", n
+        );
+    }
     count(if inserted {
         Counter::FlowNew
     } else {

@@ -12,6 +12,15 @@ pub fn count(c: Counter) {
     }
 }
 
+/// Whether the next bump of `c` on this CPU reaches a power of two (1, 2, 4, 8, ...),
+/// and that count. Rare events are logged only then, so their log grows
+/// logarithmically with their number and never per packet. Called on rare paths only.
+#[inline(always)]
+pub fn rare(c: Counter) -> Option<u64> {
+    let n = STATS.get(c as u32).map_or(0, |v| *v) + 1;
+    n.is_power_of_two().then_some(n)
+}
+
 /// Direction of a forwarded packet, for the per-service and per-backend statistics.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Dir {

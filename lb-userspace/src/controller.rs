@@ -513,6 +513,11 @@ impl Controller {
         Ok((kept.len(), doomed.len() + orphans.len()))
     }
 
+    /// Prints what the datapath logged (rare events) since the last call.
+    pub fn drain_datapath_logs(&mut self) {
+        self.dp.drain_logs();
+    }
+
     /// Takes a statistics sample (for rates); called every couple of seconds.
     pub fn sample(&mut self) -> Result<()> {
         let mut s = Sample {

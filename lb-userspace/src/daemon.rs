@@ -227,7 +227,8 @@ async fn probe_loop(check: Check, tx: tokio::sync::mpsc::Sender<(Check, health::
     }
 }
 
-/// Periodic upkeep: rate samples (2 s), neighbour refresh (5 s), connection-table sweeps.
+/// Periodic upkeep: the datapath's log (1 s), rate samples (2 s), neighbour refresh (5 s),
+/// connection-table sweeps.
 async fn housekeeping(ctl: Shared) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,6 +239,7 @@ async fn housekeeping(ctl: Shared) {
         let ctl = ctl.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut c = ctl.lock().unwrap_or_else(|p| p.into_inner());
+            c.drain_datapath_logs();
             if n.is_multiple_of(2) {
                 c.sample()?;
             }

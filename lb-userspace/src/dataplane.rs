@@ -44,6 +44,9 @@ impl Default for Limits {
 /// The loaded XDP object and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Reader of the datapath's log ring buffer (rare events only; see `stats::rare` in
+    /// lb-ebpf). It must live as long as the program: dropping it closes the map.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The program `test_run` runs (the production one unless loaded otherwise).
     program: String,
     /// (map name, max entries, kernel memory in bytes), read at load time.
@@ -127,6 +130,12 @@ impl Dataplane {
             .context(
                 "loading the lb eBPF object into the kernel (are you root, with BPF enabled?)",
             )?;
+        // Objects built from lb-ebpf's library carry its log ring buffer.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(aya_log::Error::MapNotFound) => None,
+            Err(e) => return Err(e).context("opening the datapath's log ring buffer"),
+        };
         for name in programs {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -159,6 +168,7 @@ impl Dataplane {
         };
         let (conntrack_fd, nat_reverse_fd) = (raw(MAP_CONNTRACK)?, raw(MAP_NAT_REVERSE)?);
         Ok(Dataplane {
+            logger,
             conntrack_fd,
             nat_reverse_fd,
             program: programs.first().context("no program to load")?.to_string(),
@@ -182,6 +192,13 @@ impl Dataplane {
     /// Attaches the program to `iface`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         ebpf::attach(&mut self.ebpf, iface, mode)
+    }
+
+    /// Prints what the datapath logged since the last call (through the `log` crate).
+    pub fn drain_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
     }
 
     /// Kernel memory of every map, as loaded.

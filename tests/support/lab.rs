@@ -1,5 +1,5 @@
 //! The built-in lab: network namespaces, veth pairs and a bridge on this machine, with
-//! real servers (nginx, socat) in the backends. Used by the end-to-end tests, by
+//! real servers (nginx, and a UDP echo) in the backends. Used by the end-to-end tests, by
 //! `cargo xtask lab` (the demo) and by the benchmarks (xtask includes this file).
 //!
 //! DSR (one L2 segment, bridge `br0` in `<p>-sw`):
@@ -90,7 +90,7 @@ pub struct Backend {
     pub addr: Ipv4Addr,
     dir: PathBuf,
     nginx: Option<Child>,
-    udp: Option<Child>,
+    udp: Option<UdpEcho>,
     /// A slow HTTP server replacing nginx (see `Lab::make_slow`).
     slow: Option<Child>,
     status: u16,
@@ -384,20 +384,7 @@ impl Lab {
             Mode::Dsr => DSR_VIP.to_string(),
             Mode::Nat => b.addr.to_string(),
         };
-        let udp = self
-            .exec(
-                &b.ns,
-                &[
-                    "socat",
-                    &format!("UDP4-RECVFROM:{UDP_PORT},bind={bind},reuseaddr,fork"),
-                    &format!("SYSTEM:echo {}", b.name),
-                ],
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting socat (installed by scripts/setup.sh)");
+        let udp = UdpEcho::start(&b.ns, bind.parse().expect("address"), &b.name);
         let (ns, addr) = (b.ns.clone(), b.addr);
         let b = &mut self.backends[i];
         b.nginx = Some(nginx);
@@ -471,10 +458,8 @@ impl Lab {
     /// Stops backend `i`'s servers (its host stays up: connections are refused).
     pub fn stop_backend(&mut self, i: usize) {
         let b = &mut self.backends[i];
-        for c in [b.nginx.take(), b.udp.take(), b.slow.take()]
-            .into_iter()
-            .flatten()
-        {
+        b.udp = None;
+        for c in [b.nginx.take(), b.slow.take()].into_iter().flatten() {
             let mut c = c;
             stop_child(&mut c);
         }
@@ -620,6 +605,63 @@ impl Lab {
                 out.status.code(),
                 String::from_utf8_lossy(&out.stderr)
             ))
+        }
+    }
+}
+
+/// The UDP echo of a backend: a thread inside the backend's namespace that answers every
+/// datagram to UDP_PORT with the backend's name, from the socket it arrived on (so DSR
+/// replies come from the VIP). One socket and a strict request/reply loop: socat's
+/// `UDP4-RECVFROM,fork` lets a forked child swallow a datagram meant for the next client.
+/// Stops when dropped.
+pub struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Starts answering on `bind:UDP_PORT` inside `ns`; returns once the socket is bound.
+    pub fn start(ns: &str, bind: Ipv4Addr, name: &str) -> UdpEcho {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready, bound) = std::sync::mpsc::channel();
+        let (netns, reply, flag) = (ns.to_string(), format!("{name}\n"), stop.clone());
+        let thread = std::thread::spawn(move || {
+            enter_netns(&netns);
+            let socket = std::net::UdpSocket::bind((bind, UDP_PORT));
+            let socket = match socket {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("read timeout");
+            let _ = ready.send(Ok(()));
+            let mut buf = [0u8; 2048];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(reply.as_bytes(), peer);
+                }
+            }
+        });
+        match bound.recv() {
+            Ok(Ok(())) => UdpEcho {
+                stop,
+                thread: Some(thread),
+            },
+            Ok(Err(e)) => panic!("UDP echo on {bind}:{UDP_PORT} in {ns}: {e}"),
+            Err(_) => panic!("the UDP echo thread for {ns} died"),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

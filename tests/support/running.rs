@@ -55,6 +55,18 @@ impl Running {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Running {
+        Running::start_with_args(mode, prefix, config, &[], what, ready)
+    }
+
+    /// Like [`Running::start_with`], with `extra` appended to `lb run`'s arguments.
+    pub fn start_with_args(
+        mode: Mode,
+        prefix: &str,
+        config: impl FnOnce(&Lab) -> String,
+        extra: &[&str],
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Running {
         super::require_root();
         let mut lab = Lab::up(mode, prefix, 3, &pass_object());
         let text = config(&lab);
@@ -71,6 +83,7 @@ impl Running {
             "--socket".into(),
             socket.clone(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let lb_ns = lab.lb_ns();
         let lb_pid = lab.spawn(&lb_ns, &args, "lb.log");

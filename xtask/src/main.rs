@@ -120,7 +120,7 @@ fn bench(what: Bench) -> Result<()> {
 /// a new test file cannot silently stay out of `cargo xtask test`.
 fn root_test_targets() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
     const ROOT: [&str; 2] = ["datapath", "control"];
-    const LAB: [&str; 2] = ["e2e", "health"];
+    const LAB: [&str; 3] = ["e2e", "health", "observability"];
     let manifest = std::fs::read_to_string(util::root().join("lb-userspace/Cargo.toml"))?;
     let mut in_test = false;
     for line in manifest.lines() {
