@@ -1253,6 +1253,55 @@ fn flows_keep_their_backend_until_it_goes() {
     assert_eq!((s.packets, s.new_flows), (11, 7));
 }
 
+/// A table of the size the service already has is written in place, any other size
+/// gets a new map: either way the datapath reads exactly the new table, and new flows
+/// follow it.
+#[test]
+fn tables_are_rewritten_in_place_or_resized() {
+    let mut f = Fixture::new();
+    let cli = f.cli;
+    let web = f.services["dsr_web"].backends.clone();
+    let (a, b) = (web[0], web[1]);
+    let new_flow_goes_to = |f: &Fixture, sport: u16| {
+        let frame = from_client(ipv4(CLIENT, DSR_VIP, tcp(sport, 80, SYN))).bytes();
+        let (action, out, moved) = run(f, &frame, cli);
+        assert_eq!(action, XDP_TX, "port {sport}: {moved:?}");
+        dmac(&out)
+    };
+    let table_of = |f: &Fixture, size: u32| f.dp.table(0, size).unwrap().unwrap();
+
+    // Same size, twice: in place.
+    for (round, be) in [a, b].into_iter().enumerate() {
+        f.set_table(0, &[be]);
+        assert_eq!(table_of(&f, TABLE), vec![be; TABLE as usize]);
+        assert_eq!(
+            new_flow_goes_to(&f, 51000 + round as u16),
+            f.backend(be).mac
+        );
+    }
+    // Larger (a new map; slots past the record's size are never read), then back.
+    f.dp.set_table(0, &vec![a; 4 * TABLE as usize]).unwrap();
+    assert_eq!(table_of(&f, 4 * TABLE), vec![a; 4 * TABLE as usize]);
+    assert_eq!(new_flow_goes_to(&f, 51010), f.backend(a).mac);
+    f.set_table(0, &[b]);
+    assert_eq!(table_of(&f, TABLE), vec![b; TABLE as usize]);
+    assert_eq!(new_flow_goes_to(&f, 51011), f.backend(b).mac);
+    // A table shorter than the map's chunks: the tail reads NO_BACKEND.
+    f.dp.set_table(0, &[a; 7]).unwrap();
+    let mut expect = vec![a; 7];
+    expect.resize(lb_common::TABLE_CHUNK, NO_BACKEND);
+    assert_eq!(table_of(&f, lb_common::TABLE_CHUNK as u32), expect);
+    // Empty: the service drops new flows, counted.
+    f.dp.set_table(0, &[]).unwrap();
+    let frame = from_client(ipv4(CLIENT, DSR_VIP, tcp(51020, 80, SYN))).bytes();
+    let (action, _, moved) = run(&f, &frame, cli);
+    assert_eq!((action, moved), (XDP_DROP, vec![("drop_no_backend", 1)]));
+    // And back to a full table, in a new map again.
+    f.set_table(0, &[a]);
+    assert_eq!(table_of(&f, TABLE), vec![a; TABLE as usize]);
+    assert_eq!(new_flow_goes_to(&f, 51021), f.backend(a).mac);
+}
+
 /// 100,000 random and mutated frames: nothing that is not for a VIP (or a NAT reply)
 /// is rewritten, every forwarded frame keeps valid checksums when it came with valid
 /// ones, no frame aborts, and the outcome counters add up to the frames sent.

@@ -19,10 +19,10 @@ const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, Service, SERVICES_N> = HashMap::new();
 
-/// Maglev tables, one inner array per service id. The control plane builds a new inner
-/// array and swaps it in with one update of the outer slot, so a packet sees either the
-/// old table or the new one, never a half-written one. The template's max_entries (1)
-/// does not bind: `BPF_F_INNER_MAP` lets inner arrays of any size in.
+/// Maglev tables, one inner array per service id. The control plane rewrites a table of
+/// unchanged size in place (one atomic store per slot: every slot always names a usable
+/// backend) and swaps in a new inner array for a new size. The template's max_entries
+/// (1) does not bind: `BPF_F_INNER_MAP` lets inner arrays of any size in.
 #[btf_map]
 pub static TABLES: ArrayOfMaps<Array<TableChunk, 1, { TABLE_MAP_FLAGS as usize }>, SERVICES_N> =
     ArrayOfMaps::new();

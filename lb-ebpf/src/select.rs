@@ -61,7 +61,8 @@ pub fn from_table(svc: &Service, hash: u32) -> Result<(u32, &'static Backend), C
     }
     let be = BACKENDS.get(index).ok_or(Counter::DropInternal)?;
     if be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) != BACKEND_F_LIVE {
-        // Only between a flag change and the table swap that follows it.
+        // Only when the slot was read just before the table changed and the backend
+        // was retired right after (see docs/DATAPATH.md).
         return Err(Counter::DropNoBackend);
     }
     Ok((index, be))

@@ -39,6 +39,9 @@ enum Bench {
     /// ns per packet of the XDP pipeline vs a MAC-swap floor (BPF_PROG_TEST_RUN), and
     /// the memory of every map.
     Datapath,
+    /// ms to rebuild a 65537-slot Maglev table for 1,000 backends and swap it into the
+    /// kernel: the builder, the swap and a whole `backend_set` request, side by side.
+    Maglev,
 }
 
 fn main() {
@@ -110,6 +113,19 @@ fn bench(what: Bench) -> Result<()> {
                 "root-tests",
                 "--bench",
                 "datapath",
+            ])
+        }
+        Bench::Maglev => {
+            util::step("Maglev rebuild-and-swap benchmark");
+            util::cargo(&[
+                "bench",
+                "--quiet",
+                "--package",
+                "lb-userspace",
+                "--features",
+                "root-tests",
+                "--bench",
+                "maglev",
             ])
         }
     }
