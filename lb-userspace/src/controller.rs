@@ -99,6 +99,8 @@ pub struct Controller {
     /// Interfaces the program is attached to.
     ifaces: Vec<String>,
     conns: BTreeMap<u32, ConnCount>,
+    /// Entries the connection table kept at the last sweep (any backend, removed too).
+    conntrack_len: usize,
     /// The two most recent samples (older, newer).
     samples: (Sample, Sample),
 }
@@ -129,6 +131,7 @@ impl Controller {
             config_path,
             ifaces,
             conns: BTreeMap::new(),
+            conntrack_len: 0,
             samples: Default::default(),
         };
         c.resolve_neighbours(&runtime, true)?;
@@ -213,6 +216,11 @@ impl Controller {
                             && !(unchecked && h.state() == Health::Down) =>
                     {
                         h.clone()
+                    }
+                    // The same backend, down, and its service no longer checks.
+                    Some((i, e, _)) if *i == b.index && *e == b.epoch => {
+                        log::info!("backend {addr} of {} is UP (health check set to none)", k.0);
+                        BackendHealth::new(Health::Up, now)
                     }
                     _ => BackendHealth::new(if unchecked { Health::Up } else { b.health }, now),
                 };
@@ -510,6 +518,7 @@ impl Controller {
             .collect();
         self.dp.remove_nat_reverses(&orphans)?;
         self.conns = conns;
+        self.conntrack_len = kept.len();
         Ok((kept.len(), doomed.len() + orphans.len()))
     }
 
@@ -561,6 +570,11 @@ impl Controller {
                 );
             }
         }
+    }
+
+    /// Entries in the connection table at the last sweep.
+    pub fn conntrack_len(&self) -> usize {
+        self.conntrack_len
     }
 
     /// Connection counts per backend index, from the last sweep.

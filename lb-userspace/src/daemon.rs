@@ -92,6 +92,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Signals are caught from here on: one that arrives while the daemon starts (the
+    // neighbour lookups can take a second) waits for the start to finish, then stops or
+    // reloads it properly instead of killing it half-attached.
+    let (mut int, mut term, mut hup) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
     // The socket first: if another lb serves it, stop before touching any interface.
     let listener = {
         let _guard = rt.enter();
@@ -138,11 +150,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tasks.push(tokio::spawn(crate::metrics::serve(listener, ctl.clone())));
         }
-        use tokio::signal::unix::{SignalKind, signal};
-        let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); break; }
+                _ = int.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = term.recv() => { log::info!("SIGTERM: stopping"); break; }
                 _ = hup.recv() => {
                     // SIGHUP reloads the configuration file, as with HAProxy and keepalived.

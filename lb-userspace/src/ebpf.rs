@@ -1,7 +1,7 @@
 //! The compiled XDP object, embedded at build time, and loading/attaching it.
 use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{Xdp, XdpMode},
 };
 
@@ -10,17 +10,6 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Name of the XDP program inside [`OBJECT`] (also what `ip link` shows).
 pub const PROGRAM: &str = "lb";
-
-/// Loads the object and the XDP program into the kernel (not attached yet).
-pub fn load() -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .context("loading the lb eBPF object into the kernel (are you root, with BPF enabled?)")?;
-    program_mut(&mut ebpf)?
-        .load()
-        .context("the kernel verifier rejected the lb XDP program")?;
-    Ok(ebpf)
-}
 
 /// The XDP program of a loaded object.
 pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

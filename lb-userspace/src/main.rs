@@ -121,8 +121,10 @@ struct ServiceAddArgs {
     /// Send every connection of a client to the same backend (hash on the source address).
     #[arg(long)]
     persistence: bool,
-    /// Health check: tcp, http or none. Default: tcp for TCP services, none for UDP;
-    /// http when --check-path or --check-status is given.
+    /// Health check: tcp, http or none. Default: http when --check-path, --check-status,
+    /// --check-host or --check-body is given; else tcp when another check option is
+    /// given (a UDP service then needs --check-port); else tcp for TCP services and
+    /// none for UDP.
     #[arg(long, value_enum)]
     check: Option<CheckArg>,
     /// HTTP check: path to GET (default /).

@@ -282,11 +282,7 @@ impl crate::controller::Controller {
         Ok(Snapshot {
             counters: Counter::ALL.iter().copied().zip(counters).collect(),
             services: self.service_samples()?,
-            conntrack_entries: self
-                .conn_counts()
-                .values()
-                .map(|c| c.active + c.inactive)
-                .sum(),
+            conntrack_entries: self.conntrack_len() as u64,
         })
     }
 }
