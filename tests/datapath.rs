@@ -113,24 +113,13 @@ fn nat_backend(a: &str, port: u16, service: u32) -> Backend {
 impl Fixture {
     fn new() -> Self {
         support::require_root();
-        netns::enter_new();
-        netns::ip("link add name cli0 address 02:00:00:00:00:c0 type veth peer name cli1");
-        netns::ip("link add name srv0 address 02:00:00:00:00:b0 type veth peer name srv1");
-        for dev in ["cli0", "cli1", "srv0", "srv1"] {
-            netns::ip(&format!("link set {dev} up"));
-        }
-        netns::ip("addr add 192.0.2.1/24 dev cli0");
-        netns::ip("addr add 10.1.0.1/24 dev srv0");
-        netns::ip("route add 198.51.100.0/24 via 192.0.2.254");
+        let (cli, srv) = netns::enter_two_legs();
         for (a, mac, dev) in NEIGHBOURS {
             netns::ip(&format!(
                 "neigh add {a} lladdr {} dev {dev} nud permanent",
                 mac_str(mac)
             ));
         }
-        netns::sysctl("net.ipv4.ip_forward", "1");
-        let cli = netns::ifindex("cli0");
-        let srv = netns::ifindex("srv0");
         let dp = Dataplane::load(Limits {
             conntrack_entries: 4096,
         })

@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 use support::{
     lab::{Mode, UDP_PORT},
-    running::{QUICK_CHECK, Running},
+    running::{QUICK_CHECK, Running, all_in_rotation},
 };
 
 const METRICS: &str = "127.0.0.1:9180";
@@ -27,15 +27,7 @@ fn start(mode: Mode, prefix: &str) -> Running {
         |lab| lab.config(QUICK_CHECK, false),
         &["--metrics-addr", METRICS],
         "every backend up and in rotation",
-        |list| {
-            list["services"].as_array().is_some_and(|s| {
-                s.iter().all(|svc| {
-                    svc["backends"]
-                        .as_array()
-                        .is_some_and(|b| b.iter().all(|b| b["in_rotation"] == true))
-                })
-            })
-        },
+        all_in_rotation,
     )
 }
 

@@ -238,14 +238,14 @@ fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
         };
         // SAFETY: values are plain data; the control plane removes a service from this
         // map before it retires anything the service points to.
-        if let Some(svc) = unsafe { SERVICES.get(&key) } {
+        if let Some(svc) = unsafe { SERVICES.get(key) } {
             return to_service(ctx, ip, &flow, slot, tcp_flags, svc);
         }
     }
     if in_filter(&NAT_FILTER, ip.src) {
         // SAFETY: plain data; a concurrent eviction at worst gives stale values for
         // this one packet.
-        if let Some(back) = unsafe { NAT_REVERSE.get(&flow) } {
+        if let Some(back) = unsafe { NAT_REVERSE.get(flow) } {
             return nat_reply(ctx, ip, &flow, slot, back);
         }
     }
@@ -305,7 +305,7 @@ fn to_service(
                 backend: chosen.index,
                 service: svc.id,
             };
-            if NAT_REVERSE.insert(&reverse, &back, 0).is_err() {
+            if NAT_REVERSE.insert(reverse, back, 0).is_err() {
                 stats::count(Counter::FlowInsertFailed);
             }
         }

@@ -176,10 +176,13 @@ pub fn send(ctx: &XdpContext, hop: Hop) -> Verdict {
     out(ctx, false, hop.ifindex)
 }
 
-/// Decrements the TTL of the IPv4 header at `l3` and updates its checksum.
+/// Decrements the TTL of the IPv4 header at `iph` and updates its checksum.
+///
+/// # Safety
+/// `iph` must point at a whole IPv4 header inside the packet (from `ptr_at`).
 #[inline(always)]
-pub fn decrement_ttl(iph: *mut Ipv4Hdr) {
-    // SAFETY: the caller got `iph` from ptr_at.
+pub unsafe fn decrement_ttl(iph: *mut Ipv4Hdr) {
+    // SAFETY: the caller's contract.
     unsafe {
         // TTL shares a 16-bit word with the protocol.
         let old = u16::from_ne_bytes([(*iph).ttl, (*iph).proto]);

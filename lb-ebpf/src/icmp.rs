@@ -174,7 +174,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         _pad: 0,
     };
     // SAFETY: plain data (see datapath::l4).
-    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+    let Some(svc) = (unsafe { SERVICES.get(key) }) else {
         return Verdict::pass(Counter::PassVipOther);
     };
     if ip.ttl <= 1 {
@@ -220,7 +220,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
 fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     let reverse = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
     // SAFETY: plain data (see datapath::l4).
-    let Some(back) = (unsafe { NAT_REVERSE.get(&reverse) }) else {
+    let Some(back) = (unsafe { NAT_REVERSE.get(reverse) }) else {
         return Verdict::pass(Counter::PassNotVip);
     };
     if ip.ttl <= 1 {

@@ -160,7 +160,7 @@ pub fn for_packet<'a>(
         state: bits,
         last_seen: now,
     };
-    let inserted = CONNTRACK.insert(key, &flow, BPF_ANY as u64).is_ok();
+    let inserted = CONNTRACK.insert(key, flow, BPF_ANY as u64).is_ok();
     if !inserted && let Some(n) = crate::stats::rare(Counter::FlowInsertFailed) {
         warn!(
             ctx,

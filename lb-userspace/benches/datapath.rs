@@ -166,20 +166,10 @@ fn pin_to_last_cpu() -> Result<usize> {
 }
 
 fn setup() -> Result<Bench> {
-    netns::enter_new();
-    netns::ip("link add name cli0 address 02:00:00:00:00:c0 type veth peer name cli1");
-    netns::ip("link add name srv0 address 02:00:00:00:00:b0 type veth peer name srv1");
-    for dev in ["cli0", "cli1", "srv0", "srv1"] {
-        netns::ip(&format!("link set {dev} up"));
-    }
-    netns::ip("addr add 192.0.2.1/24 dev cli0");
-    netns::ip("addr add 10.1.0.1/24 dev srv0");
-    netns::ip("route add 198.51.100.0/24 via 192.0.2.254");
+    let (cli, srv) = netns::enter_two_legs();
     netns::ip("neigh add 192.0.2.254 lladdr 02:00:00:00:01:fe dev cli0 nud permanent");
     netns::ip("neigh add 10.1.0.11 lladdr 02:00:00:00:02:11 dev srv0 nud permanent");
     netns::ip("neigh add 10.1.0.12 lladdr 02:00:00:00:02:12 dev srv0 nud permanent");
-    netns::sysctl("net.ipv4.ip_forward", "1");
-    let (cli, srv) = (netns::ifindex("cli0"), netns::ifindex("srv0"));
     let mut dp = Dataplane::load_object(OBJECT, &PROGRAMS, Limits::default())?;
 
     // DSR 10.100.0.10:80/tcp, three backends; NAT 10.100.0.20:8080/tcp -> :80, two.

@@ -33,40 +33,9 @@ pub struct Check {
     pub backend: SocketAddrV4,
     /// Where the probe connects (the backend, or the configured probe address/port).
     pub target: SocketAddrV4,
-    pub kind: ProbeKindKey,
+    pub kind: ProbeKind,
     pub interval: Duration,
     pub timeout: Duration,
-}
-
-/// [`ProbeKind`] with an order, so checks can be kept in sets.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ProbeKindKey {
-    Tcp,
-    Http {
-        path: String,
-        expect: (u16, u16),
-        host: Option<String>,
-        body_contains: Option<String>,
-    },
-}
-
-impl ProbeKindKey {
-    pub fn probe_kind(&self) -> ProbeKind {
-        match self {
-            ProbeKindKey::Tcp => ProbeKind::Tcp,
-            ProbeKindKey::Http {
-                path,
-                expect,
-                host,
-                body_contains,
-            } => ProbeKind::Http {
-                path: path.clone(),
-                expect: *expect,
-                host: host.clone(),
-                body_contains: body_contains.clone(),
-            },
-        }
-    }
 }
 
 /// Per-backend connection counts from the last sweep of the connection table.
@@ -382,8 +351,8 @@ impl Controller {
             let hc = s.config.effective_health_check();
             let kind = match hc.kind {
                 CheckKind::None => continue,
-                CheckKind::Tcp => ProbeKindKey::Tcp,
-                CheckKind::Http => ProbeKindKey::Http {
+                CheckKind::Tcp => ProbeKind::Tcp,
+                CheckKind::Http => ProbeKind::Http {
                     path: hc.path.clone(),
                     expect: (hc.expect_status.low, hc.expect_status.high),
                     host: hc.host.clone(),

@@ -42,11 +42,20 @@ fn attached_program(iface: &str) -> Result<Option<(u32, String)>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    // e.g. "prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited"
-    let Some(rest) = text.split("prog/xdp").nth(1) else {
-        return Ok(None);
-    };
+    Ok(parse_xdp_program(&String::from_utf8_lossy(&out.stdout)).map(|p| (p.id, p.name)))
+}
+
+/// The XDP program attached to an interface, as `ip -d link show` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpProgram {
+    pub id: u32,
+    pub name: String,
+}
+
+/// Parses `prog/xdp id N name NAME ...` (also `prog/xdpgeneric`, `prog/xdpdrv`) out of
+/// `ip -d link show` output, e.g. `prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited`.
+pub fn parse_xdp_program(text: &str) -> Option<XdpProgram> {
+    let rest = text.split("prog/xdp").nth(1)?;
     let words: Vec<&str> = rest.split_whitespace().collect();
     let field = |name: &str| {
         words
@@ -55,8 +64,10 @@ fn attached_program(iface: &str) -> Result<Option<(u32, String)>> {
             .and_then(|i| words.get(i + 1))
             .copied()
     };
-    let id = field("id").and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(Some((id, field("name").unwrap_or("?").to_string())))
+    Some(XdpProgram {
+        id: field("id").and_then(|v| v.parse().ok()).unwrap_or(0),
+        name: field("name").unwrap_or("?").to_string(),
+    })
 }
 
 /// Makes `iface` free for lb's program: an `lb` program left attached by an earlier run
@@ -227,10 +238,9 @@ async fn probe_loop(check: Check, tx: tokio::sync::mpsc::Sender<(Check, health::
     tokio::time::sleep(health::start_offset(check.backend, check.interval)).await;
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let kind = check.kind.probe_kind();
     loop {
         tick.tick().await;
-        let result = health::probe(&kind, check.target, check.timeout).await;
+        let result = health::probe(&check.kind, check.target, check.timeout).await;
         if tx.send((check.clone(), result)).await.is_err() {
             return;
         }
@@ -271,5 +281,23 @@ async fn housekeeping(ctl: Shared) {
             Ok(Err(e)) => log::warn!("housekeeping: {e:#}"),
             Err(e) => log::warn!("housekeeping task: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_program_is_read_from_ip_link_output() {
+        let text = "2: v0@if3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpgeneric qdisc noqueue\n    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n    prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited \n";
+        assert_eq!(
+            parse_xdp_program(text),
+            Some(XdpProgram {
+                id: 587,
+                name: "lb".into()
+            })
+        );
+        assert_eq!(parse_xdp_program("2: v0: <UP> mtu 1500\n"), None);
     }
 }

@@ -128,30 +128,7 @@ impl Drop for Scratch {
     }
 }
 
-/// The XDP program attached to an interface, as `ip -d link show` prints it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XdpProgram {
-    pub id: u32,
-    pub name: String,
-}
-
-/// Parses `prog/xdp id N name NAME ...` (also `prog/xdpgeneric`, `prog/xdpdrv`) out of
-/// `ip -d link show` output.
-pub fn parse_xdp_program(text: &str) -> Option<XdpProgram> {
-    let rest = text.split("prog/xdp").nth(1)?;
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    let field = |name: &str| {
-        words
-            .iter()
-            .position(|w| *w == name)
-            .and_then(|i| words.get(i + 1))
-            .copied()
-    };
-    Some(XdpProgram {
-        id: field("id")?.parse().ok()?,
-        name: field("name").unwrap_or("").to_string(),
-    })
-}
+pub use lb_userspace::daemon::{XdpProgram, parse_xdp_program};
 
 struct NetnsInner {
     name: String,

@@ -46,3 +46,22 @@ pub fn ifindex(name: &str) -> u32 {
     assert_ne!(i, 0, "no interface {name}");
     i
 }
+
+/// The packet tests' and the datapath benchmark's namespace: a new one, with a client
+/// leg `cli0` (192.0.2.1/24, MAC 02:00:00:00:00:c0, default for 198.51.100.0/24 via the
+/// router 192.0.2.254) and a server leg `srv0` (10.1.0.1/24, MAC 02:00:00:00:00:b0),
+/// each a veth whose peer (`cli1`, `srv1`) is up, and forwarding on. Returns the
+/// ifindexes of `cli0` and `srv0`. Neighbours are the caller's.
+pub fn enter_two_legs() -> (u32, u32) {
+    enter_new();
+    ip("link add name cli0 address 02:00:00:00:00:c0 type veth peer name cli1");
+    ip("link add name srv0 address 02:00:00:00:00:b0 type veth peer name srv1");
+    for dev in ["cli0", "cli1", "srv0", "srv1"] {
+        ip(&format!("link set {dev} up"));
+    }
+    ip("addr add 192.0.2.1/24 dev cli0");
+    ip("addr add 10.1.0.1/24 dev srv0");
+    ip("route add 198.51.100.0/24 via 192.0.2.254");
+    sysctl("net.ipv4.ip_forward", "1");
+    (ifindex("cli0"), ifindex("srv0"))
+}

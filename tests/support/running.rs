@@ -25,6 +25,17 @@ pub struct Running {
 /// tests/health.rs checks the timing of transitions.)
 pub const QUICK_CHECK: &str = r#"{"kind": "http", "path": "/", "expect_status": 200, "interval_ms": 500, "timeout_ms": 500, "rise": 1, "fall": 3}"#;
 
+/// Whether `lb service list --json` shows every backend of every service in rotation.
+pub fn all_in_rotation(list: &Value) -> bool {
+    list["services"].as_array().is_some_and(|s| {
+        s.iter().all(|svc| {
+            svc["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|b| b["in_rotation"] == true))
+        })
+    })
+}
+
 impl Running {
     pub fn start(mode: Mode, prefix: &str, check: &str, persistence: bool) -> Running {
         Running::start_with(
@@ -32,15 +43,7 @@ impl Running {
             prefix,
             |lab| lab.config(check, persistence),
             "every backend up and in rotation",
-            |list| {
-                list["services"].as_array().is_some_and(|s| {
-                    s.iter().all(|svc| {
-                        svc["backends"]
-                            .as_array()
-                            .is_some_and(|b| b.iter().all(|b| b["in_rotation"] == true))
-                    })
-                })
-            },
+            all_in_rotation,
         )
     }
 

@@ -75,6 +75,17 @@ fn test() -> Result<()> {
         ]
         .concat(),
     )?;
+    // The XDP program's library, linted for the host (its no_std binaries only build
+    // for BPF, through lb-userspace's build.rs).
+    util::cargo(&[
+        "clippy",
+        "--package",
+        "lb-ebpf",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     util::step("unit tests");
     util::cargo(&[&["test", "--lib", "--bins"][..], &CRATES, &FEATURES].concat())?;
     let (root, lab) = root_test_targets()?;
@@ -99,35 +110,29 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// Runs one of lb-userspace's benchmark targets (they need root, like the root tests).
+fn cargo_bench(name: &str, title: &str) -> Result<()> {
+    util::step(title);
+    util::cargo(&[
+        "bench",
+        "--quiet",
+        "--package",
+        "lb-userspace",
+        "--features",
+        "root-tests",
+        "--bench",
+        name,
+    ])
+}
+
 fn bench(what: Bench) -> Result<()> {
     util::setup()?;
     match what {
-        Bench::Datapath => {
-            util::step("datapath benchmark (BPF_PROG_TEST_RUN, pinned to one CPU)");
-            util::cargo(&[
-                "bench",
-                "--quiet",
-                "--package",
-                "lb-userspace",
-                "--features",
-                "root-tests",
-                "--bench",
-                "datapath",
-            ])
-        }
-        Bench::Maglev => {
-            util::step("Maglev rebuild-and-swap benchmark");
-            util::cargo(&[
-                "bench",
-                "--quiet",
-                "--package",
-                "lb-userspace",
-                "--features",
-                "root-tests",
-                "--bench",
-                "maglev",
-            ])
-        }
+        Bench::Datapath => cargo_bench(
+            "datapath",
+            "datapath benchmark (BPF_PROG_TEST_RUN, pinned to one CPU)",
+        ),
+        Bench::Maglev => cargo_bench("maglev", "Maglev rebuild-and-swap benchmark"),
     }
 }
 

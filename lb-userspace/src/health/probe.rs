@@ -37,7 +37,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const BAD_RESPONSE: &str = "bad HTTP response";
 
 /// What a probe checks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProbeKind {
     /// A TCP connect succeeds.
     Tcp,
