@@ -206,6 +206,21 @@ pub fn parse(line: &str) -> Result<Request, String> {
 }
 
 impl Request {
+    /// The operation's name, as `op` carries it.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::List => "list",
+            Request::ServiceAdd { .. } => "service_add",
+            Request::ServiceDel { .. } => "service_del",
+            Request::BackendAdd { .. } => "backend_add",
+            Request::BackendDel { .. } => "backend_del",
+            Request::BackendSet { .. } => "backend_set",
+            Request::Stats { .. } => "stats",
+            Request::Conns { .. } => "conns",
+            Request::Reload => "reload",
+        }
+    }
+
     /// The request as a JSON line (what the CLI sends).
     pub fn to_line(&self) -> String {
         let v = match self {
@@ -332,9 +347,14 @@ mod tests {
                 limit: 5,
             },
         ];
+        let mut ops = std::collections::BTreeSet::new();
         for r in reqs {
             assert_eq!(parse(&r.to_line()), Ok(r.clone()), "{}", r.to_line());
+            let v: serde_json::Value = serde_json::from_str(&r.to_line()).unwrap();
+            assert_eq!(v["op"], r.op());
+            ops.insert(r.op());
         }
+        assert_eq!(ops, OPS.into_iter().collect(), "every operation is covered");
     }
 
     #[test]

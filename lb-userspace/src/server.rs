@@ -164,6 +164,10 @@ async fn client(stream: UnixStream, ctl: Shared, changed: Arc<Notify>) {
                 },
             },
         };
+        // Changes are logged by the controller as they are made; refusals here.
+        if let Some(e) = &response.error {
+            log::info!("control request rejected: {e}");
+        }
         let mut line = response.to_line();
         line.push('\n');
         if w.write_all(line.as_bytes()).await.is_err() {
@@ -177,6 +181,7 @@ async fn handle(ctl: &Shared, changed: &Notify, req: Request) -> Response {
         req,
         Request::List | Request::Stats { .. } | Request::Conns { .. }
     );
+    log::debug!("control request: {}", req.op());
     let ctl = ctl.clone();
     let response = tokio::task::spawn_blocking(move || {
         let mut c = ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
