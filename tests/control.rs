@@ -160,7 +160,7 @@ fn view(insp: &Inspector) -> View {
     let mut tables = BTreeMap::new();
     for (_, s) in &services {
         let t = insp
-            .table(s.id, s.table_size)
+            .table(s, s.table_size)
             .expect("reading TABLES")
             .unwrap_or_else(|| panic!("service {} has a record but no table", s.id));
         tables.insert(s.id, t);
@@ -345,7 +345,16 @@ fn backends_change_over_the_socket_and_the_maps_follow() {
     // A third backend.
     d.request_ok(&json!({"op": "backend_add", "service": WEB, "backend": be(13)}).to_string());
     let v = view(&insp);
-    assert_eq!(v.service(&key(WEB)), svc, "the service record stays");
+    let now = v.service(&key(WEB));
+    assert_eq!(
+        (now.id, now.flags, now.table_size),
+        (svc.id, svc.flags, svc.table_size),
+        "the service record stays"
+    );
+    assert_ne!(
+        now.table_gen, svc.table_gen,
+        "the new table went into the other generation, and the record flipped to it"
+    );
     assert_rotation(
         &lab,
         &v,
@@ -459,7 +468,7 @@ fn backends_change_over_the_socket_and_the_maps_follow() {
         v.backends
     );
     let table = insp
-        .table(svc.id, 16)
+        .table(&svc, 16)
         .unwrap()
         .expect("the slot keeps a table");
     assert!(table.iter().all(|s| *s == NO_BACKEND), "{table:?}");

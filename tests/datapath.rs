@@ -232,7 +232,7 @@ impl Fixture {
             id,
             flags,
             table_size: TABLE,
-            _pad: 0,
+            table_gen: 0,
         };
         for (index, be) in backends {
             self.dp.set_backend(*index, *be).unwrap();
@@ -1242,13 +1242,13 @@ fn flows_keep_their_backend_until_it_goes() {
     assert_eq!((s.packets, s.new_flows), (11, 7));
 }
 
-/// A table of the size the service already has is written in place, any other size
-/// gets a new map: either way the datapath reads exactly the new table, and new flows
-/// follow it.
+/// A new table goes into the service's other table generation and the record flips to
+/// it (for every size, and for the empty table); new flows follow the live table.
 #[test]
-fn tables_are_rewritten_in_place_or_resized() {
+fn tables_flip_between_two_generations() {
     let mut f = Fixture::new();
     let cli = f.cli;
+    let key = f.services["dsr_web"].key;
     let web = f.services["dsr_web"].backends.clone();
     let (a, b) = (web[0], web[1]);
     let new_flow_goes_to = |f: &Fixture, sport: u16| {
@@ -1258,24 +1258,32 @@ fn tables_are_rewritten_in_place_or_resized() {
         dmac(&out)
     };
     let table_of = |f: &Fixture, size: u32| f.dp.table(0, size).unwrap().unwrap();
+    let generation = |f: &Fixture| f.dp.service(&key).unwrap().unwrap().table_gen;
 
-    // Same size, twice: in place.
-    for (round, be) in [a, b].into_iter().enumerate() {
+    // Same size, several times in a row: each flips the generation.
+    let mut was = generation(&f);
+    for (round, be) in [a, b, a, b].into_iter().enumerate() {
         f.set_table(0, &[be]);
         assert_eq!(table_of(&f, TABLE), vec![be; TABLE as usize]);
         assert_eq!(
             new_flow_goes_to(&f, 51000 + round as u16),
             f.backend(be).mac
         );
+        let now = generation(&f);
+        assert_ne!(
+            now, was,
+            "round {round}: the record flips to the new generation"
+        );
+        was = now;
     }
-    // Larger (a new map; slots past the record's size are never read), then back.
+    // Larger (slots past the record's size are never read), then back.
     f.dp.set_table(0, &vec![a; 4 * TABLE as usize]).unwrap();
     assert_eq!(table_of(&f, 4 * TABLE), vec![a; 4 * TABLE as usize]);
     assert_eq!(new_flow_goes_to(&f, 51010), f.backend(a).mac);
     f.set_table(0, &[b]);
     assert_eq!(table_of(&f, TABLE), vec![b; TABLE as usize]);
     assert_eq!(new_flow_goes_to(&f, 51011), f.backend(b).mac);
-    // A table shorter than the map's chunks: the tail reads NO_BACKEND.
+    // A table shorter than its array: the tail reads NO_BACKEND.
     f.dp.set_table(0, &[a; 7]).unwrap();
     let mut expect = vec![a; 7];
     expect.resize(lb_common::TABLE_CHUNK, NO_BACKEND);
@@ -1285,10 +1293,14 @@ fn tables_are_rewritten_in_place_or_resized() {
     let frame = from_client(ipv4(CLIENT, DSR_VIP, tcp(51020, 80, SYN))).bytes();
     let (action, _, moved) = run(&f, &frame, cli);
     assert_eq!((action, moved), (XDP_DROP, vec![("drop_no_backend", 1)]));
-    // And back to a full table, in a new map again.
+    // And a full table again.
     f.set_table(0, &[a]);
     assert_eq!(table_of(&f, TABLE), vec![a; TABLE as usize]);
     assert_eq!(new_flow_goes_to(&f, 51021), f.backend(a).mac);
+    // Without its record, an empty table frees both generations.
+    f.dp.remove_service(&key).unwrap();
+    f.dp.set_table(0, &[]).unwrap();
+    assert_eq!(f.dp.table(0, 1).unwrap(), None);
 }
 
 /// 100,000 random and mutated frames: nothing that is not for a VIP (or a NAT reply)

@@ -3,7 +3,7 @@
 //! | map | kind | key -> value |
 //! |---|---|---|
 //! | `SERVICES` | hash | [`ServiceKey`] -> [`Service`] |
-//! | `TABLES` | array of maps | service id -> inner array of [`TableChunk`] (the Maglev table) |
+//! | `TABLES` | array of maps | [`table_index`]\(service id, generation) -> inner array of [`TableChunk`] (a Maglev table) |
 //! | `BACKENDS` | array | backend index -> [`Backend`] |
 //! | `CONNTRACK` | LRU hash (per-CPU LRU lists) | [`FlowKey`] (client -> VIP) -> [`Flow`] |
 //! | `NAT_REVERSE` | LRU hash (per-CPU LRU lists) | [`FlowKey`] (backend -> client) -> [`NatReverse`] |
@@ -24,8 +24,21 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 
-/// Service ids are `0..MAX_SERVICES` (index into `TABLES` and `SERVICE_STATS`).
+/// Service ids are `0..MAX_SERVICES` (index into `SERVICE_STATS`; see [`table_index`]).
 pub const MAX_SERVICES: u32 = 1024;
+/// Entries of `TABLES`: two table generations per service id, then [`GRACE_SLOT`].
+pub const TABLE_SLOTS: u32 = 2 * MAX_SERVICES + 1;
+/// The entry of `TABLES` no packet reads: the control plane updates it to wait for an
+/// RCU grace period (a map-in-map update returns only when every program that may have
+/// seen the old value has finished).
+pub const GRACE_SLOT: u32 = 2 * MAX_SERVICES;
+
+/// The `TABLES` entry of generation `generation` (0 or 1; only its low bit counts) of
+/// service `id`'s Maglev table. [`Service::table_gen`] says which generation is live.
+#[inline(always)]
+pub const fn table_index(id: u32, generation: u32) -> u32 {
+    id * 2 + (generation & 1)
+}
 /// Distinct VIP addresses.
 pub const MAX_VIPS: u32 = 1024;
 /// Backend indexes are `0..MAX_BACKENDS`; one per (service, backend) pair.
@@ -77,13 +90,15 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
-    /// Index into `TABLES` and `SERVICE_STATS`.
+    /// Index into `SERVICE_STATS`; with `table_gen`, into `TABLES` ([`table_index`]).
     pub id: u32,
     /// `SERVICE_F_*`.
     pub flags: u32,
     /// M, the number of slots of this service's Maglev table (a prime).
     pub table_size: u32,
-    pub _pad: u32,
+    /// Which of the service's two table generations is live (0 or 1). The control plane
+    /// writes the other one and then flips this field by rewriting the record.
+    pub table_gen: u32,
 }
 
 /// Forward by NAT (rewrite VIP:port to RIP:port) instead of DSR (rewrite MACs).

@@ -8,7 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     BPF_F_NO_COMMON_LRU, Backend, CachedFlow, Counter, DEFAULT_CONNTRACK_ENTRIES, FILTER_WORDS,
     FLOW_CACHE_SLOTS, Flow, FlowKey, MAX_BACKENDS, MAX_NAT_SOURCES, MAX_SERVICES, MAX_VIPS,
-    NatReverse, Service, ServiceKey, TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit,
+    NatReverse, Service, ServiceKey, TABLE_MAP_FLAGS, TABLE_SLOTS, TableChunk, TrafficStats,
+    filter_bit,
 };
 
 const SERVICES_N: usize = MAX_SERVICES as usize;
@@ -19,13 +20,18 @@ const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, Service, SERVICES_N> = HashMap::new();
 
-/// Maglev tables, one inner array per service id. The control plane rewrites a table of
-/// unchanged size in place (one atomic store per slot: every slot always names a usable
-/// backend) and swaps in a new inner array for a new size. The template's max_entries
-/// (1) does not bind: `BPF_F_INNER_MAP` lets inner arrays of any size in.
+/// Maglev tables: two generations per service id ([`lb_common::table_index`]); the
+/// service record's `table_gen` names the live one. The control plane fills the other
+/// generation, flips `table_gen`, and writes the retired generation again only after
+/// an RCU grace period, so a packet never sees a table being written. The last entry
+/// ([`lb_common::GRACE_SLOT`]) is never read: updating it is how the control plane waits
+/// for a grace period. The template's max_entries (1) does not bind: `BPF_F_INNER_MAP`
+/// lets inner arrays of any size in.
 #[btf_map]
-pub static TABLES: ArrayOfMaps<Array<TableChunk, 1, { TABLE_MAP_FLAGS as usize }>, SERVICES_N> =
-    ArrayOfMaps::new();
+pub static TABLES: ArrayOfMaps<
+    Array<TableChunk, 1, { TABLE_MAP_FLAGS as usize }>,
+    { TABLE_SLOTS as usize },
+> = ArrayOfMaps::new();
 
 #[btf_map]
 pub static BACKENDS: Array<Backend, BACKENDS_N> = Array::new();

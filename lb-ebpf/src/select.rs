@@ -12,7 +12,7 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::Xd
 use aya_log_ebpf::warn;
 use lb_common::{
     BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
-    FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NO_BACKEND, Service, TABLE_CHUNK,
+    FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NO_BACKEND, Service, TABLE_CHUNK, table_index,
 };
 
 use crate::{
@@ -53,7 +53,10 @@ pub fn from_table(svc: &Service, hash: u32) -> Result<(u32, &'static Backend), C
     }
     let slot = hash % svc.table_size;
     let chunk = TABLES
-        .get_value(svc.id, &(slot / TABLE_CHUNK as u32))
+        .get_value(
+            table_index(svc.id, svc.table_gen),
+            &(slot / TABLE_CHUNK as u32),
+        )
         .ok_or(Counter::DropNoBackend)?;
     let index = chunk[slot as usize & (TABLE_CHUNK - 1)];
     if index == NO_BACKEND {
@@ -61,8 +64,7 @@ pub fn from_table(svc: &Service, hash: u32) -> Result<(u32, &'static Backend), C
     }
     let be = BACKENDS.get(index).ok_or(Counter::DropInternal)?;
     if be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) != BACKEND_F_LIVE {
-        // Only when the slot was read just before the table changed and the backend
-        // was retired right after (see docs/DATAPATH.md).
+        // Only between a flag change and the table flip that follows it.
         return Err(Counter::DropNoBackend);
     }
     Ok((index, be))

@@ -3,17 +3,19 @@
 //! parts, in one run:
 //!
 //! - `build`: the pure Maglev builder alone (`maglev::build`);
-//! - `swap`: installing a ready table in the kernel alone (`Dataplane::set_table`, which
-//!   writes a table of unchanged size in place through its mapping);
-//! - `resize`: the same for a table of a new size (a new inner map, filled through its
-//!   mapping and swapped into `TABLES`: a map-in-map update, which waits for an RCU
-//!   grace period), for comparison: only a change of `table_size` takes this path;
+//! - `swap`: installing a ready table alone (`Dataplane::set_table`: the service's idle
+//!   table generation written in place, then the flip);
+//! - `swap, burst`: the same back to back: each waits for the kernel RCU grace period
+//!   that must follow the previous flip before the retired generation is written again;
+//! - `resize`: installing a table of a new size (a new inner array put into `TABLES`,
+//!   which the kernel makes wait for a grace period): only a `table_size` change does it;
 //! - `operation`: a whole `backend_set` request through the controller (validation, the
-//!   next runtime, the rebuild, the ordered map writes), as the control socket runs it.
+//!   next runtime, the rebuild, the ordered map writes), as the control socket runs it,
+//!   one change at a time; `operation, burst`: back to back.
 //!
-//! Every timed operation is checked: the table read back from the kernel must give the
-//! changed backend no slot after `maint` (and move at most 1/N + 1% of the slots of the
-//! others) and be the original table again after `ready`.
+//! Every operation round is checked against the kernel's copy of the table: after
+//! `maint` the backend holds no slot and at most 1/N + 1% of the others' slots moved;
+//! after `ready` the table is the original again.
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,9 @@ const BACKENDS: usize = 1000;
 const TABLE_SIZE: u32 = 65537;
 const ROUNDS: usize = 50;
 const BUDGET: Duration = Duration::from_millis(5);
+/// Pause before each round of the "one change" rows: longer than a kernel RCU grace
+/// period, as between real changes. The "burst" rows have none.
+const SPACING: Duration = Duration::from_millis(100);
 const SERVICE: &str = "10.100.0.10:80/tcp";
 
 fn backend(i: usize) -> Ipv4Addr {
@@ -68,7 +73,7 @@ impl Figures {
     fn row(&self, name: &str) {
         let (med, max) = (self.median(), self.max());
         println!(
-            "{name:<10} {:>9.3} {:>9.3} {:>11.2}",
+            "{name:<18} {:>9.3} {:>9.3} {:>8.2}",
             med.as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3,
             med.as_secs_f64() / BUDGET.as_secs_f64()
@@ -76,9 +81,13 @@ impl Figures {
     }
 }
 
-fn time<T>(mut f: impl FnMut() -> Result<T>) -> Result<Figures> {
+/// `ROUNDS` timed calls of `f`, each after `spacing` when given.
+fn time<T>(spacing: Option<Duration>, mut f: impl FnMut() -> Result<T>) -> Result<Figures> {
     let mut samples = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
+        if let Some(pause) = spacing {
+            std::thread::sleep(pause);
+        }
         let start = Instant::now();
         std::hint::black_box(f()?);
         samples.push(start.elapsed());
@@ -104,7 +113,7 @@ fn main() -> Result<()> {
             weight: (i % 100 + 1) as u32,
         })
         .collect();
-    let build = time(|| Ok(maglev::build(&candidates, TABLE_SIZE)))?;
+    let build = time(None, || Ok(maglev::build(&candidates, TABLE_SIZE)))?;
 
     let mut dp = Dataplane::load(Limits::default())?;
     let slots: Vec<u32> = maglev::build(&candidates, TABLE_SIZE)
@@ -113,23 +122,20 @@ fn main() -> Result<()> {
         .collect();
     // A service id the controller will not use (it numbers services from 0).
     let spare = lb_common::MAX_SERVICES - 1;
-    // A table of a new size: a new inner map, swapped in (and an RCU grace period).
-    let mut round = 0;
-    let resize = time(|| {
-        round += 1;
-        let len = if round % 2 == 0 {
-            slots.len()
-        } else {
-            slots.len() - 16
-        };
-        dp.set_table(spare, &slots[..len])
-    })?;
-    // A table of the same size: written in place.
-    let swap = time(|| dp.set_table(spare, &slots))?;
+    dp.set_table(spare, &slots)?;
+    let swap = time(Some(SPACING), || dp.set_table(spare, &slots))?;
+    let swap_burst = time(None, || dp.set_table(spare, &slots))?;
     ensure!(
         dp.table(spare, TABLE_SIZE)?.as_deref() == Some(&slots[..]),
-        "the swapped table reads back different"
+        "the installed table reads back different"
     );
+    // Tables of a new size each time: new inner arrays.
+    let mut round = 0;
+    let resize = time(Some(SPACING), || {
+        round += 1;
+        let len = slots.len() - 16 * (round % 3);
+        dp.set_table(spare, &slots[..len])
+    })?;
     dp.set_table(spare, &[])?;
 
     let mut controller = Controller::new(dp, config()?, "maglev-bench.json".into(), Vec::new())?;
@@ -138,64 +144,94 @@ fn main() -> Result<()> {
         .services()
         .next()
         .context("the service")?;
-    let id = service.id;
-    let victim = SocketAddrV4::new(backend(BACKENDS / 2), 8080);
-    let victim_index = service.backends[&victim].index;
-    let read = |c: &Controller| -> Result<Vec<u32>> {
-        c.dataplane()
-            .table(id, TABLE_SIZE)?
-            .context("the service has no table")
+    let victim = Victim {
+        id: service.id,
+        addr: SocketAddrV4::new(backend(BACKENDS / 2), 8080),
+        index: service.backends[&SocketAddrV4::new(backend(BACKENDS / 2), 8080)].index,
+        original: Vec::new(),
     };
-    let original = read(&controller)?;
+    let original = victim.read(&controller)?;
+    let mut victim = Victim { original, ..victim };
     ensure!(
-        original.iter().filter(|&&s| s == victim_index).count() > 0,
+        victim.original.contains(&victim.index),
         "the backend under test has no slot to lose"
     );
-    let mut samples = Vec::with_capacity(ROUNDS);
-    for round in 0..ROUNDS {
-        let state = if round % 2 == 0 { "maint" } else { "ready" };
-        let line = format!(
-            r#"{{"op":"backend_set","service":"{SERVICE}","backend":"{victim}","state":"{state}"}}"#
-        );
-        let start = Instant::now();
-        request(&mut controller, &line)?;
-        samples.push(start.elapsed());
-        let table = read(&controller)?;
-        if state == "maint" {
-            let held = table.iter().filter(|&&s| s == victim_index).count();
-            ensure!(
-                held == 0,
-                "round {round}: {victim} in maint still holds {held} slots"
-            );
-            let moved = table
-                .iter()
-                .zip(&original)
-                .filter(|(now, was)| now != was && **was != victim_index)
-                .count();
-            ensure!(
-                moved as f64 / f64::from(TABLE_SIZE) <= 1.0 / BACKENDS as f64 + 0.01,
-                "round {round}: maint of one backend moved {moved} slots of the others"
-            );
-        } else {
-            ensure!(
-                table == original,
-                "round {round}: ready did not restore the table"
-            );
-        }
-    }
-    let operation = Figures(samples);
+    let operation = victim.rounds(&mut controller, Some(SPACING))?;
+    let operation_burst = victim.rounds(&mut controller, None)?;
 
     println!(
         "Maglev rebuild and swap: {BACKENDS} backends (weights 1..=100), M = {TABLE_SIZE}, \
          {ROUNDS} rounds each"
     );
     println!(
-        "{:<10} {:>9} {:>9} {:>11}",
+        "{:<18} {:>9} {:>9} {:>8}",
         "part", "median ms", "max ms", "of 5 ms"
     );
     build.row("build");
     swap.row("swap");
+    swap_burst.row("swap, burst");
     resize.row("resize");
     operation.row("operation");
+    operation_burst.row("operation, burst");
     Ok(())
+}
+
+/// The backend the operation rounds put in maintenance and back.
+struct Victim {
+    id: u32,
+    addr: SocketAddrV4,
+    index: u32,
+    /// The service's table with every backend ready.
+    original: Vec<u32>,
+}
+
+impl Victim {
+    fn read(&self, c: &Controller) -> Result<Vec<u32>> {
+        c.dataplane()
+            .table(self.id, TABLE_SIZE)?
+            .context("the service has no table")
+    }
+
+    /// `ROUNDS` `backend_set` requests, maint and ready in turn, each timed, then
+    /// checked against the kernel's copy of the table.
+    fn rounds(&mut self, c: &mut Controller, spacing: Option<Duration>) -> Result<Figures> {
+        let mut samples = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            if let Some(pause) = spacing {
+                std::thread::sleep(pause);
+            }
+            let state = if round % 2 == 0 { "maint" } else { "ready" };
+            let line = format!(
+                r#"{{"op":"backend_set","service":"{SERVICE}","backend":"{}","state":"{state}"}}"#,
+                self.addr
+            );
+            let start = Instant::now();
+            request(c, &line)?;
+            samples.push(start.elapsed());
+            let table = self.read(c)?;
+            if state == "maint" {
+                let held = table.iter().filter(|&&s| s == self.index).count();
+                ensure!(
+                    held == 0,
+                    "round {round}: {} in maint still holds {held} slots",
+                    self.addr
+                );
+                let moved = table
+                    .iter()
+                    .zip(&self.original)
+                    .filter(|(now, was)| now != was && **was != self.index)
+                    .count();
+                ensure!(
+                    moved as f64 / f64::from(TABLE_SIZE) <= 1.0 / BACKENDS as f64 + 0.01,
+                    "round {round}: maint of one backend moved {moved} slots of the others"
+                );
+            } else {
+                ensure!(
+                    table == self.original,
+                    "round {round}: ready did not restore the table"
+                );
+            }
+        }
+        Ok(Figures(samples))
+    }
 }

@@ -220,6 +220,7 @@ impl Controller {
         }
         self.health = health;
         self.runtime = next;
+        self.runtime.settle();
         self.applied = image;
         Ok(())
     }

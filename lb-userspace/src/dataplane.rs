@@ -3,11 +3,11 @@
 //! Everything else in the control plane computes *what* the maps should hold (pure
 //! code, no aya) and hands it to a [`Dataplane`], which knows *how* to write it without
 //! a packet ever seeing a half-done change:
-//! - a Maglev table is written into a fresh inner array (through mmap) and swapped in
-//!   with one update of the service's outer slot;
+//! - a Maglev table is written into the service's table generation that no packet
+//!   reads, then the service record flips to it (see [`Dataplane::set_table`]);
 //! - a backend record is complete before any table slot names its index.
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     ptr::NonNull,
 };
 
@@ -18,13 +18,35 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
+    Backend, Counter, Flow, FlowKey, GRACE_SLOT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_NAT_FILTER, MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
     MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NO_BACKEND, NatReverse, Service, ServiceKey, TABLE_CHUNK,
-    TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit,
+    TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit, table_index,
 };
 
-use crate::ebpf::{self, AttachMode};
+use crate::{
+    ebpf::{self, AttachMode},
+    grace::Grace,
+};
+
+/// The two generations of one service id's Maglev table.
+#[derive(Default)]
+struct TableGens {
+    /// Mapping of each generation's inner array, once it has one.
+    maps: [Option<Mmap>; 2],
+    /// The generation the service record names.
+    live: u32,
+    /// Grace-period ticket taken when the other generation was retired: it may be
+    /// written once that has passed (0: nothing to wait for).
+    retired: u64,
+}
+
+/// Copies a table into an inner array's words; the rest of the array reads
+/// `NO_BACKEND`.
+fn fill(words: &mut [u32], slots: &[u32]) {
+    words[..slots.len()].copy_from_slice(slots);
+    words[slots.len()..].fill(NO_BACKEND);
+}
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +75,12 @@ pub struct Dataplane {
     memory: Vec<MapMemory>,
     services: HashMap<MapData, ServiceKey, Service>,
     tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
-    /// Mappings of the inner maps `set_table` put into `tables`, by service id, for
-    /// writing a table of the same size in place.
-    table_maps: std::collections::HashMap<u32, Mmap>,
+    /// The table generations of each service id (see `set_table`).
+    gens: std::collections::HashMap<u32, TableGens>,
+    /// The service records written, by service id (for the table flips).
+    records: std::collections::HashMap<u32, (ServiceKey, Service)>,
+    /// Grace periods after table flips.
+    grace: Grace,
     backends: Array<MapData, Backend>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
     nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
@@ -170,6 +195,22 @@ impl Dataplane {
                 .as_raw_fd())
         };
         let (conntrack_fd, nat_reverse_fd) = (raw(MAP_CONNTRACK)?, raw(MAP_NAT_REVERSE)?);
+        let grace = {
+            // SAFETY: dup(2) of a map fd the object owns; the new fd is ours.
+            let outer = unsafe { libc::dup(raw(MAP_TABLES)?) };
+            ensure!(outer >= 0, "dup: {}", std::io::Error::last_os_error());
+            // SAFETY: just created, owned by nothing else.
+            let outer = unsafe { OwnedFd::from_raw_fd(outer) };
+            let inner = Array::<MapData, TableChunk>::create(1, TABLE_MAP_FLAGS)
+                .context("creating the grace-period map")?;
+            let inner = raw_fd(&inner);
+            // SAFETY: dup(2) of the fd `inner` owns (closed when it drops below).
+            let inner = unsafe { libc::dup(inner) };
+            ensure!(inner >= 0, "dup: {}", std::io::Error::last_os_error());
+            // SAFETY: just created, owned by nothing else.
+            let inner = unsafe { OwnedFd::from_raw_fd(inner) };
+            Grace::with_map_in_map(outer, GRACE_SLOT, inner)
+        };
         Ok(Dataplane {
             logger,
             conntrack_fd,
@@ -178,7 +219,9 @@ impl Dataplane {
             memory,
             services: take(&mut ebpf, MAP_SERVICES)?,
             tables: take(&mut ebpf, MAP_TABLES)?,
-            table_maps: Default::default(),
+            gens: Default::default(),
+            records: Default::default(),
+            grace,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
             conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
             nat_reverse: take(&mut ebpf, MAP_NAT_REVERSE)?,
@@ -261,14 +304,21 @@ impl Dataplane {
         Ok((result, out))
     }
 
-    pub fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()> {
+    /// Writes a service record; its `table_gen` is set here, to the live generation of
+    /// its table (callers leave it 0).
+    pub fn set_service(&mut self, key: ServiceKey, mut svc: Service) -> Result<()> {
+        svc.table_gen = self.gens.get(&svc.id).map_or(0, |g| g.live);
         self.services
             .insert(key, svc, 0)
-            .context("writing SERVICES")
+            .context("writing SERVICES")?;
+        self.records.insert(svc.id, (key, svc));
+        Ok(())
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        remove_if_present(&mut self.services, key).context("removing from SERVICES")
+        remove_if_present(&mut self.services, key).context("removing from SERVICES")?;
+        self.records.retain(|_, (k, _)| k != key);
+        Ok(())
     }
 
     pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
@@ -276,57 +326,96 @@ impl Dataplane {
     }
 
     /// Replaces the Maglev table of service `id` with `slots` (backend indexes or
-    /// [`NO_BACKEND`]). An empty `slots` installs a one-element table of `NO_BACKEND`
-    /// (the service drops new flows; lookups past it miss and drop the same way), which
-    /// also frees the memory of the table it replaces.
+    /// [`NO_BACKEND`]); no packet ever sees a partly written table.
     ///
-    /// A table of the size the service's table already has is written in place, slot by
-    /// slot, through the mapping (about 20 µs for 65,537 slots), as Katran writes its
-    /// rings: each slot holds its old or its new backend at every instant, so a new flow
-    /// picked during the write gets what it would have got just before or just after
-    /// it. Any other size gets a new inner map, complete before it is swapped in; that
-    /// swap costs a kernel RCU grace period (about 10 ms: updating a map-in-map waits
-    /// for running programs), which is why same-size rebuilds avoid it.
+    /// Each service id has two table generations in `TABLES`, and its record names the
+    /// live one. The new table goes into the other generation, which no packet reads:
+    /// written in place through its mapping when it has the right size (about 40 µs for
+    /// 65,537 slots), else built complete in a new inner array and put in `TABLES` (an
+    /// update the kernel makes wait for an RCU grace period, 10–30 ms: only on a change
+    /// of `table_size`). Then the record is rewritten with `table_gen` flipped, one
+    /// atomic update. The retired generation is written again only after a grace
+    /// period has passed since the flip (waited for in the background; see `grace.rs`).
+    ///
+    /// An empty `slots` is a one-element table of `NO_BACKEND` (the service drops new
+    /// flows); for an id with no service record (the service is gone) it frees both
+    /// generations instead.
     pub fn set_table(&mut self, id: u32, slots: &[u32]) -> Result<()> {
+        let record = self.records.get(&id).copied();
+        if slots.is_empty() && record.is_none() {
+            return self.free_tables(id);
+        }
+        let gens = self.gens.entry(id).or_default();
+        // With no live table yet, fill the live generation: a new inner array is
+        // complete before the kernel publishes it.
+        let target = if gens.maps[gens.live as usize].is_none() {
+            gens.live
+        } else {
+            gens.live ^ 1
+        };
+        if target != gens.live {
+            self.grace.wait(gens.retired)?;
+        }
         let chunks = slots.len().div_ceil(TABLE_CHUNK).max(1);
         let bytes = chunks * size_of::<TableChunk>();
-        if !slots.is_empty()
-            && let Some(mapped) = self.table_maps.get_mut(&id)
-            && mapped.bytes == bytes
-        {
-            // The datapath reads these words while they change: atomic stores keep every
-            // slot whole.
-            let words = mapped.as_atomic_u32_slice();
-            let values = slots.iter().copied().chain(std::iter::repeat(NO_BACKEND));
-            for (word, value) in words.iter().zip(values) {
-                word.store(value, std::sync::atomic::Ordering::Relaxed);
+        match &mut gens.maps[target as usize] {
+            Some(mapped) if mapped.bytes == bytes => fill(mapped.as_u32_slice_mut(), slots),
+            slot => {
+                let inner = Array::<MapData, TableChunk>::create(chunks as u32, TABLE_MAP_FLAGS)
+                    .context("creating a Maglev table map")?;
+                let mut mapped =
+                    Mmap::new(raw_fd(&inner), bytes).context("mapping a Maglev table")?;
+                fill(mapped.as_u32_slice_mut(), slots);
+                self.tables
+                    .set(table_index(id, target), &inner, 0)
+                    .context("putting a Maglev table into TABLES")?;
+                *slot = Some(mapped);
             }
-            return Ok(());
         }
-        let inner = Array::<MapData, TableChunk>::create(chunks as u32, TABLE_MAP_FLAGS)
-            .context("creating a Maglev table map")?;
-        let mut mapped = Mmap::new(raw_fd(&inner), bytes).context("mapping a Maglev table")?;
-        let words = mapped.as_u32_slice_mut();
-        words[..slots.len()].copy_from_slice(slots);
-        words[slots.len()..].fill(NO_BACKEND);
-        self.tables
-            .set(id, &inner, 0)
-            .context("swapping in the Maglev table")?;
-        self.table_maps.insert(id, mapped);
+        if target != gens.live {
+            if let Some((key, mut svc)) = record {
+                svc.table_gen = target;
+                self.services
+                    .insert(key, svc, 0)
+                    .context("writing SERVICES (table flip)")?;
+                self.records.insert(id, (key, svc));
+            }
+            gens.live = target;
+            gens.retired = self.grace.request();
+        }
         Ok(())
     }
 
-    /// The table of service `id` as the datapath sees it (for tests and tools), or
-    /// `None` when the service has none.
-    pub fn table(&self, id: u32, size: u32) -> Result<Option<Vec<u32>>> {
-        let inner = match self.tables.get(&id, 0) {
-            Ok(inner) => inner,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(e).context("reading TABLES"),
+    /// Frees both table generations of a service id that has no record any more.
+    fn free_tables(&mut self, id: u32) -> Result<()> {
+        let Some(gens) = self.gens.remove(&id) else {
+            return Ok(());
         };
-        let chunks = inner.len() as usize;
-        let mapped = Mmap::new(raw_fd(&inner), chunks * size_of::<TableChunk>())
-            .context("mapping a Maglev table")?;
+        for (generation, mapped) in gens.maps.iter().enumerate() {
+            if mapped.is_some() {
+                let empty = Array::<MapData, TableChunk>::create(1, TABLE_MAP_FLAGS)
+                    .context("creating an empty Maglev table map")?;
+                let mut words = Mmap::new(raw_fd(&empty), size_of::<TableChunk>())
+                    .context("mapping a Maglev table")?;
+                fill(words.as_u32_slice_mut(), &[]);
+                self.tables
+                    .set(table_index(id, generation as u32), &empty, 0)
+                    .context("freeing a Maglev table")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The live table of service `id` (for tests and tools): its first `size` slots, or
+    /// `None` when the id has no table.
+    pub fn table(&self, id: u32, size: u32) -> Result<Option<Vec<u32>>> {
+        let Some(mapped) = self
+            .gens
+            .get(&id)
+            .and_then(|g| g.maps[g.live as usize].as_ref())
+        else {
+            return Ok(None);
+        };
         let words = mapped.as_u32_slice();
         ensure!(
             words.len() >= size as usize,
@@ -594,12 +683,6 @@ impl Mmap {
     fn as_u32_slice_mut(&mut self) -> &mut [u32] {
         // SAFETY: as above, and we hold the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.bytes / 4) }
-    }
-
-    /// The words, for writing while another party (the datapath) reads them.
-    fn as_atomic_u32_slice(&mut self) -> &[std::sync::atomic::AtomicU32] {
-        // SAFETY: as above; AtomicU32 has the size and alignment of u32.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.bytes / 4) }
     }
 }
 

@@ -17,7 +17,7 @@ use aya::{
 };
 use lb_common::{
     Backend, Counter, MAP_BACKENDS, MAP_NAT_SOURCES, MAP_SERVICES, MAP_STATS, MAP_TABLES, MAP_VIPS,
-    Service, ServiceKey, TABLE_CHUNK, TableChunk,
+    Service, ServiceKey, TABLE_CHUNK, TableChunk, table_index,
 };
 
 /// The kernel keeps at most 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16, with
@@ -117,10 +117,12 @@ impl Inspector {
         self.backends.get(&index, 0).context("reading BACKENDS")
     }
 
-    /// The Maglev table of a service id as the datapath sees it (first `size` slots), or
-    /// `None` when `TABLES` has no table at that id.
-    pub fn table(&self, id: u32, size: u32) -> Result<Option<Vec<u32>>> {
-        let inner = match self.tables.get(&id, 0) {
+    /// The live Maglev table of the service with record `svc` (its first `size` slots),
+    /// or `None` when `TABLES` has no table there. (A table flip at the same moment can
+    /// make the copy a mix of two tables: this is a tool's view, not the datapath's.)
+    pub fn table(&self, svc: &Service, size: u32) -> Result<Option<Vec<u32>>> {
+        let id = svc.id;
+        let inner = match self.tables.get(&table_index(svc.id, svc.table_gen), 0) {
             Ok(inner) => inner,
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(e).context("reading TABLES"),
@@ -132,8 +134,7 @@ impl Inspector {
                 inner.len() as usize * TABLE_CHUNK
             );
         }
-        // One lookup per 16-slot element; the inner array is never written once it is
-        // in TABLES (the control plane swaps in a new one), so this reads one table.
+        // One lookup per 16-slot element.
         let mut slots = Vec::with_capacity(chunks as usize * TABLE_CHUNK);
         for i in 0..chunks {
             let chunk = inner.get(&i, 0).context("reading a Maglev table")?;

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod ebpf;
+pub mod grace;
 pub mod health;
 pub mod inspect;
 pub mod maglev;

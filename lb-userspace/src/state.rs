@@ -140,10 +140,15 @@ impl ServiceState {
 }
 
 /// Hands out ids `0..limit`, lowest free first, remembering how often each was given out
-/// (its epoch).
+/// (its epoch). An id given back stays out of use until [`IdPool::settle`] (called once
+/// the change that freed it is in the datapath), so one change never gives a service's
+/// or backend's id to another while the datapath may still hold the old owner's
+/// records — unless every other id is taken.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct IdPool {
     free: BTreeSet<u32>,
+    /// Given back during the current change.
+    released: BTreeSet<u32>,
     next: u32,
     limit: u32,
     epochs: BTreeMap<u32, u32>,
@@ -158,7 +163,7 @@ impl IdPool {
     }
 
     fn available(&self) -> u32 {
-        self.limit - self.next + self.free.len() as u32
+        self.limit - self.next + (self.free.len() + self.released.len()) as u32
     }
 
     /// Takes an id; returns (id, epoch).
@@ -169,7 +174,7 @@ impl IdPool {
                 self.next += 1;
                 self.next - 1
             }
-            None => return None,
+            None => self.released.pop_first()?,
         };
         let epoch = self.epochs.entry(id).or_insert(0);
         *epoch += 1;
@@ -177,7 +182,12 @@ impl IdPool {
     }
 
     fn give_back(&mut self, id: u32) {
-        self.free.insert(id);
+        self.released.insert(id);
+    }
+
+    /// Makes the ids given back so far available.
+    fn settle(&mut self) {
+        self.free.append(&mut self.released);
     }
 }
 
@@ -228,6 +238,12 @@ impl Runtime {
         let mut r = Runtime::new(config.conntrack.clone());
         r.reload(config, initial)?;
         Ok(r)
+    }
+
+    /// Makes the ids freed by the changes so far reusable: call once they are applied.
+    pub fn settle(&mut self) {
+        self.service_ids.settle();
+        self.backend_indexes.settle();
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceState> {
@@ -485,7 +501,7 @@ impl Runtime {
                     id: svc.id,
                     flags,
                     table_size: svc.config.table_size,
-                    _pad: 0,
+                    table_gen: 0,
                 },
             );
             img.tables.insert(svc.id, svc.table(neighbours));
@@ -761,20 +777,52 @@ mod tests {
             "a staying backend keeps index, epoch and health"
         );
         assert!(r.service(&key("10.100.0.20:8080/tcp")).is_none());
-        // The lowest free index is reused, with a new epoch.
-        let b14 = &svc.backends[&addr("10.0.0.14:80")];
-        assert_eq!(b14.index, freed.min(b14.index));
-        assert!(b14.epoch >= 1);
-        let reused = r
-            .service(&s)
-            .unwrap()
-            .backends
-            .values()
-            .find(|b| b.index == freed);
-        if let Some(b) = reused {
-            assert_eq!(b.epoch, 2, "a reused index carries a new epoch");
-        }
+        // An index freed by this change is not reused by it (the datapath may still
+        // hold its old owner's records while the change is applied)...
+        let b14 = svc.backends[&addr("10.0.0.14:80")].clone();
+        assert_ne!(b14.index, freed);
+        assert_eq!(b14.epoch, 1);
+        // ...but by the next one, with a new epoch.
+        r.settle();
+        r.add_backend(
+            &s,
+            serde_json::from_str(r#"{"address": "10.0.0.15"}"#).unwrap(),
+            Health::Up,
+        )
+        .unwrap();
+        let b15 = &r.service(&s).unwrap().backends[&addr("10.0.0.15:80")];
+        assert_eq!(
+            (b15.index, b15.epoch),
+            (freed, 2),
+            "reused, with a new epoch"
+        );
         assert_eq!(r.to_config().services.len(), 1);
+    }
+
+    #[test]
+    fn a_change_never_gives_a_freed_service_id_to_another_service() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let gone = r.service(&key("10.100.0.20:8080/tcp")).unwrap().id;
+        let next = config(
+            r#"{"services": [
+            {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [
+                {"address": "10.0.0.12"}]},
+            {"vip": "10.100.0.30", "port": 80, "backends": [{"address": "10.0.0.12"}]}]}"#,
+        );
+        r.reload(&next, Health::Up).unwrap();
+        let new = r.service(&key("10.100.0.30:80/tcp")).unwrap().id;
+        assert_ne!(
+            new, gone,
+            "the removed service's id is not reused in the same change"
+        );
+        r.settle();
+        r.remove_service(&key("10.100.0.30:80/tcp")).unwrap();
+        r.add_service(
+            serde_json::from_str(r#"{"vip": "10.100.0.40", "port": 80}"#).unwrap(),
+            Health::Up,
+        )
+        .unwrap();
+        assert_eq!(r.service(&key("10.100.0.40:80/tcp")).unwrap().id, gone);
     }
 
     #[test]

@@ -106,3 +106,44 @@ pub fn delete<K: Pod>(fd: RawFd, keys: &[K]) -> io::Result<()> {
     }
     Ok(())
 }
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+/// `union bpf_attr`'s element-operation member.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Puts the map `inner` at `key` of the map-in-map `outer`. The kernel returns only
+/// after an RCU grace period (every program that could have seen the old entry has
+/// finished), which is what callers use it for.
+pub fn set_inner_map(outer: RawFd, key: u32, inner: RawFd) -> io::Result<()> {
+    let value = inner as u32;
+    let mut attr = ElemAttr {
+        map_fd: outer as u32,
+        _pad: 0,
+        key: (&raw const key) as u64,
+        value: (&raw const value) as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size we pass; key and value
+    // point at live u32s.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &mut attr as *mut ElemAttr,
+            size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
