@@ -18,7 +18,7 @@ use std::{
 const BPF_TOOLCHAIN: &str = "lb-bpf";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const PACKAGE: &str = "lb-ebpf";
-const BINARIES: [&str; 3] = ["lb", "lb-bench", "xdp-pass"];
+const BINARIES: [&str; 4] = ["lb", "lb-bench", "xdp-pass", "xdp-fwd"];
 
 fn main() {
     if let Err(e) = build() {

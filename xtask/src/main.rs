@@ -2,6 +2,7 @@
 //!
 //! Every command that needs the machine prepared runs `scripts/setup.sh` first (it is
 //! idempotent and takes about a second when nothing is missing).
+mod bench;
 mod lab;
 /// The lab the tests use (network namespaces with real servers), shared with the demo
 /// and the benchmarks.
@@ -42,6 +43,14 @@ enum Bench {
     /// ms to rebuild a 65537-slot Maglev table for 1,000 backends and swap it into the
     /// kernel: the builder, the swap and a whole `backend_set` request, side by side.
     Maglev,
+    /// TCP throughput (iperf3 -P 4, both directions): direct vs lb DSR vs lb NAT vs
+    /// HAProxy vs nftables DNAT (and a bare XDP forwarder), on the lab.
+    Throughput,
+    /// 64-byte UDP packets per second delivered to the backends: lb vs nftables DNAT vs
+    /// a bare XDP forwarder, on the lab (XDP live-frame injection).
+    Pps,
+    /// New TCP connections per second (wrk, Connection: close): lb vs HAProxy, on the lab.
+    Cps,
 }
 
 fn main() {
@@ -133,6 +142,9 @@ fn bench(what: Bench) -> Result<()> {
             "datapath benchmark (BPF_PROG_TEST_RUN, pinned to one CPU)",
         ),
         Bench::Maglev => cargo_bench("maglev", "Maglev rebuild-and-swap benchmark"),
+        Bench::Throughput => bench::throughput(),
+        Bench::Pps => bench::pps(),
+        Bench::Cps => bench::cps(),
     }
 }
 
