@@ -17,12 +17,12 @@ readonly BPF_LINKER_VERSION=0.13.0
 readonly LLVM_MAJOR=22
 
 # Packages: build (rustc-web ...), tests and lab (iproute2 ... socat; prometheus for
-# promtool, which checks the metrics exposition), benchmarks
-# (haproxy, wrk, netsniff-ng for trafgen, linux-perf).
+# promtool, which checks the metrics exposition), benchmarks (haproxy and wrk; nftables
+# and iperf3 serve both).
 readonly PACKAGES=(
     rustc-web cargo-web rust-web-src "llvm-${LLVM_MAJOR}-dev"
     iproute2 ethtool nftables iperf3 nginx-light curl bpftool procps
-    socat prometheus haproxy wrk netsniff-ng
+    socat prometheus haproxy wrk
 )
 
 say() { printf 'setup: %s\n' "$*"; }
