@@ -233,6 +233,7 @@ impl Fixture {
             flags,
             table_size: TABLE,
             table_gen: 0,
+            key: Default::default(),
         };
         for (index, be) in backends {
             self.dp.set_backend(*index, *be).unwrap();
@@ -1297,10 +1298,26 @@ fn tables_flip_between_two_generations() {
     f.set_table(0, &[a]);
     assert_eq!(table_of(&f, TABLE), vec![a; TABLE as usize]);
     assert_eq!(new_flow_goes_to(&f, 51021), f.backend(a).mac);
+    // The service replaced under the same key by one with another id (as a reload
+    // switching DSR <-> NAT does): freeing the old id's tables leaves the key's new
+    // record alone.
+    let mut rec = f.dp.service(&key).unwrap().unwrap();
+    rec.id = 7;
+    f.set_table(7, &[b]);
+    f.dp.set_service(key, rec).unwrap();
+    f.dp.set_table(0, &[]).unwrap();
+    assert_eq!(
+        f.dp.table(0, 1).unwrap(),
+        None,
+        "the old id's tables are freed"
+    );
+    let now = f.dp.service(&key).unwrap().unwrap();
+    assert_eq!((now.id, now.key), (7, key));
+    assert_eq!(new_flow_goes_to(&f, 51030), f.backend(b).mac);
     // Without its record, an empty table frees both generations.
     f.dp.remove_service(&key).unwrap();
-    f.dp.set_table(0, &[]).unwrap();
-    assert_eq!(f.dp.table(0, 1).unwrap(), None);
+    f.dp.set_table(7, &[]).unwrap();
+    assert_eq!(f.dp.table(7, 1).unwrap(), None);
 }
 
 /// 100,000 random and mutated frames: nothing that is not for a VIP (or a NAT reply)

@@ -99,6 +99,10 @@ pub struct Service {
     /// Which of the service's two table generations is live (0 or 1). The control plane
     /// writes the other one and then flips this field by rewriting the record.
     pub table_gen: u32,
+    /// The record's own key. The kernel recycles a replaced hash element at once (for
+    /// another key's update, too), so a packet that looked a record up just before it
+    /// was replaced checks this to know it read the record it asked for.
+    pub key: ServiceKey,
 }
 
 /// Forward by NAT (rewrite VIP:port to RIP:port) instead of DSR (rewrite MACs).
@@ -235,7 +239,7 @@ pub struct TrafficStats {
 
 const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 8);
-    assert!(core::mem::size_of::<Service>() == 16);
+    assert!(core::mem::size_of::<Service>() == 24);
     assert!(core::mem::size_of::<TableChunk>() == 64);
     assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 16);

@@ -26,7 +26,7 @@ use crate::{
     cache,
     forward::{self, End, Hop},
     icmp,
-    maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, NAT_SOURCES, SERVICES, VIP_FILTER, VIPS, in_filter},
+    maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, NAT_SOURCES, VIP_FILTER, VIPS, in_filter, service},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Ports,
         frame_len, ne16, ne32, ptr_at,
@@ -236,10 +236,10 @@ fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
             proto: ip.proto,
             _pad: 0,
         };
-        // SAFETY: values are plain data; the control plane removes a service from this
-        // map before it retires anything the service points to.
-        if let Some(svc) = unsafe { SERVICES.get(key) } {
-            return to_service(ctx, ip, &flow, slot, tcp_flags, svc);
+        // The control plane removes a service from this map before it retires anything
+        // the service points to.
+        if let Some(svc) = service(&key) {
+            return to_service(ctx, ip, &flow, slot, tcp_flags, &svc);
         }
     }
     if in_filter(&NAT_FILTER, ip.src) {

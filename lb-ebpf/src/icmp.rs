@@ -23,7 +23,7 @@ use crate::{
     csum,
     datapath::{Verdict, is_nat_source, is_vip, malformed},
     forward::{self, End},
-    maps::{NAT_REVERSE, SERVICES},
+    maps::{NAT_REVERSE, service},
     packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
     select,
     stats::{self, Dir},
@@ -173,8 +173,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         proto: q.proto,
         _pad: 0,
     };
-    // SAFETY: plain data (see datapath::l4).
-    let Some(svc) = (unsafe { SERVICES.get(key) }) else {
+    let Some(svc) = service(&key) else {
         return Verdict::pass(Counter::PassVipOther);
     };
     if ip.ttl <= 1 {
@@ -192,7 +191,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
             flow.proto,
         )
     };
-    let (index, be) = match select::peek(&flow, svc, hash) {
+    let (index, be) = match select::peek(&flow, &svc, hash) {
         Ok(chosen) => chosen,
         Err(c) => return Verdict::drop(c),
     };

@@ -20,6 +20,22 @@ const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, Service, SERVICES_N> = HashMap::new();
 
+/// A copy of the record of service `key`. The kernel reuses a replaced element of a
+/// hash map at once, even for another key, so a record read through the lookup's
+/// pointer could change under us: the copy is checked against the key it carries, and
+/// the lookup made once more if a reuse got in between.
+#[inline(always)]
+pub fn service(key: &ServiceKey) -> Option<Service> {
+    // SAFETY: plain data, copied out; see above for what a concurrent update can do.
+    let svc = unsafe { *SERVICES.get(key)? };
+    if svc.key == *key {
+        return Some(svc);
+    }
+    // SAFETY: as above.
+    let svc = unsafe { *SERVICES.get(key)? };
+    (svc.key == *key).then_some(svc)
+}
+
 /// Maglev tables: two generations per service id ([`lb_common::table_index`]); the
 /// service record's `table_gen` names the live one. The control plane fills the other
 /// generation, flips `table_gen`, and writes the retired generation again only after

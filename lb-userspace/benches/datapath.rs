@@ -224,6 +224,7 @@ fn setup() -> Result<Bench> {
                 flags,
                 table_size: DEFAULT_TABLE_SIZE,
                 table_gen: 0,
+                key: Default::default(),
             },
         )?;
         dp.set_vip(ne(vip), 1)?;

@@ -157,7 +157,7 @@ impl Controller {
 
     /// Re-reads the neighbours of DSR backends and applies any change.
     pub fn refresh_neighbours(&mut self) -> Result<()> {
-        let runtime = self.runtime.clone();
+        let runtime = self.next_runtime();
         if self.resolve_neighbours(&runtime, false)? {
             self.commit(runtime).map_err(anyhow::Error::msg)?;
         }
@@ -220,9 +220,21 @@ impl Controller {
         }
         self.health = health;
         self.runtime = next;
-        self.runtime.settle();
+        // Ids this change freed may still be named by a packet in flight: reusable
+        // after a grace period.
+        if self.runtime.has_released() {
+            self.runtime.cool(self.dp.grace_request());
+        }
         self.applied = image;
         Ok(())
+    }
+
+    /// A copy of the running state to build the next one from, with the ids whose
+    /// grace period has passed made reusable first.
+    fn next_runtime(&mut self) -> Runtime {
+        let dp = &self.dp;
+        self.runtime.thaw(|ticket| dp.grace_passed(ticket));
+        self.runtime.clone()
     }
 
     /// Runs one operation on a copy of the runtime and commits it.
@@ -231,7 +243,7 @@ impl Controller {
         what: &str,
         f: impl FnOnce(&mut Runtime) -> Result<(), crate::state::OpError>,
     ) -> Response {
-        let mut next = self.runtime.clone();
+        let mut next = self.next_runtime();
         if let Err(e) = f(&mut next) {
             return Response::error(e.0);
         }
@@ -412,7 +424,7 @@ impl Controller {
         } else {
             log::warn!("{msg}");
         }
-        let mut next = self.runtime.clone();
+        let mut next = self.next_runtime();
         next.set_health(&service, backend, t.to);
         if let Err(e) = self.commit(next) {
             log::error!("applying the health change of {backend} failed: {e}");

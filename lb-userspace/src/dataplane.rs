@@ -304,13 +304,18 @@ impl Dataplane {
         Ok((result, out))
     }
 
-    /// Writes a service record; its `table_gen` is set here, to the live generation of
-    /// its table (callers leave it 0).
+    /// Writes a service record; its `table_gen` and `key` are set here (callers leave
+    /// them at their defaults): the live generation of its table, and `key`.
     pub fn set_service(&mut self, key: ServiceKey, mut svc: Service) -> Result<()> {
         svc.table_gen = self.gens.get(&svc.id).map_or(0, |g| g.live);
+        svc.key = key;
         self.services
             .insert(key, svc, 0)
             .context("writing SERVICES")?;
+        // One record per key: a key that now names another id (a service replaced under
+        // the same key) no longer belongs to the old id, whose table flips must not
+        // touch it.
+        self.records.retain(|id, (k, _)| *id == svc.id || *k != key);
         self.records.insert(svc.id, (key, svc));
         Ok(())
     }
@@ -384,6 +389,16 @@ impl Dataplane {
             gens.retired = self.grace.request();
         }
         Ok(())
+    }
+
+    /// Asks for an RCU grace period from now on (see `grace.rs`); returns its ticket.
+    pub fn grace_request(&self) -> u64 {
+        self.grace.request()
+    }
+
+    /// Whether the grace period of `ticket` has passed.
+    pub fn grace_passed(&self, ticket: u64) -> bool {
+        self.grace.passed(ticket)
     }
 
     /// Frees both table generations of a service id that has no record any more.

@@ -27,8 +27,9 @@ struct State {
     requested: u64,
     /// Every ticket up to this one has had a grace period after it.
     completed: u64,
-    /// Why the last wait failed (the thread keeps trying on later requests).
-    failed: Option<String>,
+    /// The last failed wait: every ticket up to the first number was meant to be
+    /// covered by it, and why it failed (the thread tries again on the next request).
+    failed: Option<(u64, String)>,
     stop: bool,
 }
 
@@ -77,7 +78,9 @@ impl Grace {
     pub fn wait(&self, ticket: u64) -> Result<()> {
         let mut s = lock(&self.shared);
         while s.completed < ticket {
-            if let Some(why) = s.failed.take() {
+            if let Some((covered, why)) = &s.failed
+                && ticket <= *covered
+            {
                 bail!("waiting for a kernel RCU grace period failed: {why}");
             }
             s = self.shared.1.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -107,8 +110,11 @@ fn run(shared: &Shared, mut wait_once: impl FnMut() -> std::io::Result<()>) {
         let failed = r.is_err();
         let mut s = lock(shared);
         match r {
-            Ok(()) => s.completed = target,
-            Err(e) => s.failed = Some(e.to_string()),
+            Ok(()) => {
+                s.completed = target;
+                s.failed = None;
+            }
+            Err(e) => s.failed = Some((target, e.to_string())),
         }
         shared.1.notify_all();
         drop(s);
@@ -160,10 +166,22 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_wait_is_reported_to_the_waiter() {
-        let g = Grace::start(|| Err(std::io::Error::from_raw_os_error(libc::EPERM)));
+    fn a_failing_wait_is_reported_to_its_waiters_only() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let g = {
+            let calls = calls.clone();
+            // The first wait fails, the next ones succeed.
+            Grace::start(move || match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+                _ => Ok(()),
+            })
+        };
         let t = g.request();
         let e = g.wait(t).unwrap_err().to_string();
         assert!(e.contains("grace period failed"), "{e}");
+        // A later ticket is not blamed for the earlier failure; the retry covers it.
+        let later = g.request();
+        g.wait(later).unwrap();
+        assert!(g.passed(t) && g.passed(later));
     }
 }

@@ -140,15 +140,18 @@ impl ServiceState {
 }
 
 /// Hands out ids `0..limit`, lowest free first, remembering how often each was given out
-/// (its epoch). An id given back stays out of use until [`IdPool::settle`] (called once
-/// the change that freed it is in the datapath), so one change never gives a service's
-/// or backend's id to another while the datapath may still hold the old owner's
-/// records — unless every other id is taken.
+/// (its epoch). An id given back is not reused at once: it stays `released` until the
+/// change that freed it is in the datapath ([`IdPool::cool`], with a mark the caller
+/// chooses, e.g. a grace-period ticket), then `cooling` until the caller says that mark
+/// has passed ([`IdPool::thaw`]): until then a packet may still hold a record or a table
+/// slot that names it, which must not start naming another service or backend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct IdPool {
     free: BTreeSet<u32>,
-    /// Given back during the current change.
+    /// Given back by the change being built.
     released: BTreeSet<u32>,
+    /// Given back by applied changes, with their marks.
+    cooling: Vec<(u64, Vec<u32>)>,
     next: u32,
     limit: u32,
     epochs: BTreeMap<u32, u32>,
@@ -163,7 +166,12 @@ impl IdPool {
     }
 
     fn available(&self) -> u32 {
-        self.limit - self.next + (self.free.len() + self.released.len()) as u32
+        self.limit - self.next + self.free.len() as u32
+    }
+
+    /// Ids given back but not reusable yet.
+    fn unavailable(&self) -> usize {
+        self.released.len() + self.cooling.iter().map(|(_, ids)| ids.len()).sum::<usize>()
     }
 
     /// Takes an id; returns (id, epoch).
@@ -174,7 +182,7 @@ impl IdPool {
                 self.next += 1;
                 self.next - 1
             }
-            None => self.released.pop_first()?,
+            None => return None,
         };
         let epoch = self.epochs.entry(id).or_insert(0);
         *epoch += 1;
@@ -185,9 +193,31 @@ impl IdPool {
         self.released.insert(id);
     }
 
-    /// Makes the ids given back so far available.
-    fn settle(&mut self) {
-        self.free.append(&mut self.released);
+    fn cool(&mut self, mark: u64) {
+        if !self.released.is_empty() {
+            let ids = std::mem::take(&mut self.released).into_iter().collect();
+            self.cooling.push((mark, ids));
+        }
+    }
+
+    fn thaw(&mut self, passed: &impl Fn(u64) -> bool) {
+        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cooling)
+            .into_iter()
+            .partition(|(m, _)| passed(*m));
+        self.cooling = wait;
+        self.free.extend(done.into_iter().flat_map(|(_, ids)| ids));
+    }
+}
+
+/// What to add to a "no free id" error when some ids are only waiting to be reused.
+fn cooling_hint(waiting: usize) -> String {
+    if waiting == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({waiting} freed just now become reusable once the datapath is done with them, \
+             within a few ms: apply the removal first, then retry)"
+        )
     }
 }
 
@@ -240,10 +270,21 @@ impl Runtime {
         Ok(r)
     }
 
-    /// Makes the ids freed by the changes so far reusable: call once they are applied.
-    pub fn settle(&mut self) {
-        self.service_ids.settle();
-        self.backend_indexes.settle();
+    /// Whether the change built so far freed ids (they wait for [`Runtime::cool`]).
+    pub fn has_released(&self) -> bool {
+        !self.service_ids.released.is_empty() || !self.backend_indexes.released.is_empty()
+    }
+
+    /// The change built so far is in the datapath: the ids it freed wait for `mark`.
+    pub fn cool(&mut self, mark: u64) {
+        self.service_ids.cool(mark);
+        self.backend_indexes.cool(mark);
+    }
+
+    /// Ids whose mark has `passed` become reusable.
+    pub fn thaw(&mut self, passed: impl Fn(u64) -> bool) {
+        self.service_ids.thaw(&passed);
+        self.backend_indexes.thaw(&passed);
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceState> {
@@ -352,13 +393,15 @@ impl Runtime {
         }
         if self.service_ids.available() == 0 {
             return fail(format!(
-                "no free service id: lb runs at most {MAX_SERVICES} services"
+                "no free service id: lb runs at most {MAX_SERVICES} services{}",
+                cooling_hint(self.service_ids.unavailable())
             ));
         }
         if self.backend_indexes.available() < config.backends.len() as u32 {
             return fail(format!(
-                "not enough free backend slots for {} more backends (limit {MAX_BACKENDS})",
-                config.backends.len()
+                "not enough free backend slots for {} more backends (limit {MAX_BACKENDS}){}",
+                config.backends.len(),
+                cooling_hint(self.backend_indexes.unavailable())
             ));
         }
         let (id, _) = self.service_ids.take().expect("checked above");
@@ -417,7 +460,8 @@ impl Runtime {
         }
         let Some((index, epoch)) = self.backend_indexes.take() else {
             return fail(format!(
-                "no free backend slot: lb runs at most {MAX_BACKENDS} backends in all"
+                "no free backend slot: lb runs at most {MAX_BACKENDS} backends in all{}",
+                cooling_hint(self.backend_indexes.unavailable())
             ));
         };
         let svc = self.service_mut(key)?;
@@ -502,6 +546,7 @@ impl Runtime {
                     flags,
                     table_size: svc.config.table_size,
                     table_gen: 0,
+                    key: Default::default(),
                 },
             );
             img.tables.insert(svc.id, svc.table(neighbours));
@@ -783,7 +828,8 @@ mod tests {
         assert_ne!(b14.index, freed);
         assert_eq!(b14.epoch, 1);
         // ...but by the next one, with a new epoch.
-        r.settle();
+        r.cool(1);
+        r.thaw(|_| true);
         r.add_backend(
             &s,
             serde_json::from_str(r#"{"address": "10.0.0.15"}"#).unwrap(),
@@ -815,14 +861,33 @@ mod tests {
             new, gone,
             "the removed service's id is not reused in the same change"
         );
-        r.settle();
-        r.remove_service(&key("10.100.0.30:80/tcp")).unwrap();
-        r.add_service(
-            serde_json::from_str(r#"{"vip": "10.100.0.40", "port": 80}"#).unwrap(),
-            Health::Up,
-        )
-        .unwrap();
-        assert_eq!(r.service(&key("10.100.0.40:80/tcp")).unwrap().id, gone);
+        // Applied, but its grace period has not passed: still not reusable.
+        r.cool(1);
+        r.thaw(|mark| mark != 1);
+        let svc = |port: u16| -> ServiceConfig {
+            serde_json::from_str(&format!(r#"{{"vip": "10.100.0.40", "port": {port}}}"#)).unwrap()
+        };
+        r.add_service(svc(81), Health::Up).unwrap();
+        assert_ne!(r.service(&key("10.100.0.40:81/tcp")).unwrap().id, gone);
+        // Once it has passed, the id is the lowest free one again.
+        r.thaw(|_| true);
+        r.add_service(svc(82), Health::Up).unwrap();
+        assert_eq!(r.service(&key("10.100.0.40:82/tcp")).unwrap().id, gone);
+    }
+
+    #[test]
+    fn ids_waiting_to_be_reused_are_named_when_none_is_free() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        r.service_ids = IdPool::new(2);
+        r.service_ids.next = 2;
+        r.service_ids.give_back(0);
+        let e = r
+            .add_service(
+                serde_json::from_str(r#"{"vip": "10.100.0.40", "port": 80}"#).unwrap(),
+                Health::Up,
+            )
+            .unwrap_err();
+        assert!(e.0.contains("1 freed just now"), "{e}");
     }
 
     #[test]
