@@ -166,14 +166,14 @@ fn main() -> Result<()> {
         .services()
         .next()
         .context("the service")?;
-    let victim = Victim {
-        id: service.id,
-        addr: SocketAddrV4::new(backend(BACKENDS / 2), 8080),
-        index: service.backends[&SocketAddrV4::new(backend(BACKENDS / 2), 8080)].index,
-        original: Vec::new(),
+    let addr = SocketAddrV4::new(backend(BACKENDS / 2), 8080);
+    let id = service.id;
+    let mut victim = Victim {
+        id,
+        addr,
+        index: service.backends[&addr].index,
+        original: table_of(&controller, id)?,
     };
-    let original = victim.read(&controller)?;
-    let mut victim = Victim { original, ..victim };
     ensure!(
         victim.original.contains(&victim.index),
         "the backend under test has no slot to lose"
@@ -234,13 +234,14 @@ struct Victim {
     original: Vec<u32>,
 }
 
-impl Victim {
-    fn read(&self, c: &Controller) -> Result<Vec<u32>> {
-        c.dataplane()
-            .table(self.id, TABLE_SIZE)?
-            .context("the service has no table")
-    }
+/// The live table of service `id`, as the kernel holds it.
+fn table_of(c: &Controller, id: u32) -> Result<Vec<u32>> {
+    c.dataplane()
+        .table(id, TABLE_SIZE)?
+        .context("the service has no table")
+}
 
+impl Victim {
     /// `rounds` `backend_set` requests, maint and ready in turn, each timed, then
     /// checked against the kernel's copy of the table.
     fn rounds(
@@ -262,7 +263,7 @@ impl Victim {
             let start = Instant::now();
             request(c, &line)?;
             samples.push(start.elapsed());
-            let table = self.read(c)?;
+            let table = table_of(c, self.id)?;
             if state == "maint" {
                 let held = table.iter().filter(|&&s| s == self.index).count();
                 ensure!(

@@ -7,7 +7,7 @@
 //!   reads, then the service record flips to it (see [`Dataplane::set_table`]);
 //! - a backend record is complete before any table slot names its index.
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     ptr::NonNull,
 };
 
@@ -196,20 +196,12 @@ impl Dataplane {
         };
         let (conntrack_fd, nat_reverse_fd) = (raw(MAP_CONNTRACK)?, raw(MAP_NAT_REVERSE)?);
         let grace = {
-            // SAFETY: dup(2) of a map fd the object owns; the new fd is ours.
-            let outer = unsafe { libc::dup(raw(MAP_TABLES)?) };
-            ensure!(outer >= 0, "dup: {}", std::io::Error::last_os_error());
-            // SAFETY: just created, owned by nothing else.
-            let outer = unsafe { OwnedFd::from_raw_fd(outer) };
+            // The thread owns copies of the fds: TABLES and a one-element inner array.
+            // SAFETY: `raw` gives a map fd the object keeps open while we borrow it.
+            let outer = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw(MAP_TABLES)?) };
             let inner = Array::<MapData, TableChunk>::create(1, TABLE_MAP_FLAGS)
                 .context("creating the grace-period map")?;
-            let inner = raw_fd(&inner);
-            // SAFETY: dup(2) of the fd `inner` owns (closed when it drops below).
-            let inner = unsafe { libc::dup(inner) };
-            ensure!(inner >= 0, "dup: {}", std::io::Error::last_os_error());
-            // SAFETY: just created, owned by nothing else.
-            let inner = unsafe { OwnedFd::from_raw_fd(inner) };
-            Grace::with_map_in_map(outer, GRACE_SLOT, inner)
+            Grace::with_map_in_map(outer.try_clone_to_owned()?, GRACE_SLOT, owned_fd(&inner)?)
         };
         Ok(Dataplane {
             logger,
@@ -647,6 +639,11 @@ fn remove_if_present<K: aya::Pod, V: aya::Pod>(
 /// The raw fd of a map usable as an inner map.
 fn raw_fd<T: InnerMap>(map: &T) -> i32 {
     map.fd().as_fd().as_raw_fd()
+}
+
+/// A new fd of its own for a map usable as an inner map.
+fn owned_fd<T: InnerMap>(map: &T) -> std::io::Result<OwnedFd> {
+    map.fd().as_fd().try_clone_to_owned()
 }
 
 /// A shared, writable mapping of a `BPF_F_MMAPABLE` array map, unmapped on drop.
