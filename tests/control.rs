@@ -28,9 +28,8 @@ use lb_common::{
 };
 use lb_userspace::{
     config::ServiceKey,
-    dataplane::{Dataplane, Limits},
-    inspect::Inspector,
-    state::datapath_key,
+    dataplane::{Dataplane, Limits, inspect::Inspector},
+    model::runtime::datapath_key,
 };
 use serde_json::{Value, json};
 use support::daemon::{Daemon, Netns, Scratch, run_ok, unique};
@@ -1197,7 +1196,7 @@ fn attach_through_netlink(ns: &Netns, object: &[u8], program: &str, iface: &str)
 fn a_program_left_by_a_crashed_run_is_detected_and_replaced() {
     support::require_root();
     let ns = topology();
-    let stale = attach_through_netlink(&ns, lb_userspace::ebpf::OBJECT, "lb", "v0");
+    let stale = attach_through_netlink(&ns, lb_userspace::dataplane::object::OBJECT, "lb", "v0");
     let scratch = Scratch::new("control");
     let cfg = scratch.write("lb.json", &config(&[web(&[be(11)])]));
     let mut d = Daemon::start(&ns, &["v0"], &cfg, &[]);

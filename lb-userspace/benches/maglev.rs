@@ -22,11 +22,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use lb_userspace::api as proto;
 use lb_userspace::config::Config;
-use lb_userspace::controller::Controller;
+use lb_userspace::daemon::controller::Controller;
 use lb_userspace::dataplane::{Dataplane, Limits};
-use lb_userspace::maglev::{self, Candidate};
-use lb_userspace::proto;
+use lb_userspace::model::maglev::{self, Candidate};
 
 const BACKENDS: usize = 1000;
 const TABLE_SIZE: u32 = 65537;

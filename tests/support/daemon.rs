@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::inspect::Inspector;
+use lb_userspace::dataplane::inspect::Inspector;
 use serde_json::Value;
 
 /// The `lb` binary under test.
@@ -229,7 +229,7 @@ impl Netns {
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .unwrap_or_else(|| panic!("no MAC in: {text}"));
-        lb_userspace::neigh::parse_mac(mac).unwrap_or_else(|| panic!("bad MAC {mac}"))
+        lb_userspace::net::neighbour::parse_mac(mac).unwrap_or_else(|| panic!("bad MAC {mac}"))
     }
 }
 

@@ -15,11 +15,11 @@
 //! Scheduling the probes and acting on transitions (marking backends for the datapath)
 //! belong to the caller.
 
+pub mod machine;
 pub mod probe;
-pub mod state;
 
-pub use probe::{MAX_BODY, MAX_HEAD, ProbeKind, ProbeResult, probe, probe_from};
-pub use state::{
+pub use machine::{
     BackendHealth, DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Health, HealthSnapshot, Thresholds,
     Transition, start_offset,
 };
+pub use probe::{MAX_BODY, MAX_HEAD, ProbeKind, ProbeResult, probe, probe_from};

@@ -63,7 +63,9 @@ impl Grace {
 
     /// Waits by updating entry `slot` of the map-in-map `outer` with `inner`.
     pub fn with_map_in_map(outer: OwnedFd, slot: u32, inner: OwnedFd) -> Self {
-        Grace::start(move || crate::sys::set_inner_map(outer.as_raw_fd(), slot, inner.as_raw_fd()))
+        Grace::start(move || {
+            super::batch::set_inner_map(outer.as_raw_fd(), slot, inner.as_raw_fd())
+        })
     }
 
     /// Asks for a grace period after this moment; returns its ticket.

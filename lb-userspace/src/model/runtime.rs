@@ -22,8 +22,9 @@ use crate::{
         AdminState, BackendConfig, Config, ConntrackConfig, Forwarding, ServiceConfig, ServiceKey,
     },
     health::Health,
-    maglev,
 };
+
+use super::maglev;
 
 /// An operation that cannot be done, and why (shown to the operator as is).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,9 +24,14 @@ use lb_common::{
     TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit, table_index,
 };
 
-use crate::{
-    ebpf::{self, AttachMode},
+pub mod batch;
+pub mod grace;
+pub mod inspect;
+pub mod object;
+
+use self::{
     grace::Grace,
+    object::{self as ebpf, AttachMode},
 };
 
 /// The two generations of one service id's Maglev table.
@@ -508,12 +513,12 @@ impl Dataplane {
 
     /// Every connection-table entry (a snapshot; entries may come and go meanwhile).
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        crate::sys::dump(self.conntrack_fd).context("reading CONNTRACK")
+        self::batch::dump(self.conntrack_fd).context("reading CONNTRACK")
     }
 
     /// Deletes connection-table entries (missing ones are fine).
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
-        crate::sys::delete(self.conntrack_fd, keys).context("deleting from CONNTRACK")
+        self::batch::delete(self.conntrack_fd, keys).context("deleting from CONNTRACK")
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
@@ -532,12 +537,12 @@ impl Dataplane {
 
     /// Every NAT reverse entry (a snapshot).
     pub fn nat_reverse_entries(&self) -> Result<Vec<(FlowKey, NatReverse)>> {
-        crate::sys::dump(self.nat_reverse_fd).context("reading NAT_REVERSE")
+        self::batch::dump(self.nat_reverse_fd).context("reading NAT_REVERSE")
     }
 
     /// Deletes NAT reverse entries (missing ones are fine).
     pub fn remove_nat_reverses(&mut self, keys: &[FlowKey]) -> Result<()> {
-        crate::sys::delete(self.nat_reverse_fd, keys).context("deleting from NAT_REVERSE")
+        self::batch::delete(self.nat_reverse_fd, keys).context("deleting from NAT_REVERSE")
     }
 
     pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
@@ -705,7 +710,7 @@ impl Drop for Mmap {
     }
 }
 
-impl crate::apply::Maps for Dataplane {
+impl crate::model::apply::Maps for Dataplane {
     fn set_backend(&mut self, index: u32, be: Backend) -> Result<()> {
         Dataplane::set_backend(self, index, be)
     }

@@ -12,12 +12,20 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::{sync::Notify, task::JoinHandle};
 
+pub mod control;
+pub mod controller;
+pub mod metrics;
+
+use self::{
+    control::{self as server, Shared, SocketFile},
+    controller::{Check, Controller},
+};
 use crate::{
-    controller::{self, Check, Controller},
-    dataplane::{Dataplane, Limits},
-    ebpf::{self, AttachMode},
+    dataplane::{
+        Dataplane, Limits,
+        object::{self as ebpf, AttachMode},
+    },
     health,
-    server::{self, Shared, SocketFile},
 };
 
 /// Options of `lb run`.
@@ -159,7 +167,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         if let Some(listener) = metrics {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tasks.push(tokio::spawn(crate::metrics::serve(listener, ctl.clone())));
+            tasks.push(tokio::spawn(self::metrics::serve(listener, ctl.clone())));
         }
         loop {
             tokio::select! {

@@ -17,13 +17,15 @@ use lb_common::{Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FlowKey, TrafficS
 use serde_json::{Value, json};
 
 use crate::{
-    apply::apply,
+    api::{Request, Response},
     config::{CheckKind, Config, Forwarding, Protocol, ServiceKey},
     dataplane::Dataplane,
     health::{BackendHealth, Health, ProbeKind, ProbeResult, Thresholds},
-    neigh::{self, Unreachable},
-    proto::{Request, Response},
-    state::{Image, Neighbour, Runtime},
+    model::{
+        apply::apply,
+        runtime::{Image, Neighbour, Runtime},
+    },
+    net::neighbour::{self as neigh, Unreachable},
 };
 
 /// One health check to run: what the health scheduler keeps a task for.
@@ -241,7 +243,7 @@ impl Controller {
     fn change(
         &mut self,
         what: &str,
-        f: impl FnOnce(&mut Runtime) -> Result<(), crate::state::OpError>,
+        f: impl FnOnce(&mut Runtime) -> Result<(), crate::model::runtime::OpError>,
     ) -> Response {
         let mut next = self.next_runtime();
         if let Err(e) = f(&mut next) {
@@ -565,7 +567,7 @@ impl Controller {
     }
 
     /// Per-service and per-backend samples for the metrics endpoint.
-    pub fn service_samples(&self) -> Result<Vec<crate::metrics::ServiceSample>> {
+    pub fn service_samples(&self) -> Result<Vec<crate::daemon::metrics::ServiceSample>> {
         let lookup = |a: Ipv4Addr| {
             self.neighbours
                 .get(&a)
@@ -579,7 +581,7 @@ impl Controller {
             let mut backends = Vec::new();
             for (addr, b) in &s.backends {
                 let n = self.conns.get(&b.index).copied().unwrap_or_default();
-                backends.push(crate::metrics::BackendSample {
+                backends.push(crate::daemon::metrics::BackendSample {
                     backend: addr.to_string(),
                     traffic: self.dp.backend_stats(b.index)?,
                     up: b.health == Health::Up,
@@ -594,7 +596,7 @@ impl Controller {
                     inactive: n.inactive,
                 });
             }
-            out.push(crate::metrics::ServiceSample {
+            out.push(crate::daemon::metrics::ServiceSample {
                 vip: key.vip.to_string(),
                 port: key.port,
                 proto: key.protocol.as_str(),

@@ -7,7 +7,7 @@
 //! see what the datapath will see, independently of the daemon's own bookkeeping.
 //!
 //! Keys and values are the datapath's (`lb_common`): addresses and ports in network byte
-//! order (`crate::state::datapath_key` builds a [`ServiceKey`] from a service name).
+//! order (`crate::model::runtime::datapath_key` builds a [`ServiceKey`] from a service name).
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};

@@ -14,10 +14,8 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::{
-    controller::Controller,
-    proto::{self, MAX_LINE, Request, Response},
-};
+use super::controller::Controller;
+use crate::api::{self as proto, MAX_LINE, Request, Response};
 
 pub type Shared = Arc<Mutex<Controller>>;
 

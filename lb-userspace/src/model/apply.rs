@@ -19,7 +19,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use anyhow::Result;
 use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, Service, ServiceKey};
 
-use crate::state::Image;
+use crate::model::runtime::Image;
 
 /// The datapath writes the control plane makes (implemented by `Dataplane`).
 pub trait Maps {
@@ -149,7 +149,7 @@ pub(crate) mod tests {
     use crate::{
         config::{AdminState, Config},
         health::Health,
-        state::{Neighbour, Runtime},
+        model::runtime::{Neighbour, Runtime},
     };
 
     /// A fake datapath that checks the invariants after every write.

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::state::Neighbour;
+use crate::model::runtime::Neighbour;
 
 /// An IPv4 route.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use anyhow::Result;
 use lb_common::Counter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::server::Shared;
+use crate::daemon::control::Shared;
 
 /// One sample of everything exported, taken under the controller's lock.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -275,7 +275,7 @@ pub async fn serve(listener: tokio::net::TcpListener, ctl: Shared) {
     }
 }
 
-impl crate::controller::Controller {
+impl crate::daemon::controller::Controller {
     /// Everything the metrics endpoint exports.
     pub fn metrics(&self) -> Result<Snapshot> {
         let counters = self.dataplane().counters()?;

@@ -1,0 +1,2 @@
+//! What the kernel knows about the network: where DSR backends are reached.
+pub mod neighbour;
