@@ -22,9 +22,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use lb_userspace::api as proto;
+use lb_userspace::api::Request;
 use lb_userspace::config::Config;
-use lb_userspace::daemon::controller::Controller;
+use lb_userspace::daemon::controller::{self, Change, Neighbours};
 use lb_userspace::dataplane::{Dataplane, Limits};
 use lb_userspace::model::maglev::{self, Candidate};
 
@@ -115,10 +115,15 @@ fn time<T>(spacing: Option<Duration>, mut f: impl FnMut() -> Result<T>) -> Resul
     Ok(Figures(samples))
 }
 
+type Controller = controller::Controller<Dataplane>;
+
+/// Makes the change a control request line asks for, as the daemon's controller does.
 fn request(controller: &mut Controller, line: &str) -> Result<()> {
-    let req = proto::parse(line).map_err(anyhow::Error::msg)?;
-    let resp = controller.handle(req);
-    ensure!(resp.ok, "{line}: {}", resp.to_line());
+    let req = Request::parse(line)?;
+    let change = Change::from_request(req).context("not a change")?;
+    controller
+        .change(&change, Neighbours::new())
+        .with_context(|| line.to_string())?;
     Ok(())
 }
 
@@ -160,7 +165,7 @@ fn main() -> Result<()> {
     })?;
     dp.set_table(spare, &[])?;
 
-    let mut controller = Controller::new(dp, config()?, "maglev-bench.json".into(), Vec::new())?;
+    let mut controller = Controller::new(dp, &config()?, "maglev-bench.json", Neighbours::new())?;
     let service = controller
         .runtime()
         .services()
@@ -190,7 +195,7 @@ fn main() -> Result<()> {
         let dp = Dataplane::load(Limits::default())?;
         let config = many_services(LOAD_SERVICES)?;
         let start = Instant::now();
-        let c = Controller::new(dp, config, "maglev-bench.json".into(), Vec::new())?;
+        let c = Controller::new(dp, &config, "maglev-bench.json", Neighbours::new())?;
         let took = start.elapsed();
         ensure!(c.runtime().services().count() == LOAD_SERVICES);
         took
@@ -236,7 +241,7 @@ struct Victim {
 
 /// The live table of service `id`, as the kernel holds it.
 fn table_of(c: &Controller, id: u32) -> Result<Vec<u32>> {
-    c.dataplane()
+    c.maps()
         .table(id, TABLE_SIZE)?
         .context("the service has no table")
 }

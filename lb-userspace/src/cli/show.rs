@@ -1,23 +1,17 @@
-//! Human output of the CLI, in the spirit of `ipvsadm -Ln` (pure: JSON in, text out).
-use serde_json::Value;
+//! Human output of the CLI, in the spirit of `ipvsadm -Ln` (pure: typed results in, text
+//! out).
+use crate::{
+    api::{Conns, Rate, ServiceList, Stats, Traffic},
+    config::ServiceKey,
+    health::HealthSnapshot,
+};
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v.get(k).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn f(v: &Value, k: &str) -> f64 {
-    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
-}
-
-fn proto_addr(service: &str) -> (String, String) {
-    match service.split_once('/') {
-        Some((addr, proto)) => (proto.to_uppercase(), addr.to_string()),
-        None => (String::new(), service.to_string()),
-    }
+/// `TCP` and `10.100.0.10:80` of a service.
+fn proto_addr(service: &ServiceKey) -> (String, String) {
+    (
+        service.protocol.as_str().to_uppercase(),
+        format!("{}:{}", service.vip, service.port),
+    )
 }
 
 /// How long ago `then_ms` (Unix milliseconds) was, shortly: 45s, 12m, 3h, 5d.
@@ -42,61 +36,53 @@ fn now_unix_ms() -> u64 {
 
 /// A backend's health in a few words: state, time since the last change, consecutive
 /// failures, last check result.
-fn health_cols(h: &Value, now_ms: u64) -> (String, String, u64, String) {
-    (
-        s(h, "state").to_string(),
-        since(now_ms, u(h, "last_change_unix_ms")),
-        u(h, "consecutive_failures"),
-        h.get("last_result")
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_string(),
-    )
+fn health_cols(h: Option<&HealthSnapshot>, now_ms: u64) -> (String, String, u32, String) {
+    match h {
+        Some(h) => (
+            h.state.to_string(),
+            since(now_ms, h.last_change_unix_ms),
+            h.consecutive_failures,
+            h.last_result.clone().unwrap_or_else(|| "-".into()),
+        ),
+        None => (String::new(), since(now_ms, 0), 0, "-".into()),
+    }
 }
 
 /// `lb service list`.
-pub fn services(list: &Value) -> String {
+pub fn services(list: &ServiceList) -> String {
     let now_ms = now_unix_ms();
     let mut out = String::new();
     out += "Prot LocalAddress:Port         Scheduler Forward Flags\n";
     out += "  -> RemoteAddress:Port        Weight ActiveConn InActConn Health Since  Fails State  Rotation Last check\n";
-    for svc in list["services"].as_array().into_iter().flatten() {
-        let (proto, addr) = proto_addr(s(svc, "service"));
-        let cfg = &svc["config"];
-        let mut flags = vec![format!("table={}", u(cfg, "table_size"))];
-        if cfg["persistence"].as_bool() == Some(true) {
+    for svc in &list.services {
+        let (proto, addr) = proto_addr(&svc.service);
+        let cfg = &svc.config;
+        let mut flags = vec![format!("table={}", cfg.table_size)];
+        if cfg.persistence {
             flags.push("persistent".into());
         }
-        flags.push(format!("check={}", s(&cfg["health_check"], "kind")));
+        flags.push(format!("check={}", cfg.health_check.kind.as_str()));
         out += &format!(
             "{proto:<4} {addr:<25} {:<9} {:<7} {}\n",
-            s(cfg, "scheduler"),
-            s(cfg, "forwarding"),
+            cfg.scheduler.as_str(),
+            cfg.forwarding.as_str(),
             flags.join(",")
         );
-        for b in svc["backends"].as_array().into_iter().flatten() {
-            let (health, since, fails, last) = health_cols(&b["health"], now_ms);
-            let mut name = s(b, "backend").to_string();
-            if b["backup"].as_bool() == Some(true) {
+        for b in &svc.backends {
+            let (health, since, fails, last) = health_cols(b.health.as_ref(), now_ms);
+            let mut name = b.backend.to_string();
+            if b.backup {
                 name += " (backup)";
             }
-            let rotation = if b["in_rotation"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            };
+            let rotation = if b.in_rotation { "yes" } else { "no" };
             out += &format!(
                 "  -> {name:<25} {:<6} {:<10} {:<9} {health:<6} {since:<6} {fails:<5} {:<6} {rotation:<8} {last}\n",
-                u(b, "weight"),
-                u(b, "active_conns"),
-                u(b, "inactive_conns"),
-                s(b, "state"),
+                b.weight,
+                b.active_conns,
+                b.inactive_conns,
+                b.state.as_str(),
             );
-            if let Some(problem) = b
-                .get("neighbour")
-                .and_then(|n| n.get("problem"))
-                .and_then(Value::as_str)
-            {
+            if let Some(crate::api::Neighbour::Problem { problem }) = &b.neighbour {
                 out += &format!("       ! gets no traffic: {problem}\n");
             }
         }
@@ -117,20 +103,27 @@ fn human(n: f64) -> String {
 }
 
 /// `lb stats` (`--rate` adds the per-second table).
-pub fn stats(st: &Value, rate: bool) -> String {
+pub fn stats(st: &Stats, rate: bool) -> String {
     let mut out = String::new();
     if rate {
-        out += &format!("Rates over the last {:.1} s\n", f(st, "rate_window_s"));
+        out += &format!(
+            "Rates over the last {:.1} s\n",
+            st.rate_window_s.unwrap_or(0.0)
+        );
         out += &format!(
             "{:<4} {:<25}{:>8} {:>8} {:>8} {:>8} {:>8}\n",
             "Prot", "LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"
         );
         out += "  -> RemoteAddress:Port\n";
-        for svc in st["services"].as_array().into_iter().flatten() {
-            let (proto, addr) = proto_addr(s(svc, "service"));
-            out += &format!("{proto:<4} {addr:<25}{}\n", rate_cols(&svc["rate"]));
-            for b in svc["backends"].as_array().into_iter().flatten() {
-                out += &format!("  -> {:<25}{}\n", s(b, "backend"), rate_cols(&b["rate"]));
+        for svc in &st.services {
+            let (proto, addr) = proto_addr(&svc.service);
+            out += &format!("{proto:<4} {addr:<25}{}\n", rate_cols(svc.rate.as_ref()));
+            for b in &svc.backends {
+                out += &format!(
+                    "  -> {:<25}{}\n",
+                    b.backend.to_string(),
+                    rate_cols(b.rate.as_ref())
+                );
             }
         }
     } else {
@@ -146,81 +139,81 @@ pub fn stats(st: &Value, rate: bool) -> String {
             "Health (since, failures, last check)"
         );
         out += "  -> RemoteAddress:Port\n";
-        for svc in st["services"].as_array().into_iter().flatten() {
-            let (proto, addr) = proto_addr(s(svc, "service"));
-            out += &format!("{proto:<4} {addr:<25}{}\n", traffic_cols(&svc["traffic"]));
-            for b in svc["backends"].as_array().into_iter().flatten() {
-                let (health, since, fails, last) = health_cols(&b["health"], now_unix_ms());
+        for svc in &st.services {
+            let (proto, addr) = proto_addr(&svc.service);
+            out += &format!("{proto:<4} {addr:<25}{}\n", traffic_cols(&svc.traffic));
+            for b in &svc.backends {
+                let (health, since, fails, last) = health_cols(b.health.as_ref(), now_unix_ms());
                 out += &format!(
                     "  -> {:<25}{}  {health} {since} fails={fails} {last}\n",
-                    s(b, "backend"),
-                    traffic_cols(&b["traffic"])
+                    b.backend.to_string(),
+                    traffic_cols(&b.traffic)
                 );
             }
         }
     }
     out += "\nDatapath counters (non-zero)\n";
-    if let Some(counters) = st["counters"].as_object() {
-        let per_s = st.get("counters_per_s").and_then(Value::as_object);
-        // The datapath's order (outcomes, then events), not the JSON object's.
-        let order = lb_common::Counter::ALL.iter().map(|c| c.name());
-        for name in order.filter(|n| counters.contains_key(*n)) {
-            let v = counters[name].as_u64().unwrap_or(0);
-            if v == 0 {
-                continue;
-            }
-            match per_s.and_then(|p| p.get(name)).and_then(Value::as_f64) {
-                Some(r) if rate => out += &format!("  {name:<24} {v:>12} {:>10}/s\n", human(r)),
-                _ => out += &format!("  {name:<24} {v:>12}\n"),
-            }
+    // The datapath's order (outcomes, then events), not the map's.
+    for name in lb_common::Counter::ALL.iter().map(|c| c.name()) {
+        let Some(&v) = st.counters.get(name) else {
+            continue;
+        };
+        if v == 0 {
+            continue;
+        }
+        match st.counters_per_s.as_ref().and_then(|p| p.get(name)) {
+            Some(r) if rate => out += &format!("  {name:<24} {v:>12} {:>10}/s\n", human(*r)),
+            _ => out += &format!("  {name:<24} {v:>12}\n"),
         }
     }
     out
 }
 
-fn traffic_cols(t: &Value) -> String {
+fn traffic_cols(t: &Traffic) -> String {
     format!(
         "{:>10} {:>8} {:>8} {:>8} {:>8}",
-        human(u(t, "conns") as f64),
-        human(u(t, "packets") as f64),
-        human(u(t, "packets_out") as f64),
-        human(u(t, "bytes") as f64),
-        human(u(t, "bytes_out") as f64)
+        human(t.conns as f64),
+        human(t.packets as f64),
+        human(t.packets_out as f64),
+        human(t.bytes as f64),
+        human(t.bytes_out as f64)
     )
 }
 
-fn rate_cols(r: &Value) -> String {
+fn rate_cols(r: Option<&Rate>) -> String {
+    let r = r.copied().unwrap_or_default();
     format!(
         "{:>8} {:>8} {:>8} {:>8} {:>8}",
-        human(f(r, "conns_per_s")),
-        human(f(r, "packets_per_s")),
-        human(f(r, "packets_out_per_s")),
-        human(f(r, "bytes_per_s")),
-        human(f(r, "bytes_out_per_s"))
+        human(r.conns_per_s),
+        human(r.packets_per_s),
+        human(r.packets_out_per_s),
+        human(r.bytes_per_s),
+        human(r.bytes_out_per_s)
     )
 }
 
 /// `lb conns` (like `ipvsadm -Lnc`).
-pub fn conns(c: &Value) -> String {
+pub fn conns(c: &Conns) -> String {
     let mut out = String::from(
         "Pro Idle(s) State        Source                Virtual               Destination\n",
     );
-    for row in c["conns"].as_array().into_iter().flatten() {
-        let (_, virt) = proto_addr(s(row, "service"));
+    for row in &c.conns {
+        let (_, virt) = proto_addr(&row.service);
         out += &format!(
             "{:<3} {:>7} {:<12} {:<21} {:<21} {}\n",
-            s(row, "protocol").to_uppercase(),
-            u(row, "idle_s"),
-            s(row, "state"),
-            s(row, "client"),
+            row.protocol.as_str().to_uppercase(),
+            row.idle_s,
+            row.state.as_str(),
+            row.client.to_string(),
             virt,
-            s(row, "backend"),
+            row.backend
+                .map_or_else(|| "(removed)".to_string(), |b| b.to_string()),
         );
     }
-    if c["truncated"].as_bool() == Some(true) {
+    if c.truncated {
         out += &format!(
             "... {} connections in all; use --limit to see more\n",
-            u(c, "total")
+            c.total
         );
     }
     out
@@ -235,13 +228,13 @@ mod tests {
     #[test]
     fn service_listing_reads_like_ipvsadm() {
         let v = json!({"services": [{"service": "10.100.0.10:80/tcp",
-            "config": {"scheduler": "maglev", "forwarding": "dsr", "table_size": 65537, "persistence": false, "health_check": {"kind": "http"}},
+            "config": {"vip": "10.100.0.10", "port": 80, "protocol": "tcp", "scheduler": "maglev", "forwarding": "dsr", "table_size": 65537, "persistence": false, "health_check": {"kind": "http"}},
             "backends": [
                 {"backend": "10.0.0.11:80", "weight": 100, "backup": false, "state": "ready", "in_rotation": true, "active_conns": 3, "inactive_conns": 1,
-                 "health": {"state": "up", "last_result": "ok", "last_change_unix_ms": 1, "consecutive_failures": 0}, "neighbour": {"mac": "02:00:00:00:00:0b"}},
+                 "health": {"state": "up", "last_result": "ok", "last_change_unix_ms": 1, "consecutive_failures": 0, "consecutive_successes": 5}, "neighbour": {"mac": "02:00:00:00:00:0b"}},
                 {"backend": "10.0.0.12:80", "weight": 0, "backup": true, "state": "drain", "in_rotation": false, "active_conns": 0, "inactive_conns": 0,
-                 "health": {"state": "down", "last_result": "HTTP 503", "last_change_unix_ms": now_unix_ms() - 42_000, "consecutive_failures": 7}, "neighbour": {"problem": "reached through the router 10.0.0.1 on eth0: DSR needs it on a directly connected network"}}]}]});
-        let t = services(&v);
+                 "health": {"state": "down", "last_result": "HTTP 503", "last_change_unix_ms": now_unix_ms() - 42_000, "consecutive_failures": 7, "consecutive_successes": 0}, "neighbour": {"problem": "reached through the router 10.0.0.1 on eth0: DSR needs it on a directly connected network"}}]}]});
+        let t = services(&serde_json::from_value(v).unwrap());
         assert!(t.contains("TCP  10.100.0.10:80"), "{t}");
         assert!(
             t.contains("maglev    dsr     table=65537,check=http"),
@@ -276,9 +269,12 @@ mod tests {
             "counters_per_s": {"tx": 5.0, "flow_new": 1.0},
             "rate_window_s": 2.0,
             "services": [{"service": "10.100.0.10:80/tcp", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000, "packets_out": 0, "bytes_out": 0},
-                "rate": {"conns_per_s": 1.0, "packets_per_s": 5.0},
-                "backends": [{"backend": "10.0.0.11:80", "traffic": {"conns": 2, "packets": 10, "bytes": 1500000}, "rate": {},
-                    "health": {"state": "down", "last_change_unix_ms": now_unix_ms() - 5000, "consecutive_failures": 4, "last_result": "timeout after 500 ms"}}]}]});
+                "rate": {"conns_per_s": 1.0, "packets_per_s": 5.0, "packets_out_per_s": 0.0, "bytes_per_s": 0.0, "bytes_out_per_s": 0.0},
+                "backends": [{"backend": "10.0.0.11:80", "weight": 100, "state": "ready", "active_conns": 0, "inactive_conns": 0,
+                    "traffic": {"conns": 2, "packets": 10, "bytes": 1500000, "packets_out": 0, "bytes_out": 0},
+                    "rate": {"conns_per_s": 0.0, "packets_per_s": 0.0, "packets_out_per_s": 0.0, "bytes_per_s": 0.0, "bytes_out_per_s": 0.0},
+                    "health": {"state": "down", "last_change_unix_ms": now_unix_ms() - 5000, "consecutive_failures": 4, "consecutive_successes": 0, "last_result": "timeout after 500 ms"}}]}]});
+        let v: Stats = serde_json::from_value(v).unwrap();
         let t = stats(&v, false);
         assert!(
             t.contains(
@@ -301,7 +297,8 @@ mod tests {
             "{r}"
         );
         let c = conns(
-            &json!({"conns": [{"protocol": "tcp", "client": "198.51.100.7:40000", "service": "10.100.0.10:80/tcp", "backend": "10.0.0.11:80", "state": "established", "idle_s": 3}], "total": 5, "truncated": true}),
+            &serde_json::from_value(json!({"conns": [{"protocol": "tcp", "client": "198.51.100.7:40000", "service": "10.100.0.10:80/tcp", "backend": "10.0.0.11:80", "state": "established", "idle_s": 3}], "total": 5, "truncated": true}))
+                .unwrap(),
         );
         assert!(
             c.contains(

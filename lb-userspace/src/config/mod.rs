@@ -97,6 +97,23 @@ pub enum Scheduler {
     Maglev,
 }
 
+impl Forwarding {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::Dsr => "dsr",
+            Forwarding::Nat => "nat",
+        }
+    }
+}
+
+impl Scheduler {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+        }
+    }
+}
+
 /// Admin state of a backend (HAProxy's).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,6 +204,16 @@ pub enum CheckKind {
     Http,
     /// No checks: backends are always up.
     None,
+}
+
+impl CheckKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::None => "none",
+        }
+    }
 }
 
 /// Health check of a service's backends. Defaults follow HAProxy (`inter 2s`, `rise 2`,
@@ -544,6 +571,12 @@ impl std::str::FromStr for BackendRef {
             .map_err(|_| {
                 format!("`{s}` is not a backend: write ADDR or ADDR:PORT, e.g. 10.0.0.11:80")
             })
+    }
+}
+
+impl Serialize for BackendRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -1,23 +1,32 @@
 //! The control socket: a UNIX stream socket, one JSON request per line, one JSON response
 //! per line, any number of concurrent clients.
+//!
+//! Reading requests (`list`, `stats`, `conns`) are answered from the latest snapshot and
+//! the datapath's counters, without the controller; changes go to the controller's
+//! queue. Looking up the neighbours of new DSR backends (which may wait for ARP) happens
+//! here, before the change is queued, so it holds up nobody else.
 use std::{
     io,
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result, bail};
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::Notify,
 };
 
-use super::controller::Controller;
-use crate::api::{self as proto, MAX_LINE, Request, Response};
-
-pub type Shared = Arc<Mutex<Controller>>;
+use super::{
+    Context,
+    controller::{Change, new_dsr_addresses},
+    sweeper::monotonic_coarse_ns,
+    views::{self, ConnFilter, Readings},
+};
+use crate::{
+    api::{MAX_LINE, Request, Response},
+    config::Config,
+};
 
 /// Binds the control socket at `path` (mode 0600, directory 0700 when lb creates it).
 /// Refuses when another lb answers there; removes a stale socket left by a crashed run.
@@ -72,13 +81,12 @@ impl Drop for SocketFile {
     }
 }
 
-/// Accepts clients forever; `changed` is notified after every request that may have
-/// changed the running state (the health scheduler listens).
-pub async fn serve(listener: UnixListener, ctl: Shared, changed: Arc<Notify>) {
+/// Accepts clients until the task is aborted.
+pub async fn serve(listener: UnixListener, ctx: Context) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(client(stream, ctl.clone(), changed.clone()));
+                tokio::spawn(client(stream, ctx.clone()));
             }
             Err(e) => {
                 log::warn!("control socket accept: {e}");
@@ -143,7 +151,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn client(stream: UnixStream, ctl: Shared, changed: Arc<Notify>) {
+async fn client(stream: UnixStream, ctx: Context) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::with_capacity(1024);
@@ -156,9 +164,12 @@ async fn client(stream: UnixStream, ctl: Shared, changed: Arc<Notify>) {
             Ok(Line::Complete) => match std::str::from_utf8(&buf) {
                 Err(_) => Response::error("request is not UTF-8 text: rejected, nothing changed"),
                 Ok(text) if text.trim().is_empty() => continue,
-                Ok(text) => match proto::parse(text.trim()) {
+                Ok(text) => match Request::parse(text.trim()) {
                     Err(e) => Response::error(e),
-                    Ok(req) => handle(&ctl, &changed, req).await,
+                    Ok(req) => {
+                        log::debug!("control request: {}", req.op());
+                        handle(&ctx, req).await
+                    }
                 },
             },
         };
@@ -174,23 +185,104 @@ async fn client(stream: UnixStream, ctl: Shared, changed: Arc<Notify>) {
     }
 }
 
-async fn handle(ctl: &Shared, changed: &Notify, req: Request) -> Response {
-    let mutates = !matches!(
-        req,
-        Request::List | Request::Stats { .. } | Request::Conns { .. }
-    );
-    log::debug!("control request: {}", req.op());
-    let ctl = ctl.clone();
-    let response = tokio::task::spawn_blocking(move || {
-        let mut c = ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        c.handle(req)
-    })
-    .await
-    .unwrap_or_else(|e| Response::error(format!("internal error: {e}")));
-    if mutates && response.ok {
-        changed.notify_one();
+/// Answers one request.
+pub async fn handle(ctx: &Context, req: Request) -> Response {
+    let change = match req {
+        Request::List {} => {
+            let snap = ctx.snapshot();
+            return Response::ok(&views::list(&snap, &ctx.conn_counts()));
+        }
+        Request::Stats { rate } => {
+            let ctx = ctx.clone();
+            return blocking(move || {
+                let snap = ctx.snapshot();
+                let now = Readings::read(&ctx.counters, &snap)?;
+                let samples = rate.then(|| ctx.samples());
+                Ok(Response::ok(&views::stats(
+                    &snap,
+                    &ctx.conn_counts(),
+                    &now,
+                    samples.as_ref(),
+                )))
+            })
+            .await;
+        }
+        Request::Conns {
+            service,
+            backend,
+            limit,
+        } => {
+            let ctx = ctx.clone();
+            return blocking(move || {
+                let snap = ctx.snapshot();
+                let now = monotonic_coarse_ns();
+                let flows = ctx.conn_table.flows()?;
+                let filter = ConnFilter {
+                    service,
+                    backend,
+                    limit,
+                };
+                Ok(Response::ok(&views::conns(&snap, &flows, now, filter)))
+            })
+            .await;
+        }
+        Request::Reload {} => return reload(ctx).await,
+        change => Change::from_request(change).expect("a change"),
+    };
+    match make(ctx, change).await {
+        Ok(()) => Response::done(),
+        Err(e) => Response::error(e),
     }
-    response
+}
+
+/// Re-reads the configuration file; an invalid file changes nothing.
+pub async fn reload(ctx: &Context) -> Response {
+    let path = ctx.config_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+    let outcome = match loaded {
+        Ok(Ok(config)) => make(ctx, Change::Reload(config)).await,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("internal error: {e}")),
+    };
+    match outcome {
+        Ok(()) => Response::done(),
+        Err(e) => Response::error(format!(
+            "reload rejected, the running configuration stays: {e}"
+        )),
+    }
+}
+
+/// Looks up the neighbours a change needs, then has the controller make it; the
+/// connection-table entries of services it removed go afterwards.
+async fn make(ctx: &Context, change: Change) -> Result<(), String> {
+    let new = {
+        let snap = ctx.snapshot();
+        new_dsr_addresses(&change, &snap.runtime, &snap.neighbours)
+    };
+    let found = if new.is_empty() {
+        Default::default()
+    } else {
+        super::neighbours::resolve_waiting(new)
+            .await
+            .map_err(|e| format!("{e:#}"))?
+    };
+    match ctx.writer.change(change, found).await {
+        Ok(Ok(changed)) => {
+            ctx.sweeper.forget(changed.removed_services);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(stopped) => Err(stopped.to_string()),
+    }
+}
+
+/// Runs blocking reads off the async threads.
+async fn blocking(f: impl FnOnce() -> Result<Response> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Response::error(format!("{e:#}")),
+        Err(e) => Response::error(format!("internal error: {e}")),
+    }
 }
 
 #[cfg(test)]

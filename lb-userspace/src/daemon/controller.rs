@@ -1,114 +1,257 @@
-//! The controller: the one owner of the datapath's maps and of the running state.
+//! The controller: the one writer of the datapath's configuration maps, and the keeper of
+//! the running state (services, backends, their health, their neighbours).
 //!
-//! Everything that changes the balancer goes through here (control requests, config
-//! reloads, health transitions, neighbour changes), under one lock held by the daemon.
-//! A change is computed on a copy of the [`Runtime`], turned into an [`Image`], and written
-//! by [`apply`] in a safe order; only then does the copy become the running state. If a
-//! map write fails halfway, the previous image is written back and the request fails.
+//! Every change of the balancer ends here, one at a time: control requests and reloads
+//! ([`Change`]), probe results ([`Controller::probe_result`]), neighbour updates
+//! ([`Controller::set_neighbours`]). A change is computed on a copy of the [`Runtime`],
+//! turned into an [`Image`], and written by [`apply`] in an order that never shows a
+//! packet an inconsistent state; only then does the copy become the running state. If a
+//! write fails halfway, the previous image is written back and the change is refused.
+//!
+//! The controller does no slow work itself: no neighbour waits (callers resolve new
+//! neighbours before they ask for a change), no table dumps (the sweeper's), no reads
+//! for presentation (readers use the [`Snapshot`] published after every change). It is
+//! generic over [`Maps`], so its orchestration and rollback are tested with a fake.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    time::{Duration, Instant, SystemTime},
+    time::SystemTime,
 };
-
-use anyhow::{Context as _, Result};
-use lb_common::{Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FlowKey, TrafficStats};
-use serde_json::{Value, json};
 
 use crate::{
-    api::{Request, Response},
-    config::{CheckKind, Config, Forwarding, Protocol, ServiceKey},
-    dataplane::Dataplane,
-    health::{BackendHealth, Health, ProbeKind, ProbeResult, Thresholds},
-    model::{
-        apply::apply,
-        runtime::{Image, Neighbour, Runtime},
+    api::Request,
+    config::{
+        AdminState, BackendConfig, BackendRef, CheckKind, Config, Forwarding, ServiceConfig,
+        ServiceKey,
     },
-    net::neighbour::{self as neigh, Unreachable},
+    health::{BackendHealth, Health, HealthSnapshot, ProbeResult, Thresholds, Transition},
+    model::{
+        apply::{Maps, apply},
+        runtime::{Image, Neighbour, OpError, Runtime},
+    },
+    net::neighbour::Unreachable,
 };
 
-/// One health check to run: what the health scheduler keeps a task for.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Check {
-    pub service: ServiceKey,
-    pub backend: SocketAddrV4,
-    /// Where the probe connects (the backend, or the configured probe address/port).
-    pub target: SocketAddrV4,
-    pub kind: ProbeKind,
-    pub interval: Duration,
-    pub timeout: Duration,
+/// What the kernel's tables say about each DSR backend address.
+pub type Neighbours = BTreeMap<Ipv4Addr, Result<Neighbour, Unreachable>>;
+
+/// A change asked for by an operator (control request, reload, SIGHUP).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    ServiceAdd(ServiceConfig),
+    ServiceDel(ServiceKey),
+    BackendAdd {
+        service: ServiceKey,
+        backend: BackendConfig,
+    },
+    BackendDel {
+        service: ServiceKey,
+        backend: BackendRef,
+    },
+    BackendSet {
+        service: ServiceKey,
+        backend: BackendRef,
+        weight: Option<u16>,
+        state: Option<AdminState>,
+    },
+    /// Replace the whole configuration (already read and validated).
+    Reload(Config),
 }
 
-/// Per-backend connection counts from the last sweep of the connection table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnCount {
-    /// TCP flows past their handshake and not closing.
-    pub active: u64,
-    /// Everything else: TCP opening or closing, UDP flows (ipvsadm's InActConn).
-    pub inactive: u64,
+impl Change {
+    /// The change a request asks for; `None` for the reading requests and `reload` (whose
+    /// configuration the caller reads first).
+    pub fn from_request(req: Request) -> Option<Change> {
+        Some(match req {
+            Request::ServiceAdd { service } => Change::ServiceAdd(service),
+            Request::ServiceDel { service } => Change::ServiceDel(service),
+            Request::BackendAdd { service, backend } => Change::BackendAdd { service, backend },
+            Request::BackendDel { service, backend } => Change::BackendDel { service, backend },
+            Request::BackendSet {
+                service,
+                backend,
+                weight,
+                state,
+            } => Change::BackendSet {
+                service,
+                backend,
+                weight,
+                state,
+            },
+            Request::List {}
+            | Request::Stats { .. }
+            | Request::Conns { .. }
+            | Request::Reload {} => {
+                return None;
+            }
+        })
+    }
+
+    /// What the log says once the change is made.
+    fn describe(&self, config_path: &str) -> String {
+        match self {
+            Change::ServiceAdd(s) => format!("added service {}", s.key()),
+            Change::ServiceDel(k) => format!("removed service {k}"),
+            Change::BackendAdd { service, backend } => format!(
+                "added backend {} to {service}",
+                backend.socket_addr(service.port)
+            ),
+            Change::BackendDel { service, backend } => {
+                format!(
+                    "removed backend {} from {service}",
+                    backend.resolve(service)
+                )
+            }
+            Change::BackendSet {
+                service,
+                backend,
+                weight,
+                state,
+            } => {
+                let mut what = format!("backend {} of {service}:", backend.resolve(service));
+                if let Some(w) = weight {
+                    what += &format!(" weight {w}");
+                }
+                if let Some(s) = state {
+                    what += &format!(" state {}", s.as_str());
+                }
+                what
+            }
+            Change::Reload(_) => format!("reloaded {config_path}"),
+        }
+    }
+
+    /// Applies the change to `runtime` (all or nothing).
+    pub fn apply_to(&self, runtime: &mut Runtime) -> Result<(), OpError> {
+        match self {
+            Change::ServiceAdd(s) => runtime.add_service(s.clone(), Health::Up),
+            Change::ServiceDel(k) => runtime.remove_service(k),
+            Change::BackendAdd { service, backend } => {
+                runtime.add_backend(service, backend.clone(), Health::Up)
+            }
+            Change::BackendDel { service, backend } => {
+                runtime.remove_backend(service, backend.resolve(service))
+            }
+            Change::BackendSet {
+                service,
+                backend,
+                weight,
+                state,
+            } => runtime.set_backend(service, backend.resolve(service), *weight, *state),
+            Change::Reload(config) => runtime.reload(config, Health::Up),
+        }
+    }
 }
 
-/// Traffic counters at one moment, for rates.
-#[derive(Clone, Debug, Default)]
-struct Sample {
-    at: Option<Instant>,
-    services: BTreeMap<u32, TrafficStats>,
-    backends: BTreeMap<u32, TrafficStats>,
-    counters: Vec<u64>,
+/// Why a change was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The operation itself is not possible (no such service, a duplicate, ...).
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The maps could not be written; the previous state was written back.
+    #[error("writing the datapath maps failed: {0:#}")]
+    Datapath(anyhow::Error),
 }
 
-pub struct Controller {
-    dp: Dataplane,
+/// What happened to the running state after a change was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Services that are gone (their connection-table entries can go too).
+    pub removed_services: Vec<ServiceKey>,
+}
+
+/// Health of one backend incarnation: (index, epoch) tell a re-created backend from the
+/// one the record was about.
+#[derive(Clone, Debug)]
+struct HealthRecord {
+    index: u32,
+    epoch: u32,
+    health: BackendHealth,
+}
+
+/// Everything readers need, as of one moment (published after every change).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub runtime: Runtime,
+    pub health: BTreeMap<(ServiceKey, SocketAddrV4), HealthSnapshot>,
+    pub neighbours: Neighbours,
+}
+
+impl Snapshot {
+    /// The next hop of a DSR backend, when it has one.
+    pub fn neighbour(&self, addr: Ipv4Addr) -> Option<Neighbour> {
+        self.neighbours
+            .get(&addr)
+            .and_then(|r| r.as_ref().ok())
+            .copied()
+    }
+
+    /// Backend indexes that own table slots, per service.
+    pub fn rotation(&self, service: &ServiceKey) -> BTreeSet<u32> {
+        self.runtime
+            .service(service)
+            .map_or_else(BTreeSet::new, |s| {
+                s.in_rotation(&|a| self.neighbour(a))
+                    .iter()
+                    .map(|b| b.index)
+                    .collect()
+            })
+    }
+}
+
+/// DSR backend addresses of a runtime (their neighbours are looked up).
+pub fn dsr_addresses(runtime: &Runtime) -> BTreeSet<Ipv4Addr> {
+    runtime
+        .services()
+        .filter(|s| s.config.forwarding == Forwarding::Dsr)
+        .flat_map(|s| s.backends.values().map(|b| b.config.address))
+        .collect()
+}
+
+/// The DSR addresses `change` would bring that `known` has no entry for: the caller
+/// looks them up (and may wait for them) before asking for the change.
+pub fn new_dsr_addresses(change: &Change, runtime: &Runtime, known: &Neighbours) -> Vec<Ipv4Addr> {
+    let mut next = runtime.clone();
+    if change.apply_to(&mut next).is_err() {
+        return Vec::new();
+    }
+    dsr_addresses(&next)
+        .into_iter()
+        .filter(|a| !known.contains_key(a))
+        .collect()
+}
+
+pub struct Controller<M: Maps> {
+    maps: M,
     runtime: Runtime,
     applied: Image,
-    neighbours: BTreeMap<Ipv4Addr, Result<Neighbour, Unreachable>>,
-    /// Health of each backend incarnation: (index, epoch) tell a re-created backend
-    /// (new index or epoch) from the one the record was about.
-    health: BTreeMap<(ServiceKey, SocketAddrV4), (u32, u32, BackendHealth)>,
-    config_path: PathBuf,
-    /// Interfaces the program is attached to.
-    ifaces: Vec<String>,
-    conns: BTreeMap<u32, ConnCount>,
-    /// Entries the connection table kept at the last sweep (any backend, removed too).
-    conntrack_len: usize,
-    /// The two most recent samples (older, newer).
-    samples: (Sample, Sample),
+    neighbours: Neighbours,
+    health: BTreeMap<(ServiceKey, SocketAddrV4), HealthRecord>,
+    /// The configuration file, for messages.
+    config_path: String,
 }
 
-fn monotonic_coarse_ns() -> u64 {
-    // SAFETY: clock_gettime writes a timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // CLOCK_MONOTONIC_COARSE is the clock of bpf_ktime_get_coarse_ns, which dates flows.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-impl Controller {
-    /// Takes over a loaded datapath, attached to `ifaces`, and applies `config`.
+impl<M: Maps> Controller<M> {
+    /// Takes over the maps of a loaded datapath and applies `config` with the neighbours
+    /// already looked up (`neighbours`).
     pub fn new(
-        dp: Dataplane,
-        config: Config,
-        config_path: PathBuf,
-        ifaces: Vec<String>,
-    ) -> Result<Self> {
-        let runtime = Runtime::from_config(&config, Health::Up).map_err(anyhow::Error::msg)?;
+        maps: M,
+        config: &Config,
+        config_path: &str,
+        neighbours: Neighbours,
+    ) -> Result<Self, ChangeError> {
+        let runtime = Runtime::from_config(config, Health::Up)?;
         let mut c = Controller {
-            dp,
+            maps,
             runtime: Runtime::new(config.conntrack.clone()),
             applied: Image::default(),
-            neighbours: BTreeMap::new(),
+            neighbours: Neighbours::new(),
             health: BTreeMap::new(),
-            config_path,
-            ifaces,
-            conns: BTreeMap::new(),
-            conntrack_len: 0,
-            samples: Default::default(),
+            config_path: config_path.to_string(),
         };
-        c.resolve_neighbours(&runtime, true)?;
-        c.commit(runtime).map_err(anyhow::Error::msg)?;
-        c.check_forwarding();
-        c.sample()?;
+        c.merge_neighbours(neighbours);
+        c.commit(runtime)?;
         Ok(c)
     }
 
@@ -116,306 +259,77 @@ impl Controller {
         &self.runtime
     }
 
-    pub fn dataplane(&self) -> &Dataplane {
-        &self.dp
+    pub fn maps(&self) -> &M {
+        &self.maps
     }
 
-    /// DSR backend addresses of a runtime.
-    fn dsr_addresses(runtime: &Runtime) -> Vec<Ipv4Addr> {
-        let set: BTreeSet<Ipv4Addr> = runtime
-            .services()
-            .filter(|s| s.config.forwarding == Forwarding::Dsr)
-            .flat_map(|s| s.backends.values().map(|b| b.config.address))
-            .collect();
-        set.into_iter().collect()
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
     }
 
-    /// Looks up the neighbours of every DSR backend; when `wait`, gives unresolved ones
-    /// up to a second to answer the solicitation. Returns whether anything changed.
-    fn resolve_neighbours(&mut self, runtime: &Runtime, wait: bool) -> Result<bool> {
-        let addrs = Self::dsr_addresses(runtime);
-        let mut found = neigh::resolve(&addrs, true)?;
-        for _ in 0..if wait { 20 } else { 0 } {
-            if !found
-                .values()
-                .any(|r| matches!(r, Err(Unreachable::Unresolved { .. })))
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            found = neigh::resolve(&addrs, false)?;
-        }
-        for (a, r) in &found {
-            if self.neighbours.get(a) != Some(r)
-                && let Err(why) = r
-            {
-                log::warn!("DSR backend {a} gets no traffic: {why}");
-            }
-        }
-        let changed = found != self.neighbours;
-        self.neighbours = found;
-        Ok(changed)
+    pub fn neighbours(&self) -> &Neighbours {
+        &self.neighbours
     }
 
-    /// Re-reads the neighbours of DSR backends and applies any change.
-    pub fn refresh_neighbours(&mut self) -> Result<()> {
-        let runtime = self.next_runtime();
-        if self.resolve_neighbours(&runtime, false)? {
-            self.commit(runtime).map_err(anyhow::Error::msg)?;
-        }
-        Ok(())
-    }
-
-    /// The health records `next` needs, and `next`'s Up/Down made to agree with them: a
-    /// backend keeps its record while it is the same incarnation (index and epoch); a new
-    /// one starts with the runtime's initial health; services without checks are up.
-    fn sync_health(
-        &self,
-        next: &mut Runtime,
-    ) -> BTreeMap<(ServiceKey, SocketAddrV4), (u32, u32, BackendHealth)> {
-        let now = SystemTime::now();
-        let mut records = BTreeMap::new();
-        let mut updates = Vec::new();
-        for s in next.services() {
-            let unchecked = s.config.effective_health_check().kind == CheckKind::None;
-            for (addr, b) in &s.backends {
-                let k = (s.config.key(), *addr);
-                let record = match self.health.get(&k) {
-                    Some((i, e, h))
-                        if *i == b.index
-                            && *e == b.epoch
-                            && !(unchecked && h.state() == Health::Down) =>
-                    {
-                        h.clone()
-                    }
-                    // The same backend, down, and its service no longer checks.
-                    Some((i, e, _)) if *i == b.index && *e == b.epoch => {
-                        log::info!("backend {addr} of {} is UP (health check set to none)", k.0);
-                        BackendHealth::new(Health::Up, now)
-                    }
-                    _ => BackendHealth::new(if unchecked { Health::Up } else { b.health }, now),
-                };
-                if record.state() != b.health {
-                    updates.push((k, record.state()));
-                }
-                records.insert(k, (b.index, b.epoch, record));
-            }
-        }
-        for ((service, addr), health) in updates {
-            next.set_health(&service, addr, health);
-        }
-        records
-    }
-
-    /// Makes `next` the running state: image, ordered writes, rollback on failure.
-    fn commit(&mut self, mut next: Runtime) -> Result<(), String> {
-        let health = self.sync_health(&mut next);
-        let neighbours = self.neighbours.clone();
-        let lookup = move |a: Ipv4Addr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
-        let image = next.image(&lookup);
-        if let Err(e) = apply(&mut self.dp, &self.applied, &image) {
-            log::error!("writing the datapath failed ({e:#}); restoring the previous state");
-            if let Err(e2) = apply(&mut self.dp, &image, &self.applied) {
-                log::error!("restoring the previous datapath state failed too: {e2:#}");
-            }
-            return Err(format!("writing the datapath maps failed: {e:#}"));
-        }
-        self.health = health;
-        self.runtime = next;
-        // Ids this change freed may still be named by a packet in flight: reusable
-        // after a grace period.
-        if self.runtime.has_released() {
-            self.runtime.cool(self.dp.grace_request());
-        }
-        self.applied = image;
-        Ok(())
-    }
-
-    /// A copy of the running state to build the next one from, with the ids whose
-    /// grace period has passed made reusable first.
-    fn next_runtime(&mut self) -> Runtime {
-        let dp = &self.dp;
-        self.runtime.thaw(|ticket| dp.grace_passed(ticket));
-        self.runtime.clone()
-    }
-
-    /// Runs one operation on a copy of the runtime and commits it.
-    fn change(
-        &mut self,
-        what: &str,
-        f: impl FnOnce(&mut Runtime) -> Result<(), crate::model::runtime::OpError>,
-    ) -> Response {
-        let mut next = self.next_runtime();
-        if let Err(e) = f(&mut next) {
-            return Response::error(e.0);
-        }
-        let new_dsr = Self::dsr_addresses(&next)
-            .into_iter()
-            .any(|a| !self.neighbours.contains_key(&a));
-        if new_dsr && let Err(e) = self.resolve_neighbours(&next, true) {
-            return Response::error(format!("{e:#}"));
-        }
-        match self.commit(next) {
-            Ok(()) => {
-                log::info!("{what}");
-                self.check_forwarding();
-                Response::ok(json!({}))
-            }
-            Err(e) => Response::error(e),
+    /// The state readers see.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            runtime: self.runtime.clone(),
+            health: self
+                .health
+                .iter()
+                .map(|(k, r)| (*k, r.health.snapshot()))
+                .collect(),
+            neighbours: self.neighbours.clone(),
         }
     }
 
-    /// Answers one control request.
-    pub fn handle(&mut self, req: Request) -> Response {
-        match req {
-            Request::List => Response::ok(self.list()),
-            Request::ServiceAdd { service } => {
-                let key = service.key();
-                self.change(&format!("added service {key}"), |r| {
-                    r.add_service(service, Health::Up)
-                })
-            }
-            Request::ServiceDel { service } => {
-                let r = self.change(&format!("removed service {service}"), |r| {
-                    r.remove_service(&service)
-                });
-                if r.ok {
-                    self.forget_flows(|s, _| s == service);
-                }
-                r
-            }
-            Request::BackendAdd { service, backend } => {
-                let addr = backend.socket_addr(service.port);
-                self.change(&format!("added backend {addr} to {service}"), |r| {
-                    r.add_backend(&service, backend, Health::Up)
-                })
-            }
-            Request::BackendDel { service, backend } => {
-                let addr = backend.resolve(&service);
-                self.change(&format!("removed backend {addr} from {service}"), |r| {
-                    r.remove_backend(&service, addr)
-                })
-            }
-            Request::BackendSet {
-                service,
-                backend,
-                weight,
-                state,
-            } => {
-                let addr = backend.resolve(&service);
-                let mut what = format!("backend {addr} of {service}:");
-                if let Some(w) = weight {
-                    what += &format!(" weight {w}");
-                }
-                if let Some(s) = state {
-                    what += &format!(" state {}", s.as_str());
-                }
-                self.change(&what, |r| r.set_backend(&service, addr, weight, state))
-            }
-            Request::Stats { rate } => match self.stats(rate) {
-                Ok(v) => Response::ok(v),
-                Err(e) => Response::error(format!("{e:#}")),
-            },
-            Request::Conns {
-                service,
-                backend,
-                limit,
-            } => match self.conns(service, backend, limit) {
-                Ok(v) => Response::ok(v),
-                Err(e) => Response::error(format!("{e:#}")),
-            },
-            Request::Reload => self.reload(),
-        }
-    }
-
-    /// Re-reads the configuration file; an invalid file changes nothing.
-    pub fn reload(&mut self) -> Response {
-        let config = match Config::load(&self.config_path) {
-            Ok(c) => c,
-            Err(e) => {
-                return Response::error(format!(
-                    "reload rejected, the running configuration stays: {e}"
-                ));
-            }
-        };
+    /// Makes a change (`found`: neighbours the caller looked up for it). Logs it when
+    /// made; on an error nothing changed.
+    pub fn change(&mut self, change: &Change, found: Neighbours) -> Result<Changed, ChangeError> {
         let before: BTreeSet<ServiceKey> =
             self.runtime.services().map(|s| s.config.key()).collect();
-        let r = self.change(&format!("reloaded {}", self.config_path.display()), |r| {
-            r.reload(&config, Health::Up)
-        });
-        if r.ok {
-            let after: BTreeSet<ServiceKey> =
-                self.runtime.services().map(|s| s.config.key()).collect();
-            let gone: BTreeSet<ServiceKey> = before.difference(&after).copied().collect();
-            if !gone.is_empty() {
-                self.forget_flows(|s, _| gone.contains(&s));
-            }
-        } else if let Some(e) = &r.error {
-            return Response::error(format!(
-                "reload rejected, the running configuration stays: {e}"
-            ));
-        }
-        r
+        let mut next = self.next_runtime();
+        change.apply_to(&mut next)?;
+        self.merge_neighbours(found);
+        self.commit(next)?;
+        log::info!("{}", change.describe(&self.config_path));
+        let after: BTreeSet<ServiceKey> = self.runtime.services().map(|s| s.config.key()).collect();
+        Ok(Changed {
+            removed_services: before.difference(&after).copied().collect(),
+        })
     }
 
-    /// The health checks the running state asks for (none for `none`, none for
-    /// backends in maintenance).
-    pub fn checks(&self) -> BTreeSet<Check> {
-        let mut out = BTreeSet::new();
-        for s in self.runtime.services() {
-            let hc = s.config.effective_health_check();
-            let kind = match hc.kind {
-                CheckKind::None => continue,
-                CheckKind::Tcp => ProbeKind::Tcp,
-                CheckKind::Http => ProbeKind::Http {
-                    path: hc.path.clone(),
-                    expect: (hc.expect_status.low, hc.expect_status.high),
-                    host: hc.host.clone(),
-                    body_contains: hc.body_contains.clone(),
-                },
-            };
-            for (addr, b) in &s.backends {
-                if b.config.state == crate::config::AdminState::Maint {
-                    continue;
-                }
-                let target = SocketAddrV4::new(
-                    hc.probe_address.unwrap_or(*addr.ip()),
-                    hc.probe_port.unwrap_or(addr.port()),
-                );
-                out.insert(Check {
-                    service: s.config.key(),
-                    backend: *addr,
-                    target,
-                    kind: kind.clone(),
-                    interval: Duration::from_millis(hc.interval_ms.into()),
-                    timeout: Duration::from_millis(hc.timeout_ms.into()),
-                });
-            }
+    /// Replaces what is known of DSR backends' neighbours with `found` (a complete
+    /// lookup of every DSR address) and applies any change.
+    pub fn set_neighbours(&mut self, found: Neighbours) -> Result<bool, ChangeError> {
+        if found == self.neighbours {
+            return Ok(false);
         }
-        out
+        self.log_problems(&found);
+        self.neighbours = found;
+        let next = self.next_runtime();
+        self.commit(next)?;
+        Ok(true)
     }
 
-    /// Records a probe result; a rise/fall transition changes the datapath.
+    /// Records one probe result; a rise/fall transition changes the datapath.
     pub fn probe_result(
         &mut self,
         service: ServiceKey,
         backend: SocketAddrV4,
-        result: ProbeResult,
-    ) {
-        let Some(svc) = self.runtime.service(&service) else {
-            return; // removed meanwhile
-        };
+        result: &ProbeResult,
+    ) -> Option<Transition> {
+        let svc = self.runtime.service(&service)?; // removed meanwhile
         let hc = svc.config.effective_health_check();
         let thresholds = Thresholds {
             rise: hc.rise,
             fall: hc.fall,
         };
-        let Some((_, _, h)) = self.health.get_mut(&(service, backend)) else {
-            return;
-        };
-        let Some(t) = h.record(&result, &thresholds, SystemTime::now()) else {
-            return;
-        };
+        let record = self.health.get_mut(&(service, backend))?;
+        let t = record
+            .health
+            .record(result, &thresholds, SystemTime::now())?;
         let msg = format!(
             "backend {backend} of {service} is {} ({})",
             if t.to == Health::Up { "UP" } else { "DOWN" },
@@ -431,381 +345,377 @@ impl Controller {
         if let Err(e) = self.commit(next) {
             log::error!("applying the health change of {backend} failed: {e}");
         }
+        Some(t)
     }
 
-    /// Deletes the connection-table entries whose service matches `doomed`.
-    fn forget_flows(&mut self, doomed: impl Fn(ServiceKey, &FlowKey) -> bool) {
-        let Ok(flows) = self.dp.flows() else { return };
-        let keys: Vec<FlowKey> = flows
-            .iter()
-            .filter(|(k, _)| doomed(flow_service(k), k))
-            .map(|(k, _)| *k)
-            .collect();
-        if let Err(e) = self.dp.remove_flows(&keys) {
-            log::warn!("removing connection-table entries: {e:#}");
-        }
+    /// Adds lookups of new addresses to what is known, logging their problems.
+    fn merge_neighbours(&mut self, found: Neighbours) {
+        self.log_problems(&found);
+        self.neighbours.extend(found);
     }
 
-    /// One sweep of the connection tables: removes idle entries (and entries of services
-    /// that are gone), NAT reverse entries whose flow is gone, and counts connections per
-    /// backend. Returns (entries kept, entries removed).
-    pub fn sweep(&mut self) -> Result<(usize, usize)> {
-        let now = monotonic_coarse_ns();
-        let c = &self.runtime.conntrack;
-        let (tcp, fin, udp) = (
-            u64::from(c.tcp_timeout_s),
-            u64::from(c.tcp_fin_timeout_s),
-            u64::from(c.udp_timeout_s),
-        );
-        let live: BTreeSet<u32> = self.runtime.services().map(|s| s.id).collect();
-        let epochs = self.epochs();
-        let flows = self.dp.flows()?;
-        let mut doomed = Vec::new();
-        let mut kept = BTreeSet::new();
-        let mut conns: BTreeMap<u32, ConnCount> = BTreeMap::new();
-        for (k, f) in &flows {
-            let timeout = if k.proto == Protocol::Tcp.number() {
-                if f.state & FLOW_ESTABLISHED != 0 && f.state & (FLOW_FIN | FLOW_RST) == 0 {
-                    tcp
-                } else {
-                    fin
-                }
-            } else {
-                udp
-            };
-            let idle_s = now.saturating_sub(f.last_seen) / 1_000_000_000;
-            if idle_s >= timeout || !live.contains(&f.service) {
-                doomed.push(*k);
-                continue;
-            }
-            kept.insert(*k);
-            if epochs.get(&f.backend) != Some(&f.epoch) {
-                continue; // pinned to a removed backend: it re-picks at its next packet
-            }
-            let n = conns.entry(f.backend).or_default();
-            if k.proto == Protocol::Tcp.number()
-                && f.state & FLOW_ESTABLISHED != 0
-                && f.state & (FLOW_FIN | FLOW_RST) == 0
+    /// Warns about DSR backends that newly cannot get traffic.
+    fn log_problems(&self, found: &Neighbours) {
+        for (a, r) in found {
+            if self.neighbours.get(a) != Some(r)
+                && let Err(why) = r
             {
-                n.active += 1;
-            } else {
-                n.inactive += 1;
+                log::warn!("DSR backend {a} gets no traffic: {why}");
             }
         }
-        self.dp.remove_flows(&doomed)?;
-        let orphans: Vec<FlowKey> = self
-            .dp
-            .nat_reverse_entries()?
-            .into_iter()
-            .filter(|(k, v)| !kept.contains(&FlowKey::new(k.dst, v.vip, k.dport, v.vport, k.proto)))
-            .map(|(k, _)| k)
-            .collect();
-        self.dp.remove_nat_reverses(&orphans)?;
-        self.conns = conns;
-        self.conntrack_len = kept.len();
-        Ok((kept.len(), doomed.len() + orphans.len()))
     }
 
-    /// Prints what the datapath logged (rare events) since the last call.
-    pub fn drain_datapath_logs(&mut self) {
-        self.dp.drain_logs();
-    }
-
-    /// Takes a statistics sample (for rates); called every couple of seconds.
-    pub fn sample(&mut self) -> Result<()> {
-        let mut s = Sample {
-            at: Some(Instant::now()),
-            counters: self.dp.counters()?,
-            ..Default::default()
-        };
-        for svc in self.runtime.services() {
-            s.services.insert(svc.id, self.dp.service_stats(svc.id)?);
-            for b in svc.backends.values() {
-                s.backends.insert(b.index, self.dp.backend_stats(b.index)?);
+    /// The health records `next` needs, and `next`'s Up/Down made to agree with them: a
+    /// backend keeps its record while it is the same incarnation (index and epoch); a new
+    /// one starts with the runtime's initial health; services without checks are up.
+    fn sync_health(
+        &self,
+        next: &mut Runtime,
+    ) -> BTreeMap<(ServiceKey, SocketAddrV4), HealthRecord> {
+        let now = SystemTime::now();
+        let mut records = BTreeMap::new();
+        let mut updates = Vec::new();
+        for s in next.services() {
+            let unchecked = s.config.effective_health_check().kind == CheckKind::None;
+            for (addr, b) in &s.backends {
+                let k = (s.config.key(), *addr);
+                let same = |r: &&HealthRecord| r.index == b.index && r.epoch == b.epoch;
+                let health = match self.health.get(&k).filter(same) {
+                    Some(r) if !(unchecked && r.health.state() == Health::Down) => r.health.clone(),
+                    // The same backend, down, and its service no longer checks.
+                    Some(_) => {
+                        log::info!("backend {addr} of {} is UP (health check set to none)", k.0);
+                        BackendHealth::new(Health::Up, now)
+                    }
+                    None => BackendHealth::new(if unchecked { Health::Up } else { b.health }, now),
+                };
+                if health.state() != b.health {
+                    updates.push((k, health.state()));
+                }
+                records.insert(
+                    k,
+                    HealthRecord {
+                        index: b.index,
+                        epoch: b.epoch,
+                        health,
+                    },
+                );
             }
         }
-        self.samples = (std::mem::take(&mut self.samples.1), s);
+        for ((service, addr), health) in updates {
+            next.set_health(&service, addr, health);
+        }
+        records
+    }
+
+    /// Makes `next` the running state: image, ordered writes, rollback on failure.
+    fn commit(&mut self, mut next: Runtime) -> Result<(), ChangeError> {
+        let health = self.sync_health(&mut next);
+        let neighbours = &self.neighbours;
+        let lookup = |a: Ipv4Addr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
+        let image = next.image(&lookup);
+        if let Err(e) = apply(&mut self.maps, &self.applied, &image) {
+            log::error!("writing the datapath failed ({e:#}); restoring the previous state");
+            if let Err(e2) = apply(&mut self.maps, &image, &self.applied) {
+                log::error!("restoring the previous datapath state failed too: {e2:#}");
+            }
+            return Err(ChangeError::Datapath(e));
+        }
+        self.health = health;
+        self.runtime = next;
+        // Ids this change freed may still be named by a packet in flight: reusable
+        // after a grace period.
+        if self.runtime.has_released() {
+            self.runtime.cool(self.maps.grace_request());
+        }
+        self.applied = image;
         Ok(())
     }
 
-    /// Backend index -> epoch of the backends running now.
-    fn epochs(&self) -> BTreeMap<u32, u32> {
-        self.runtime
-            .services()
-            .flat_map(|s| s.backends.values().map(|b| (b.index, b.epoch)))
+    /// A copy of the running state to build the next one from, with the ids whose
+    /// grace period has passed made reusable first.
+    fn next_runtime(&mut self) -> Runtime {
+        let maps = &self.maps;
+        self.runtime.thaw(|ticket| maps.grace_passed(ticket));
+        self.runtime.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, NO_BACKEND};
+
+    use super::*;
+    use crate::model::apply::tests::CheckedMaps;
+
+    const CONFIG: &str = r#"{"services": [
+        {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [
+            {"address": "10.0.0.11"}, {"address": "10.0.0.12"}]},
+        {"vip": "10.100.0.20", "port": 8080, "forwarding": "nat", "table_size": 251,
+         "health_check": {"kind": "none"}, "backends": [{"address": "10.1.0.11", "port": 80}]}]}"#;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn key(s: &str) -> ServiceKey {
+        s.parse().unwrap()
+    }
+
+    fn found(addrs: &[&str]) -> Neighbours {
+        addrs
+            .iter()
+            .map(|a| {
+                let a: Ipv4Addr = a.parse().unwrap();
+                (
+                    a,
+                    Ok(Neighbour {
+                        ifindex: 2,
+                        mac: [2, 0, 0, 0, 0, a.octets()[3]],
+                        src_mac: [2, 0, 0, 0, 0, 1],
+                    }),
+                )
+            })
             .collect()
     }
 
-    /// Warns when NAT services cannot forward because IP forwarding is off on an
-    /// interface lb is attached to.
-    pub fn check_forwarding(&self) {
-        if !self
-            .runtime
-            .services()
-            .any(|s| s.config.forwarding == Forwarding::Nat)
-        {
-            return;
+    fn controller() -> Controller<CheckedMaps> {
+        Controller::new(
+            CheckedMaps::default(),
+            &config(CONFIG),
+            "lb.json",
+            found(&["10.0.0.11", "10.0.0.12"]),
+        )
+        .unwrap()
+    }
+
+    /// Backend indexes holding slots in a service's table, as the fake datapath has it.
+    fn slots_of(c: &Controller<CheckedMaps>, service: &str) -> BTreeSet<u32> {
+        let id = c.runtime().service(&key(service)).unwrap().id;
+        c.maps().tables[&id]
+            .iter()
+            .copied()
+            .filter(|i| *i != NO_BACKEND)
+            .collect()
+    }
+
+    fn index_of(c: &Controller<CheckedMaps>, service: &str, backend: &str) -> u32 {
+        c.runtime().service(&key(service)).unwrap().backends[&backend.parse().unwrap()].index
+    }
+
+    #[test]
+    fn a_new_controller_writes_the_whole_configuration() {
+        let c = controller();
+        assert_eq!(c.maps().services.len(), 2);
+        assert_eq!(
+            slots_of(&c, "10.100.0.10:80/tcp"),
+            BTreeSet::from([
+                index_of(&c, "10.100.0.10:80/tcp", "10.0.0.11:80"),
+                index_of(&c, "10.100.0.10:80/tcp", "10.0.0.12:80")
+            ])
+        );
+        let snap = c.snapshot();
+        assert_eq!(snap.health.len(), 3, "every backend has a health record");
+        assert_eq!(snap.rotation(&key("10.100.0.20:8080/tcp")).len(), 1);
+    }
+
+    #[test]
+    fn changes_reach_the_maps_and_refusals_change_nothing() {
+        let mut c = controller();
+        let svc = key("10.100.0.10:80/tcp");
+        c.change(
+            &Change::BackendAdd {
+                service: svc,
+                backend: serde_json::from_str(r#"{"address": "10.0.0.13"}"#).unwrap(),
+            },
+            found(&["10.0.0.13"]),
+        )
+        .unwrap();
+        assert_eq!(slots_of(&c, "10.100.0.10:80/tcp").len(), 3);
+        let before = (c.maps().writes, c.runtime().to_config());
+        let refused = [
+            Change::BackendDel {
+                service: svc,
+                backend: "10.0.0.99".parse().unwrap(),
+            },
+            Change::ServiceDel(key("10.9.9.9:80/tcp")),
+            Change::ServiceAdd(config(CONFIG).services[0].clone()),
+            Change::BackendSet {
+                service: svc,
+                backend: "10.0.0.11".parse().unwrap(),
+                weight: None,
+                state: None,
+            },
+        ];
+        for change in &refused {
+            let e = c.change(change, Neighbours::new()).unwrap_err();
+            assert!(matches!(e, ChangeError::Op(_)), "{change:?}: {e}");
         }
-        for iface in &self.ifaces {
-            let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-            if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-                log::warn!(
-                    "NAT services need IP forwarding on {iface}, which is off: NAT packets are dropped (drop_no_route) until `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (or net.ipv4.ip_forward=1)"
-                );
-            }
-        }
+        assert_eq!(
+            (c.maps().writes, c.runtime().to_config()),
+            before,
+            "a refused change writes nothing and keeps the running state"
+        );
     }
 
-    /// Entries in the connection table at the last sweep.
-    pub fn conntrack_len(&self) -> usize {
-        self.conntrack_len
-    }
-
-    /// Connection counts per backend index, from the last sweep.
-    pub fn conn_counts(&self) -> &BTreeMap<u32, ConnCount> {
-        &self.conns
-    }
-
-    /// Per-service and per-backend samples for the metrics endpoint.
-    pub fn service_samples(&self) -> Result<Vec<crate::daemon::metrics::ServiceSample>> {
-        let lookup = |a: Ipv4Addr| {
-            self.neighbours
-                .get(&a)
-                .and_then(|r| r.as_ref().ok())
-                .copied()
+    #[test]
+    fn a_failed_write_is_rolled_back_and_the_state_kept() {
+        let mut c = controller();
+        let svc = key("10.100.0.10:80/tcp");
+        let maps_before = (
+            c.maps().services.clone(),
+            c.maps().tables.clone(),
+            c.maps().backends.clone(),
+        );
+        let config_before = c.runtime().to_config();
+        // The third write of the next change fails.
+        c.maps_mut().fail_at = Some(c.maps().writes + 3);
+        let e = c
+            .change(
+                &Change::ServiceAdd(
+                    serde_json::from_str(
+                        r#"{"vip": "10.100.0.30", "port": 80, "table_size": 251, "backends": [
+                        {"address": "10.0.0.11"}, {"address": "10.0.0.14"}]}"#,
+                    )
+                    .unwrap(),
+                ),
+                found(&["10.0.0.14"]),
+            )
+            .unwrap_err();
+        assert!(matches!(e, ChangeError::Datapath(_)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("writing the datapath maps failed")
+        );
+        assert_eq!(c.runtime().to_config(), config_before);
+        let maps_after = (
+            c.maps().services.clone(),
+            c.maps().tables.clone(),
+            c.maps().backends.clone(),
+        );
+        // The records written before the failure are retired again: the same services,
+        // tables and live backends as before.
+        assert_eq!(maps_after.0, maps_before.0);
+        assert_eq!(maps_after.1, maps_before.1);
+        let live = |b: &BTreeMap<u32, lb_common::Backend>| -> BTreeMap<u32, lb_common::Backend> {
+            b.iter()
+                .filter(|(_, r)| r.flags & BACKEND_F_LIVE != 0)
+                .map(|(i, r)| (*i, *r))
+                .collect()
         };
-        let mut out = Vec::new();
-        for s in self.runtime.services() {
-            let key = s.config.key();
-            let rotation: BTreeSet<u32> = s.in_rotation(&lookup).iter().map(|b| b.index).collect();
-            let mut backends = Vec::new();
-            for (addr, b) in &s.backends {
-                let n = self.conns.get(&b.index).copied().unwrap_or_default();
-                backends.push(crate::daemon::metrics::BackendSample {
-                    backend: addr.to_string(),
-                    traffic: self.dp.backend_stats(b.index)?,
-                    up: b.health == Health::Up,
-                    weight: b.config.weight,
-                    admin_state: match b.config.state {
-                        crate::config::AdminState::Ready => 0,
-                        crate::config::AdminState::Drain => 1,
-                        crate::config::AdminState::Maint => 2,
-                    },
-                    in_rotation: rotation.contains(&b.index),
-                    active: n.active,
-                    inactive: n.inactive,
-                });
-            }
-            out.push(crate::daemon::metrics::ServiceSample {
-                vip: key.vip.to_string(),
-                port: key.port,
-                proto: key.protocol.as_str(),
-                traffic: self.dp.service_stats(s.id)?,
-                backends,
-            });
-        }
-        Ok(out)
+        assert_eq!(live(&maps_after.2), live(&maps_before.2));
+        // And the next change works.
+        c.change(&Change::ServiceDel(svc), Neighbours::new())
+            .unwrap();
+        assert_eq!(c.maps().services.len(), 1);
     }
 
-    fn list(&self) -> Value {
-        let services: Vec<Value> = self
-            .runtime
-            .services()
-            .map(|s| {
-                let key = s.config.key();
-                let lookup = |a: Ipv4Addr| self.neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
-                let rotation: BTreeSet<u32> = s.in_rotation(&lookup).iter().map(|b| b.index).collect();
-                let backends: Vec<Value> = s
-                    .backends
-                    .iter()
-                    .map(|(addr, b)| {
-                        let n = self.conns.get(&b.index).copied().unwrap_or_default();
-                        let mut v = json!({
-                            "backend": addr.to_string(),
-                            "weight": b.config.weight,
-                            "backup": b.config.backup,
-                            "state": b.config.state.as_str(),
-                            "health": self.health.get(&(key, *addr)).map(|(_, _, h)| serde_json::to_value(h.snapshot()).unwrap_or(Value::Null)),
-                            "in_rotation": rotation.contains(&b.index),
-                            "active_conns": n.active,
-                            "inactive_conns": n.inactive,
-                        });
-                        if s.config.forwarding == Forwarding::Dsr {
-                            v["neighbour"] = match self.neighbours.get(&b.config.address) {
-                                Some(Ok(nb)) => json!({"mac": neigh::format_mac(&nb.mac)}),
-                                Some(Err(why)) => json!({"problem": why.to_string()}),
-                                None => json!({"problem": "not looked up yet"}),
-                            };
-                        }
-                        v
-                    })
-                    .collect();
-                let mut cfg = serde_json::to_value(s.to_config()).unwrap_or(Value::Null);
-                if let Value::Object(m) = &mut cfg {
-                    m.remove("backends");
-                    m.insert("health_check".into(), serde_json::to_value(s.config.effective_health_check()).unwrap_or(Value::Null));
-                }
-                json!({"service": key.to_string(), "config": cfg, "backends": backends})
-            })
-            .collect();
-        json!({ "services": services })
+    #[test]
+    fn health_transitions_follow_rise_and_fall_and_move_slots() {
+        let mut c = controller();
+        let svc = key("10.100.0.10:80/tcp");
+        let b11: SocketAddrV4 = "10.0.0.11:80".parse().unwrap();
+        let i11 = index_of(&c, "10.100.0.10:80/tcp", "10.0.0.11:80");
+        let fail = ProbeResult::Fail("connection refused".into());
+        // fall 3 (the default): two failures change nothing.
+        assert!(c.probe_result(svc, b11, &fail).is_none());
+        assert!(c.probe_result(svc, b11, &fail).is_none());
+        assert!(slots_of(&c, "10.100.0.10:80/tcp").contains(&i11));
+        let t = c.probe_result(svc, b11, &fail).expect("third failure");
+        assert_eq!((t.from, t.to), (Health::Up, Health::Down));
+        assert!(!slots_of(&c, "10.100.0.10:80/tcp").contains(&i11));
+        assert_eq!(
+            c.maps().backends[&i11].flags,
+            BACKEND_F_LIVE | BACKEND_F_REPICK,
+            "a down backend's flows re-pick"
+        );
+        // rise 2.
+        assert!(c.probe_result(svc, b11, &ProbeResult::Up).is_none());
+        let t = c.probe_result(svc, b11, &ProbeResult::Up).expect("rise");
+        assert_eq!(t.to, Health::Up);
+        assert!(slots_of(&c, "10.100.0.10:80/tcp").contains(&i11));
+        // Results for backends that are gone are ignored.
+        assert!(c.probe_result(key("10.9.9.9:80/tcp"), b11, &fail).is_none());
     }
 
-    fn stats(&mut self, rate: bool) -> Result<Value> {
-        let counters = self.dp.counters()?;
-        let mut global = serde_json::Map::new();
-        for (c, v) in Counter::ALL.iter().zip(&counters) {
-            global.insert(c.name().into(), (*v).into());
+    #[test]
+    fn a_recreated_backend_starts_a_new_health_record() {
+        let mut c = controller();
+        let svc = key("10.100.0.10:80/tcp");
+        let b11: SocketAddrV4 = "10.0.0.11:80".parse().unwrap();
+        for _ in 0..3 {
+            c.probe_result(svc, b11, &ProbeResult::Fail("timeout".into()));
         }
-        let (old, new) = &self.samples;
-        let dt = match (old.at, new.at) {
-            (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
-            _ => 0.0,
+        assert_eq!(c.snapshot().health[&(svc, b11)].state, Health::Down);
+        let del = Change::BackendDel {
+            service: svc,
+            backend: "10.0.0.11".parse().unwrap(),
         };
-        let per_s = |o: Option<&TrafficStats>, n: Option<&TrafficStats>| -> Value {
-            match (o, n) {
-                (Some(o), Some(n)) if dt > 0.0 => json!({
-                    "conns_per_s": n.new_flows.saturating_sub(o.new_flows) as f64 / dt,
-                    "packets_per_s": n.packets.saturating_sub(o.packets) as f64 / dt,
-                    "packets_out_per_s": n.packets_out.saturating_sub(o.packets_out) as f64 / dt,
-                    "bytes_per_s": n.bytes.saturating_sub(o.bytes) as f64 / dt,
-                    "bytes_out_per_s": n.bytes_out.saturating_sub(o.bytes_out) as f64 / dt,
-                }),
-                _ => {
-                    json!({"conns_per_s": 0.0, "packets_per_s": 0.0, "packets_out_per_s": 0.0, "bytes_per_s": 0.0, "bytes_out_per_s": 0.0})
-                }
-            }
+        c.change(&del, Neighbours::new()).unwrap();
+        let add = Change::BackendAdd {
+            service: svc,
+            backend: serde_json::from_str(r#"{"address": "10.0.0.11"}"#).unwrap(),
         };
-        let traffic = |t: &TrafficStats| json!({"conns": t.new_flows, "packets": t.packets, "bytes": t.bytes, "packets_out": t.packets_out, "bytes_out": t.bytes_out});
-        let mut services = Vec::new();
-        for s in self.runtime.services() {
-            let t = self.dp.service_stats(s.id)?;
-            let mut backends = Vec::new();
-            for (addr, b) in &s.backends {
-                let bt = self.dp.backend_stats(b.index)?;
-                let n = self.conns.get(&b.index).copied().unwrap_or_default();
-                let mut v = json!({"backend": addr.to_string(), "weight": b.config.weight, "state": b.config.state.as_str(),
-                    "health": self.health.get(&(s.config.key(), *addr)).map(|(_, _, h)| serde_json::to_value(h.snapshot()).unwrap_or(Value::Null)), "active_conns": n.active, "inactive_conns": n.inactive, "traffic": traffic(&bt)});
-                if rate {
-                    v["rate"] = per_s(old.backends.get(&b.index), new.backends.get(&b.index));
-                }
-                backends.push(v);
-            }
-            let mut v = json!({"service": s.config.key().to_string(), "traffic": traffic(&t), "backends": backends});
-            if rate {
-                v["rate"] = per_s(old.services.get(&s.id), new.services.get(&s.id));
-            }
-            services.push(v);
-        }
-        let mut out = json!({"counters": global, "services": services});
-        if rate {
-            out["rate_window_s"] = dt.into();
-            let mut per_s = serde_json::Map::new();
-            for (i, c) in Counter::ALL.iter().enumerate() {
-                let (o, n) = (
-                    old.counters.get(i).copied().unwrap_or(0),
-                    new.counters.get(i).copied().unwrap_or(0),
-                );
-                per_s.insert(
-                    c.name().into(),
-                    if dt > 0.0 {
-                        (n.saturating_sub(o) as f64 / dt).into()
-                    } else {
-                        0.0.into()
-                    },
-                );
-            }
-            out["counters_per_s"] = per_s.into();
-        }
-        Ok(out)
+        c.change(&add, Neighbours::new()).unwrap();
+        assert_eq!(
+            c.snapshot().health[&(svc, b11)].state,
+            Health::Up,
+            "a new incarnation starts up"
+        );
     }
 
-    fn conns(
-        &self,
-        service: Option<ServiceKey>,
-        backend: Option<crate::config::BackendRef>,
-        limit: usize,
-    ) -> Result<Value> {
-        let now = monotonic_coarse_ns();
-        // index -> (epoch, service, backend); a flow whose epoch differs belongs to a
-        // backend that was removed (the index may already serve another one).
-        let by_index: BTreeMap<u32, (u32, ServiceKey, SocketAddrV4)> = self
-            .runtime
-            .services()
-            .flat_map(|s| {
-                s.backends
-                    .iter()
-                    .map(move |(a, b)| (b.index, (b.epoch, s.config.key(), *a)))
-            })
-            .collect();
-        let by_id: BTreeMap<u32, ServiceKey> = self
-            .runtime
-            .services()
-            .map(|s| (s.id, s.config.key()))
-            .collect();
-        let mut rows = Vec::new();
-        let mut total = 0usize;
-        for (k, f) in self.dp.flows()? {
-            let Some(svc) = by_id.get(&f.service) else {
-                continue;
-            };
-            let be = match by_index.get(&f.backend) {
-                Some((epoch, _, be)) if *epoch == f.epoch => Some(*be),
-                _ => None,
-            };
-            if service.is_some_and(|s| s != *svc) {
-                continue;
-            }
-            if let Some(b) = backend
-                && !be.is_some_and(|be| {
-                    b.address == *be.ip() && b.port.is_none_or(|p| p == be.port())
-                })
-            {
-                continue;
-            }
-            total += 1;
-            if rows.len() >= limit {
-                continue;
-            }
-            let state = if k.proto == Protocol::Udp.number() {
-                "udp"
-            } else if f.state & FLOW_RST != 0 {
-                "closed"
-            } else if f.state & FLOW_FIN != 0 {
-                "fin_wait"
-            } else if f.state & FLOW_ESTABLISHED != 0 {
-                "established"
-            } else {
-                "syn"
-            };
-            rows.push(json!({
-                "protocol": if k.proto == 6 { "tcp" } else { "udp" },
-                "client": SocketAddrV4::new(Ipv4Addr::from(k.src.to_ne_bytes()), u16::from_be(k.sport)).to_string(),
-                "service": svc.to_string(),
-                "backend": be.map_or_else(|| "(removed)".to_string(), |b| b.to_string()),
-                "state": state,
-                "idle_s": now.saturating_sub(f.last_seen) / 1_000_000_000,
-            }));
-        }
-        Ok(json!({"conns": rows, "total": total, "truncated": total > rows.len()}))
+    #[test]
+    fn neighbours_decide_dsr_rotation() {
+        let mut c = controller();
+        let i12 = index_of(&c, "10.100.0.10:80/tcp", "10.0.0.12:80");
+        let mut lost = found(&["10.0.0.11"]);
+        lost.insert(
+            "10.0.0.12".parse().unwrap(),
+            Err(Unreachable::Unresolved {
+                iface: "eth0".into(),
+            }),
+        );
+        assert!(c.set_neighbours(lost.clone()).unwrap());
+        assert!(!slots_of(&c, "10.100.0.10:80/tcp").contains(&i12));
+        assert!(!c.set_neighbours(lost).unwrap(), "no change, no writes");
+        assert!(
+            c.set_neighbours(found(&["10.0.0.11", "10.0.0.12"]))
+                .unwrap()
+        );
+        assert!(slots_of(&c, "10.100.0.10:80/tcp").contains(&i12));
     }
-}
 
-/// The service a connection-table key belongs to (from its destination).
-fn flow_service(k: &FlowKey) -> ServiceKey {
-    ServiceKey {
-        vip: Ipv4Addr::from(k.dst.to_ne_bytes()),
-        port: u16::from_be(k.dport),
-        protocol: if k.proto == 17 {
-            Protocol::Udp
-        } else {
-            Protocol::Tcp
-        },
+    #[test]
+    fn new_dsr_addresses_are_those_a_change_brings_and_nobody_looked_up() {
+        let c = controller();
+        let known = c.neighbours().clone();
+        let add = Change::BackendAdd {
+            service: key("10.100.0.10:80/tcp"),
+            backend: serde_json::from_str(r#"{"address": "10.0.0.15"}"#).unwrap(),
+        };
+        assert_eq!(
+            new_dsr_addresses(&add, c.runtime(), &known),
+            vec!["10.0.0.15".parse::<Ipv4Addr>().unwrap()]
+        );
+        let nat = Change::BackendAdd {
+            service: key("10.100.0.20:8080/tcp"),
+            backend: serde_json::from_str(r#"{"address": "10.1.0.15"}"#).unwrap(),
+        };
+        assert!(
+            new_dsr_addresses(&nat, c.runtime(), &known).is_empty(),
+            "NAT backends need no neighbour"
+        );
+        let refused = Change::ServiceDel(key("10.9.9.9:80/tcp"));
+        assert!(new_dsr_addresses(&refused, c.runtime(), &known).is_empty());
     }
-}
 
-/// Loads and validates a config file, for `lb run`: refuses to start on an invalid one.
-pub fn load_config(path: &std::path::Path) -> Result<Config> {
-    Config::load(path)
-        .with_context(|| "refusing to start: the configuration is invalid".to_string())
+    #[test]
+    fn a_reload_reports_the_services_it_removed() {
+        let mut c = controller();
+        let mut next = config(CONFIG);
+        next.services.remove(1);
+        let changed = c.change(&Change::Reload(next), Neighbours::new()).unwrap();
+        assert_eq!(changed.removed_services, vec![key("10.100.0.20:8080/tcp")]);
+        assert_eq!(c.maps().services.len(), 1);
+    }
 }

@@ -6,15 +6,14 @@
 //! `lb_datapath_drop_fragment_total`, ...), so no other label is needed.
 use std::fmt::Write as _;
 
-use anyhow::Result;
 use lb_common::Counter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::daemon::control::Shared;
+use super::{Context, views};
 
-/// One sample of everything exported, taken under the controller's lock.
+/// One sample of everything exported.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
+pub struct Sample {
     pub counters: Vec<(Counter, u64)>,
     pub services: Vec<ServiceSample>,
     pub conntrack_entries: u64,
@@ -72,7 +71,7 @@ impl Family<'_> {
 }
 
 /// Renders a snapshot in the Prometheus text format (version 0.0.4).
-pub fn render(s: &Snapshot) -> String {
+pub fn render(s: &Sample) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
     f.header(
@@ -208,7 +207,7 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, ctl: Shared) {
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Context) {
     if let Ok(addr) = listener.local_addr() {
         log::info!("metrics on http://{addr}/metrics");
     }
@@ -216,7 +215,7 @@ pub async fn serve(listener: tokio::net::TcpListener, ctl: Shared) {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let ctl = ctl.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
@@ -243,7 +242,9 @@ pub async fn serve(listener: tokio::net::TcpListener, ctl: Shared) {
                 && (path == "/metrics" || path.starts_with("/metrics?"))
             {
                 let snap = tokio::task::spawn_blocking(move || {
-                    ctl.lock().unwrap_or_else(|p| p.into_inner()).metrics()
+                    let snap = ctx.snapshot();
+                    let now = views::Readings::read(&ctx.counters, &snap)?;
+                    anyhow::Ok(views::metrics(&snap, &ctx.conn_counts(), &now))
                 })
                 .await;
                 match snap {
@@ -275,25 +276,13 @@ pub async fn serve(listener: tokio::net::TcpListener, ctl: Shared) {
     }
 }
 
-impl crate::daemon::controller::Controller {
-    /// Everything the metrics endpoint exports.
-    pub fn metrics(&self) -> Result<Snapshot> {
-        let counters = self.dataplane().counters()?;
-        Ok(Snapshot {
-            counters: Counter::ALL.iter().copied().zip(counters).collect(),
-            services: self.service_samples()?,
-            conntrack_entries: self.conntrack_len() as u64,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn labels_are_escaped_and_names_follow_conventions() {
-        let s = Snapshot {
+        let s = Sample {
             counters: vec![(Counter::Tx, 5), (Counter::FlowNew, 2)],
             services: vec![ServiceSample {
                 vip: "10.100.0.10".into(),

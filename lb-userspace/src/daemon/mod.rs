@@ -1,31 +1,46 @@
 //! `lb run`: load and attach the XDP program, apply the configuration, serve the control
 //! socket, run the health checks, age the connection table; detach and clean up on
 //! SIGINT/SIGTERM.
+//!
+//! The daemon is a handful of parts that share no lock:
+//! - the controller's thread ([`writer`] around [`controller`]): the one writer of the
+//!   configuration maps, fed by a channel; it publishes a [`Snapshot`] after each change;
+//! - the control socket ([`control`]) and the metrics endpoint ([`metrics`]): reads are
+//!   answered from the snapshot and the datapath's counters, changes queued;
+//! - the health checks ([`checks`]), the connection-table [`sweeper`] (a thread of its
+//!   own), and the periodic [`housekeeping`] (datapath log, rate samples, neighbours).
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle};
 
+pub mod checks;
 pub mod control;
 pub mod controller;
 pub mod metrics;
+pub mod neighbours;
+pub mod sweeper;
+pub mod views;
+pub mod writer;
 
 use self::{
-    control::{self as server, Shared, SocketFile},
-    controller::{Check, Controller},
+    control::SocketFile,
+    controller::{Controller, Snapshot},
+    sweeper::{ConnCounts, Sweeper},
+    views::{Readings, Samples},
+    writer::Writer,
 };
 use crate::{
+    config::{Config, Forwarding},
     dataplane::{
-        Dataplane, Limits,
+        ConnTable, Counters, Dataplane, Limits,
         object::{self as ebpf, AttachMode},
     },
-    health,
 };
 
 /// Options of `lb run`.
@@ -36,6 +51,45 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// What the daemon's tasks share: the latest state, the controller's queue, handles of
+/// their own on the datapath's counters and connection table. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    counts: watch::Receiver<Arc<ConnCounts>>,
+    samples: Arc<Mutex<Samples>>,
+    pub writer: Writer,
+    pub sweeper: Sweeper,
+    pub counters: Arc<Counters>,
+    pub conn_table: Arc<ConnTable>,
+    pub config_path: PathBuf,
+}
+
+impl Context {
+    /// The running state as of the last change.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Connection counts as of the last sweep.
+    pub fn conn_counts(&self) -> Arc<ConnCounts> {
+        self.counts.borrow().clone()
+    }
+
+    /// The latest rate samples.
+    pub fn samples(&self) -> Samples {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A receiver of every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
 }
 
 /// The XDP program attached to an interface, as `ip -d link` shows it.
@@ -104,9 +158,34 @@ fn free_interface(iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// Loads and validates a config file, for `lb run`: refuses to start on an invalid one.
+pub fn load_config(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).context("refusing to start: the configuration is invalid")
+}
+
+/// Warns when NAT services cannot forward because IP forwarding is off on an
+/// interface lb is attached to.
+fn check_forwarding<M: crate::model::apply::Maps>(c: &Controller<M>, ifaces: &[String]) {
+    if !c
+        .runtime()
+        .services()
+        .any(|s| s.config.forwarding == Forwarding::Nat)
+    {
+        return;
+    }
+    for iface in ifaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            log::warn!(
+                "NAT services need IP forwarding on {iface}, which is off: NAT packets are dropped (drop_no_route) until `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (or net.ipv4.ip_forward=1)"
+            );
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(opts: RunOptions) -> Result<()> {
-    let config = controller::load_config(&opts.config)?;
+    let config = load_config(&opts.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -126,7 +205,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // The socket first: if another lb serves it, stop before touching any interface.
     let listener = {
         let _guard = rt.enter();
-        server::bind(&opts.socket)?
+        control::bind(&opts.socket)?
     };
     let _socket = SocketFile(opts.socket.clone());
     // The metrics address too: a wrong one refuses the start instead of running blind.
@@ -149,25 +228,51 @@ pub fn run(opts: RunOptions) -> Result<()> {
             opts.mode
         );
     }
-    let ctl = Controller::new(dp, config, opts.config.clone(), opts.ifaces.clone())?;
-    let services = ctl.runtime().services().count();
+    let logger = dp.take_logger();
+    let counters = Arc::new(dp.counters_handle()?);
+    let (sweeper_table, reader_table) = (dp.conn_table()?, dp.conn_table()?);
+    let initial = {
+        let runtime =
+            crate::model::runtime::Runtime::from_config(&config, crate::health::Health::Up)?;
+        rt.block_on(neighbours::resolve_waiting(
+            controller::dsr_addresses(&runtime).into_iter().collect(),
+        ))?
+    };
+    let path = opts.config.display().to_string();
+    let ctl = Controller::new(dp, &config, &path, initial)?;
+    check_forwarding(&ctl, &opts.ifaces);
     log::info!(
-        "serving {services} services; control socket {}",
+        "serving {} services; control socket {}",
+        ctl.runtime().services().count(),
         opts.socket.display()
     );
-    let ctl: Shared = Arc::new(Mutex::new(ctl));
-
+    let (publish, snapshots) = watch::channel(Arc::new(ctl.snapshot()));
+    let ifaces = opts.ifaces.clone();
+    let (writer, controller_thread) =
+        writer::spawn(ctl, publish, move |c| check_forwarding(c, &ifaces));
+    let (publish_counts, counts) = watch::channel(Arc::new(ConnCounts::default()));
+    let (sweeper, sweeper_thread) =
+        Sweeper::spawn(sweeper_table, snapshots.clone(), publish_counts);
+    let ctx = Context {
+        snapshots,
+        counts,
+        samples: Arc::default(),
+        writer,
+        sweeper,
+        counters,
+        conn_table: Arc::new(reader_table),
+        config_path: opts.config.clone(),
+    };
     rt.block_on(async {
-        let changed = Arc::new(Notify::new());
         let mut tasks: Vec<JoinHandle<()>> = vec![
-            tokio::spawn(server::serve(listener, ctl.clone(), changed.clone())),
-            tokio::spawn(health_scheduler(ctl.clone(), changed.clone())),
-            tokio::spawn(housekeeping(ctl.clone())),
+            tokio::spawn(control::serve(listener, ctx.clone())),
+            tokio::spawn(checks::schedule(ctx.subscribe(), ctx.writer.clone())),
+            tokio::spawn(housekeeping(ctx.clone(), logger)),
         ];
         if let Some(listener) = metrics {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tasks.push(tokio::spawn(self::metrics::serve(listener, ctl.clone())));
+            tasks.push(tokio::spawn(metrics::serve(listener, ctx.clone())));
         }
         loop {
             tokio::select! {
@@ -175,12 +280,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 _ = term.recv() => { log::info!("SIGTERM: stopping"); break; }
                 _ = hup.recv() => {
                     // SIGHUP reloads the configuration file, as with HAProxy and keepalived.
-                    let c = ctl.clone();
-                    let r = tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(|p| p.into_inner()).reload()).await;
-                    match r {
-                        Ok(resp) if resp.ok => { log::info!("SIGHUP: configuration reloaded"); changed.notify_one(); }
-                        Ok(resp) => log::error!("SIGHUP: {}", resp.error.unwrap_or_default()),
-                        Err(e) => log::error!("SIGHUP: reload task failed: {e}"),
+                    let resp = control::reload(&ctx).await;
+                    match resp.error {
+                        None => log::info!("SIGHUP: configuration reloaded"),
+                        Some(e) => log::error!("SIGHUP: {e}"),
                     }
                 }
             }
@@ -188,107 +291,62 @@ pub fn run(opts: RunOptions) -> Result<()> {
         for t in &tasks {
             t.abort();
         }
+        for t in tasks {
+            let _ = t.await;
+        }
         anyhow::Ok(())
     })?;
+    // Every sender of the controller's queue goes with the tasks and the context: its
+    // thread returns the controller, whose dataplane detaches when dropped.
+    drop(ctx);
     rt.shutdown_timeout(Duration::from_secs(2));
-    // Dropping the controller drops the dataplane: the XDP links close and the program
-    // leaves every interface.
-    match Arc::try_unwrap(ctl) {
-        Ok(m) => drop(m.into_inner().unwrap_or_else(|p| p.into_inner())),
-        Err(_) => log::warn!("the controller is still referenced at shutdown"),
+    let _ = sweeper_thread.join();
+    match controller_thread.join() {
+        // Dropping the controller drops the dataplane: the XDP links close and the
+        // program leaves every interface.
+        Ok(c) => drop(c),
+        Err(_) => log::error!("the controller thread panicked"),
     }
     log::info!("detached from {}; stopped", opts.ifaces.join(", "));
     Ok(())
 }
 
-/// A task aborted when this handle is dropped (a plain `JoinHandle` detaches instead).
-struct Owned(JoinHandle<()>);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Keeps one task per health check; restarts a check whose parameters change. Aborting
-/// this task stops every probe.
-async fn health_scheduler(ctl: Shared, changed: Arc<Notify>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Check, health::ProbeResult)>(1024);
-    let _results = Owned({
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            while let Some((check, result)) = rx.recv().await {
-                let ctl = ctl.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    let mut c = ctl.lock().unwrap_or_else(|p| p.into_inner());
-                    c.probe_result(check.service, check.backend, result);
-                })
-                .await;
-            }
-        })
-    });
-    let mut running: BTreeMap<Check, Owned> = BTreeMap::new();
-    loop {
-        let wanted = ctl.lock().unwrap_or_else(|p| p.into_inner()).checks();
-        running.retain(|check, _| wanted.contains(check));
-        for check in wanted {
-            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(check) {
-                let task = Owned(tokio::spawn(probe_loop(slot.key().clone(), tx.clone())));
-                slot.insert(task);
-            }
-        }
-        changed.notified().await;
-    }
-}
-
-/// Probes one backend forever, on its own schedule (first probe spread over the interval).
-async fn probe_loop(check: Check, tx: tokio::sync::mpsc::Sender<(Check, health::ProbeResult)>) {
-    tokio::time::sleep(health::start_offset(check.backend, check.interval)).await;
-    let mut tick = tokio::time::interval(check.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let result = health::probe(&check.kind, check.target, check.timeout).await;
-        if tx.send((check.clone(), result)).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Periodic upkeep: the datapath's log (1 s), rate samples (2 s), neighbour refresh (5 s),
-/// connection-table sweeps.
-async fn housekeeping(ctl: Shared) {
+/// Periodic upkeep: the datapath's log (1 s), rate samples (2 s), neighbour refresh (5 s).
+async fn housekeeping(ctx: Context, mut logger: Option<crate::dataplane::Logger>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        n += 1;
-        let ctl = ctl.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut c = ctl.lock().unwrap_or_else(|p| p.into_inner());
-            c.drain_datapath_logs();
-            if n.is_multiple_of(2) {
-                c.sample()?;
-            }
-            if n.is_multiple_of(5) {
-                c.refresh_neighbours()?;
-            }
-            let every = u64::from(c.runtime().conntrack.ageing_interval_s.max(1));
-            if n.is_multiple_of(every) {
-                let (kept, removed) = c.sweep()?;
-                if removed > 0 {
-                    log::debug!("connection table: {kept} entries, {removed} aged out");
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("housekeeping: {e:#}"),
-            Err(e) => log::warn!("housekeeping task: {e}"),
+        if let Some(l) = &mut logger {
+            l.flush();
         }
+        if n.is_multiple_of(2) {
+            let c = ctx.clone();
+            let sampled = tokio::task::spawn_blocking(move || -> Result<()> {
+                let snap = c.snapshot();
+                let readings = Readings::read(&c.counters, &snap)?;
+                c.samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Instant::now(), readings);
+                Ok(())
+            })
+            .await;
+            match sampled {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("housekeeping: {e:#}"),
+                Err(e) => log::warn!("housekeeping task: {e}"),
+            }
+        }
+        if n > 0 && n.is_multiple_of(5) {
+            let addrs = controller::dsr_addresses(&ctx.snapshot().runtime);
+            match neighbours::refresh(addrs).await {
+                Ok(found) => ctx.writer.neighbours(found),
+                Err(e) => log::warn!("housekeeping: {e:#}"),
+            }
+        }
+        n += 1;
     }
 }
 

@@ -6,52 +6,45 @@
 //! - a Maglev table is written into the service's table generation that no packet
 //!   reads, then the service record flips to it (see [`Dataplane::set_table`]);
 //! - a backend record is complete before any table slot names its index.
+//!
+//! Readers that run beside the writer get handles of their own: [`Counters`] (traffic
+//! and datapath counters) and [`ConnTable`] (the connection tables).
 use std::{
+    collections::HashMap as StdHashMap,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    ptr::NonNull,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData, PerCpuArray},
+    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData},
     programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use lb_common::{
-    Backend, Counter, Flow, FlowKey, GRACE_SLOT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
+    Backend, Flow, FlowKey, GRACE_SLOT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_NAT_FILTER, MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
-    MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NO_BACKEND, NatReverse, Service, ServiceKey, TABLE_CHUNK,
-    TABLE_MAP_FLAGS, TableChunk, TrafficStats, filter_bit, table_index,
+    MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NatReverse, Service, ServiceKey, TABLE_CHUNK,
+    TABLE_MAP_FLAGS, TableChunk, TrafficStats, table_index,
 };
 
 pub mod batch;
+pub mod conntrack;
+pub mod counters;
+mod filter;
 pub mod grace;
 pub mod inspect;
+mod maps;
 pub mod object;
+mod tables;
 
+pub use self::{conntrack::ConnTable, counters::Counters};
 use self::{
+    filter::AddressFilter,
     grace::Grace,
+    maps::{get_if_present, map_data, memlock, remove_if_present, set_count, take},
     object::{self as ebpf, AttachMode},
+    tables::{Mmap, TableGens, fill},
 };
-
-/// The two generations of one service id's Maglev table.
-#[derive(Default)]
-struct TableGens {
-    /// Mapping of each generation's inner array, once it has one.
-    maps: [Option<Mmap>; 2],
-    /// The generation the service record names.
-    live: u32,
-    /// Grace-period ticket taken when the other generation was retired: it may be
-    /// written once that has passed (0: nothing to wait for).
-    retired: u64,
-}
-
-/// Copies a table into an inner array's words; the rest of the array reads
-/// `NO_BACKEND`.
-fn fill(words: &mut [u32], slots: &[u32]) {
-    words[..slots.len()].copy_from_slice(slots);
-    words[slots.len()..].fill(NO_BACKEND);
-}
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
@@ -72,8 +65,9 @@ impl Default for Limits {
 pub struct Dataplane {
     ebpf: Ebpf,
     /// Reader of the datapath's log ring buffer (rare events only; see `stats::rare` in
-    /// lb-ebpf). It must live as long as the program: dropping it closes the map.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// lb-ebpf), until [`Dataplane::take_logger`] hands it to its own task. It must live
+    /// as long as the program: dropping it closes the map.
+    logger: Option<Logger>,
     /// The program `test_run` runs (the production one unless loaded otherwise).
     program: String,
     /// (map name, max entries, kernel memory in bytes), read at load time.
@@ -81,35 +75,22 @@ pub struct Dataplane {
     services: HashMap<MapData, ServiceKey, Service>,
     tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
     /// The table generations of each service id (see `set_table`).
-    gens: std::collections::HashMap<u32, TableGens>,
+    gens: StdHashMap<u32, TableGens>,
     /// The service records written, by service id (for the table flips).
-    records: std::collections::HashMap<u32, (ServiceKey, Service)>,
+    records: StdHashMap<u32, (ServiceKey, Service)>,
     /// Grace periods after table flips.
     grace: Grace,
     backends: Array<MapData, Backend>,
-    conntrack: HashMap<MapData, FlowKey, Flow>,
-    nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
-    /// Raw fds of the two connection tables (owned by the maps above), for batch reads.
-    conntrack_fd: i32,
-    nat_reverse_fd: i32,
     vips: HashMap<MapData, u32, u32>,
     nat_sources: HashMap<MapData, u32, u32>,
     vip_filter: AddressFilter,
     nat_filter: AddressFilter,
-    stats: PerCpuArray<MapData, u64>,
-    service_stats: PerCpuArray<MapData, TrafficStats>,
-    backend_stats: PerCpuArray<MapData, TrafficStats>,
+    counters: Counters,
+    conns: ConnTable,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("the eBPF object has no map {name}"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
-}
+/// The reader of the datapath's log ring buffer.
+pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// Kernel memory of one map.
 #[derive(Clone, Debug)]
@@ -118,28 +99,6 @@ pub struct MapMemory {
     pub max_entries: u32,
     /// What the kernel charges for the map (`memlock` in its fdinfo).
     pub bytes: u64,
-}
-
-/// The `memlock` line of a BPF object's fdinfo.
-fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
-    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
-    let info = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("{path} has no memlock line"))
-}
-
-fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
-    use aya::maps::Map;
-    match map {
-        Map::Array(d)
-        | Map::ArrayOfMaps(d)
-        | Map::HashMap(d)
-        | Map::LruHashMap(d)
-        | Map::PerCpuArray(d) => Some(d),
-        _ => None,
-    }
 }
 
 impl Dataplane {
@@ -189,29 +148,22 @@ impl Dataplane {
             }
         }
         memory.sort_by(|a, b| a.name.cmp(&b.name));
-        let raw = |name: &str| -> Result<i32> {
-            let map = ebpf
-                .map(name)
-                .with_context(|| format!("the eBPF object has no map {name}"))?;
-            Ok(map_data(map)
-                .with_context(|| format!("map {name} has an unexpected type"))?
-                .fd()
-                .as_fd()
-                .as_raw_fd())
-        };
-        let (conntrack_fd, nat_reverse_fd) = (raw(MAP_CONNTRACK)?, raw(MAP_NAT_REVERSE)?);
         let grace = {
             // The thread owns copies of the fds: TABLES and a one-element inner array.
-            // SAFETY: `raw` gives a map fd the object keeps open while we borrow it.
-            let outer = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw(MAP_TABLES)?) };
+            let outer = map_data(
+                ebpf.map(MAP_TABLES)
+                    .with_context(|| format!("the eBPF object has no map {MAP_TABLES}"))?,
+            )
+            .with_context(|| format!("map {MAP_TABLES} has an unexpected type"))?
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()?;
             let inner = Array::<MapData, TableChunk>::create(1, TABLE_MAP_FLAGS)
                 .context("creating the grace-period map")?;
-            Grace::with_map_in_map(outer.try_clone_to_owned()?, GRACE_SLOT, owned_fd(&inner)?)
+            Grace::with_map_in_map(outer, GRACE_SLOT, owned_fd(&inner)?)
         };
         Ok(Dataplane {
             logger,
-            conntrack_fd,
-            nat_reverse_fd,
             program: programs.first().context("no program to load")?.to_string(),
             memory,
             services: take(&mut ebpf, MAP_SERVICES)?,
@@ -220,15 +172,19 @@ impl Dataplane {
             records: Default::default(),
             grace,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
-            conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
-            nat_reverse: take(&mut ebpf, MAP_NAT_REVERSE)?,
             vips: take(&mut ebpf, MAP_VIPS)?,
             nat_sources: take(&mut ebpf, MAP_NAT_SOURCES)?,
             vip_filter: AddressFilter::new(take(&mut ebpf, MAP_VIP_FILTER)?),
             nat_filter: AddressFilter::new(take(&mut ebpf, MAP_NAT_FILTER)?),
-            stats: take(&mut ebpf, MAP_STATS)?,
-            service_stats: take(&mut ebpf, MAP_SERVICE_STATS)?,
-            backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
+            counters: Counters::new(
+                take(&mut ebpf, MAP_STATS)?,
+                take(&mut ebpf, MAP_SERVICE_STATS)?,
+                take(&mut ebpf, MAP_BACKEND_STATS)?,
+            ),
+            conns: ConnTable::new(
+                take(&mut ebpf, MAP_CONNTRACK)?,
+                take(&mut ebpf, MAP_NAT_REVERSE)?,
+            ),
             ebpf,
         })
     }
@@ -243,6 +199,22 @@ impl Dataplane {
         if let Some(l) = &mut self.logger {
             l.flush();
         }
+    }
+
+    /// Hands the reader of the datapath's log to its own task (`None` when the object
+    /// has no log, or it was taken already).
+    pub fn take_logger(&mut self) -> Option<Logger> {
+        self.logger.take()
+    }
+
+    /// Handles of their own on the counters, for readers beside the writer.
+    pub fn counters_handle(&self) -> Result<Counters> {
+        self.counters.try_clone()
+    }
+
+    /// Handles of their own on the connection tables, for readers beside the writer.
+    pub fn conn_table(&self) -> Result<ConnTable> {
+        self.conns.try_clone()
     }
 
     /// Kernel memory of every map, as loaded.
@@ -348,13 +320,7 @@ impl Dataplane {
             return self.free_tables(id);
         }
         let gens = self.gens.entry(id).or_default();
-        // With no live table yet, fill the live generation: a new inner array is
-        // complete before the kernel publishes it.
-        let target = if gens.maps[gens.live as usize].is_none() {
-            gens.live
-        } else {
-            gens.live ^ 1
-        };
+        let target = gens.target();
         if target != gens.live {
             self.grace.wait(gens.retired)?;
         }
@@ -470,174 +436,67 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Global counters, summed over CPUs, in [`Counter::ALL`] order.
+    /// Global counters, summed over CPUs, in [`lb_common::Counter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        Counter::ALL
-            .iter()
-            .map(|c| {
-                let v = self.stats.get(&(*c as u32), 0).context("reading STATS")?;
-                Ok(v.iter().sum())
-            })
-            .collect()
+        self.counters.counters()
     }
 
     pub fn service_stats(&self, id: u32) -> Result<TrafficStats> {
-        sum_stats(&self.service_stats, id).context("reading SERVICE_STATS")
+        self.counters.service_stats(id)
     }
 
     pub fn backend_stats(&self, index: u32) -> Result<TrafficStats> {
-        sum_stats(&self.backend_stats, index).context("reading BACKEND_STATS")
+        self.counters.backend_stats(index)
     }
 
     /// Zeroes the statistics of a backend index (before it is given to a new backend).
     pub fn reset_backend_stats(&mut self, index: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| e)
-            .context("counting CPUs")?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?;
-        self.backend_stats
-            .set(index, zero, 0)
-            .context("writing BACKEND_STATS")
+        self.counters.reset_backend_stats(index)
     }
 
     /// Zeroes the statistics of a service id (before it is given to a new service).
     pub fn reset_service_stats(&mut self, id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| e)
-            .context("counting CPUs")?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?;
-        self.service_stats
-            .set(id, zero, 0)
-            .context("writing SERVICE_STATS")
+        self.counters.reset_service_stats(id)
     }
 
     /// Every connection-table entry (a snapshot; entries may come and go meanwhile).
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        self::batch::dump(self.conntrack_fd).context("reading CONNTRACK")
+        self.conns.flows()
     }
 
     /// Deletes connection-table entries (missing ones are fine).
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
-        self::batch::delete(self.conntrack_fd, keys).context("deleting from CONNTRACK")
+        self.conns.remove_flows(keys)
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
-        get_if_present(&self.conntrack, key).context("reading CONNTRACK")
+        self.conns.flow(key)
     }
 
     pub fn insert_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
-        self.conntrack
-            .insert(key, flow, 0)
-            .context("writing CONNTRACK")
+        self.conns.insert_flow(key, flow)
     }
 
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
-        remove_if_present(&mut self.conntrack, key).context("removing from CONNTRACK")
+        self.conns.remove_flow(key)
     }
 
     /// Every NAT reverse entry (a snapshot).
     pub fn nat_reverse_entries(&self) -> Result<Vec<(FlowKey, NatReverse)>> {
-        self::batch::dump(self.nat_reverse_fd).context("reading NAT_REVERSE")
+        self.conns.nat_reverse_entries()
     }
 
     /// Deletes NAT reverse entries (missing ones are fine).
     pub fn remove_nat_reverses(&mut self, keys: &[FlowKey]) -> Result<()> {
-        self::batch::delete(self.nat_reverse_fd, keys).context("deleting from NAT_REVERSE")
+        self.conns.remove_nat_reverses(keys)
     }
 
     pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
-        get_if_present(&self.nat_reverse, key).context("reading NAT_REVERSE")
+        self.conns.nat_reverse(key)
     }
 
     pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
-        remove_if_present(&mut self.nat_reverse, key).context("removing from NAT_REVERSE")
-    }
-}
-
-/// A bitmap prefilter of addresses in the datapath (`VIP_FILTER`, `NAT_FILTER`) and the
-/// set of addresses it was built from. Each 64-bit word is written with one map update,
-/// so the datapath sees a word either before or after the change.
-struct AddressFilter {
-    map: Array<MapData, u64>,
-    addrs: std::collections::BTreeSet<u32>,
-}
-
-impl AddressFilter {
-    fn new(map: Array<MapData, u64>) -> Self {
-        AddressFilter {
-            map,
-            addrs: Default::default(),
-        }
-    }
-
-    fn word(&self, index: u32) -> u64 {
-        self.addrs
-            .iter()
-            .map(|a| filter_bit(*a))
-            .filter(|(w, _)| *w == index)
-            .fold(0, |acc, (_, bit)| acc | bit)
-    }
-
-    fn add(&mut self, addr: u32) -> Result<()> {
-        if self.addrs.insert(addr) {
-            let (index, _) = filter_bit(addr);
-            self.map.set(index, self.word(index), 0)?;
-        }
-        Ok(())
-    }
-
-    fn remove(&mut self, addr: u32) -> Result<()> {
-        if self.addrs.remove(&addr) {
-            let (index, _) = filter_bit(addr);
-            self.map.set(index, self.word(index), 0)?;
-        }
-        Ok(())
-    }
-}
-
-fn sum_stats(map: &PerCpuArray<MapData, TrafficStats>, index: u32) -> Result<TrafficStats> {
-    let per_cpu = map.get(&index, 0)?;
-    Ok(per_cpu.iter().fold(TrafficStats::default(), |mut a, s| {
-        a.packets += s.packets;
-        a.bytes += s.bytes;
-        a.new_flows += s.new_flows;
-        a.packets_out += s.packets_out;
-        a.bytes_out += s.bytes_out;
-        a
-    }))
-}
-
-fn set_count(map: &mut HashMap<MapData, u32, u32>, addr: u32, n: u32) -> Result<()> {
-    if n == 0 {
-        remove_if_present(map, &addr)
-    } else {
-        Ok(map.insert(addr, n, 0)?)
-    }
-}
-
-fn get_if_present<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    key: &K,
-) -> Result<Option<V>> {
-    match map.get(key, 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn remove_if_present<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
-    key: &K,
-) -> Result<()> {
-    match map.remove(key) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
+        self.conns.remove_nat_reverse(key)
     }
 }
 
@@ -649,65 +508,6 @@ fn raw_fd<T: InnerMap>(map: &T) -> i32 {
 /// A new fd of its own for a map usable as an inner map.
 fn owned_fd<T: InnerMap>(map: &T) -> std::io::Result<OwnedFd> {
     map.fd().as_fd().try_clone_to_owned()
-}
-
-/// A shared, writable mapping of a `BPF_F_MMAPABLE` array map, unmapped on drop.
-struct Mmap {
-    ptr: NonNull<u8>,
-    /// Bytes mapped (whole pages).
-    len: usize,
-    /// Bytes asked for.
-    bytes: usize,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value; nothing in it is tied
-// to the thread that created it.
-unsafe impl Send for Mmap {}
-
-impl Mmap {
-    fn new(fd: i32, bytes: usize) -> Result<Self> {
-        let page = 4096;
-        let len = bytes.div_ceil(page) * page;
-        // SAFETY: mapping a map fd we own; the kernel checks the length against the map.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of a BPF array failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(Mmap {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
-            bytes,
-        })
-    }
-
-    fn as_u32_slice(&self) -> &[u32] {
-        // SAFETY: the mapping is at least `bytes` long, page aligned, alive while self is.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.bytes / 4) }
-    }
-
-    fn as_u32_slice_mut(&mut self) -> &mut [u32] {
-        // SAFETY: as above, and we hold the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.bytes / 4) }
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
 }
 
 impl crate::model::apply::Maps for Dataplane {
@@ -734,5 +534,11 @@ impl crate::model::apply::Maps for Dataplane {
     }
     fn reset_service_stats(&mut self, id: u32) -> Result<()> {
         Dataplane::reset_service_stats(self, id)
+    }
+    fn grace_request(&self) -> u64 {
+        Dataplane::grace_request(self)
+    }
+    fn grace_passed(&self, ticket: u64) -> bool {
+        Dataplane::grace_passed(self, ticket)
     }
 }

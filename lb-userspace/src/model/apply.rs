@@ -32,6 +32,11 @@ pub trait Maps {
     /// Zeroes the statistics of a backend index / service id before it is reused.
     fn reset_backend_stats(&mut self, index: u32) -> Result<()>;
     fn reset_service_stats(&mut self, id: u32) -> Result<()>;
+    /// Asks for an RCU grace period from now on; returns its ticket (ids a change
+    /// frees are reused only once it has passed).
+    fn grace_request(&self) -> u64;
+    /// Whether the grace period of `ticket` has passed.
+    fn grace_passed(&self, ticket: u64) -> bool;
 }
 
 fn usable(b: &Backend) -> bool {
@@ -161,17 +166,28 @@ pub(crate) mod tests {
         pub vips: BTreeMap<u32, u32>,
         pub nat_sources: BTreeMap<u32, u32>,
         pub writes: usize,
+        /// The write (counted from 1) that fails, to test rollbacks.
+        pub fail_at: Option<usize>,
+        pub grace_requests: std::cell::Cell<u64>,
     }
 
     impl CheckedMaps {
-        fn check(&mut self) -> Result<()> {
+        /// Counts a write about to be made; fails it when it is `fail_at`.
+        fn write(&mut self) -> Result<()> {
             self.writes += 1;
+            if self.fail_at == Some(self.writes) {
+                anyhow::bail!("write {} fails (test)", self.writes);
+            }
+            Ok(())
+        }
+
+        fn check(&mut self) -> Result<()> {
             for (key, svc) in &self.services {
                 let table = self.tables.get(&svc.id).unwrap_or_else(|| {
                     panic!("write {}: service {key:?} has no table", self.writes)
                 });
                 assert!(
-                    table.is_empty() || table.len() >= svc.table_size as usize || table.len() == 1,
+                    table.len() >= svc.table_size as usize,
                     "write {}: table of service {} shorter ({}) than its record's size {}",
                     self.writes,
                     svc.id,
@@ -214,22 +230,32 @@ pub(crate) mod tests {
 
     impl Maps for CheckedMaps {
         fn set_backend(&mut self, index: u32, be: Backend) -> Result<()> {
+            self.write()?;
             self.backends.insert(index, be);
             self.check()
         }
         fn set_table(&mut self, id: u32, slots: &[u32]) -> Result<()> {
-            self.tables.insert(id, slots.to_vec());
+            self.write()?;
+            // As the real datapath: an empty table frees the id's tables.
+            if slots.is_empty() {
+                self.tables.remove(&id);
+            } else {
+                self.tables.insert(id, slots.to_vec());
+            }
             self.check()
         }
         fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()> {
+            self.write()?;
             self.services.insert(key, svc);
             self.check()
         }
         fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+            self.write()?;
             self.services.remove(key);
             self.check()
         }
         fn set_vip(&mut self, addr: u32, n: u32) -> Result<()> {
+            self.write()?;
             if n == 0 {
                 self.vips.remove(&addr);
             } else {
@@ -238,6 +264,7 @@ pub(crate) mod tests {
             self.check()
         }
         fn set_nat_source(&mut self, addr: u32, n: u32) -> Result<()> {
+            self.write()?;
             if n == 0 {
                 self.nat_sources.remove(&addr);
             } else {
@@ -250,6 +277,13 @@ pub(crate) mod tests {
         }
         fn reset_service_stats(&mut self, _: u32) -> Result<()> {
             Ok(())
+        }
+        fn grace_request(&self) -> u64 {
+            self.grace_requests.set(self.grace_requests.get() + 1);
+            self.grace_requests.get()
+        }
+        fn grace_passed(&self, _ticket: u64) -> bool {
+            true
         }
     }
 

@@ -19,27 +19,46 @@ use lb_common::{
 
 use crate::{
     config::{
-        AdminState, BackendConfig, Config, ConntrackConfig, Forwarding, ServiceConfig, ServiceKey,
+        AdminState, BackendConfig, Config, ConfigError, ConntrackConfig, Forwarding, ServiceConfig,
+        ServiceKey,
     },
     health::Health,
 };
 
 use super::maglev;
 
-/// An operation that cannot be done, and why (shown to the operator as is).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpError(pub String);
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for OpError {}
-
-fn fail<T>(msg: impl Into<String>) -> Result<T, OpError> {
-    Err(OpError(msg.into()))
+/// An operation that cannot be done, and why. The messages are what the operator reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("no service {0}; `lb service list` shows the services")]
+    NoService(ServiceKey),
+    #[error("service {0} exists already; `lb service del {0}` first to replace it")]
+    ServiceExists(ServiceKey),
+    #[error("no backend {backend} in service {service}")]
+    NoBackend {
+        service: ServiceKey,
+        backend: SocketAddrV4,
+    },
+    #[error("backend {backend} is already in service {service}; use `lb backend set` to change it")]
+    BackendExists {
+        service: ServiceKey,
+        backend: SocketAddrV4,
+    },
+    #[error("nothing to change: give a weight and/or a state")]
+    NothingToChange,
+    /// The service or backend given is not valid (the field and the reason).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("no free service id: lb runs at most {MAX_SERVICES} services{}", cooling_hint(*.waiting))]
+    NoServiceId { waiting: usize },
+    #[error("not enough free backend slots for {wanted} more backends (limit {MAX_BACKENDS}){}", cooling_hint(*.waiting))]
+    NoBackendSlots { wanted: usize, waiting: usize },
+    #[error("no free backend slot: lb runs at most {MAX_BACKENDS} backends in all{}", cooling_hint(*.waiting))]
+    NoBackendSlot { waiting: usize },
+    #[error(
+        "conntrack.max_entries cannot change while running ({from} -> {to}): restart lb to resize the connection table"
+    )]
+    MaxEntriesChanged { from: u32, to: u32 },
 }
 
 /// Where a DSR backend is reached: egress interface and the MACs to write.
@@ -311,9 +330,7 @@ impl Runtime {
     fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut ServiceState, OpError> {
         match self.services.get_mut(key) {
             Some(s) => Ok(s),
-            None => fail(format!(
-                "no service {key}; `lb service list` shows the services"
-            )),
+            None => Err(OpError::NoService(*key)),
         }
     }
 
@@ -322,10 +339,10 @@ impl Runtime {
     /// else is added or removed. `max_entries` cannot change while running.
     pub fn reload(&mut self, config: &Config, initial: Health) -> Result<(), OpError> {
         if config.conntrack.max_entries != self.conntrack.max_entries {
-            return fail(format!(
-                "conntrack.max_entries cannot change while running ({} -> {}): restart lb to resize the connection table",
-                self.conntrack.max_entries, config.conntrack.max_entries
-            ));
+            return Err(OpError::MaxEntriesChanged {
+                from: self.conntrack.max_entries,
+                to: config.conntrack.max_entries,
+            });
         }
         let mut next = self.clone();
         next.conntrack = config.conntrack.clone();
@@ -384,26 +401,20 @@ impl Runtime {
     /// Adds a service (and its backends).
     pub fn add_service(&mut self, config: ServiceConfig, initial: Health) -> Result<(), OpError> {
         let key = config.key();
-        config
-            .validate("service")
-            .map_err(|e| OpError(e.to_string()))?;
+        config.validate("service")?;
         if self.services.contains_key(&key) {
-            return fail(format!(
-                "service {key} exists already; `lb service del {key}` first to replace it"
-            ));
+            return Err(OpError::ServiceExists(key));
         }
         if self.service_ids.available() == 0 {
-            return fail(format!(
-                "no free service id: lb runs at most {MAX_SERVICES} services{}",
-                cooling_hint(self.service_ids.unavailable())
-            ));
+            return Err(OpError::NoServiceId {
+                waiting: self.service_ids.unavailable(),
+            });
         }
         if self.backend_indexes.available() < config.backends.len() as u32 {
-            return fail(format!(
-                "not enough free backend slots for {} more backends (limit {MAX_BACKENDS}){}",
-                config.backends.len(),
-                cooling_hint(self.backend_indexes.unavailable())
-            ));
+            return Err(OpError::NoBackendSlots {
+                wanted: config.backends.len(),
+                waiting: self.backend_indexes.unavailable(),
+            });
         }
         let (id, _) = self.service_ids.take().expect("checked above");
         let backends = config.backends.clone();
@@ -427,9 +438,7 @@ impl Runtime {
     /// Removes a service and its backends.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), OpError> {
         let Some(svc) = self.services.remove(key) else {
-            return fail(format!(
-                "no service {key}; `lb service list` shows the services"
-            ));
+            return Err(OpError::NoService(*key));
         };
         for b in svc.backends.values() {
             self.backend_indexes.give_back(b.index);
@@ -445,25 +454,19 @@ impl Runtime {
         config: BackendConfig,
         initial: Health,
     ) -> Result<(), OpError> {
-        let svc = self.services.get(key).ok_or_else(|| {
-            OpError(format!(
-                "no service {key}; `lb service list` shows the services"
-            ))
-        })?;
-        config
-            .validate("backend", &svc.config)
-            .map_err(|e| OpError(e.to_string()))?;
+        let svc = self.services.get(key).ok_or(OpError::NoService(*key))?;
+        config.validate("backend", &svc.config)?;
         let addr = config.socket_addr(key.port);
         if svc.backends.contains_key(&addr) {
-            return fail(format!(
-                "backend {addr} is already in service {key}; use `lb backend set` to change it"
-            ));
+            return Err(OpError::BackendExists {
+                service: *key,
+                backend: addr,
+            });
         }
         let Some((index, epoch)) = self.backend_indexes.take() else {
-            return fail(format!(
-                "no free backend slot: lb runs at most {MAX_BACKENDS} backends in all{}",
-                cooling_hint(self.backend_indexes.unavailable())
-            ));
+            return Err(OpError::NoBackendSlot {
+                waiting: self.backend_indexes.unavailable(),
+            });
         };
         let svc = self.service_mut(key)?;
         svc.backends.insert(
@@ -482,7 +485,10 @@ impl Runtime {
     pub fn remove_backend(&mut self, key: &ServiceKey, addr: SocketAddrV4) -> Result<(), OpError> {
         let svc = self.service_mut(key)?;
         let Some(b) = svc.backends.remove(&addr) else {
-            return fail(format!("no backend {addr} in service {key}"));
+            return Err(OpError::NoBackend {
+                service: *key,
+                backend: addr,
+            });
         };
         self.backend_indexes.give_back(b.index);
         Ok(())
@@ -497,11 +503,14 @@ impl Runtime {
         state: Option<AdminState>,
     ) -> Result<(), OpError> {
         if weight.is_none() && state.is_none() {
-            return fail("nothing to change: give a weight and/or a state");
+            return Err(OpError::NothingToChange);
         }
         let svc = self.service_mut(key)?;
         let Some(b) = svc.backends.get_mut(&addr) else {
-            return fail(format!("no backend {addr} in service {key}"));
+            return Err(OpError::NoBackend {
+                service: *key,
+                backend: addr,
+            });
         };
         if let Some(w) = weight {
             b.config.weight = w;
@@ -777,26 +786,34 @@ mod tests {
                 .unwrap_err(),
         ];
         for e in &errors {
-            assert!(!e.0.is_empty());
+            assert!(!e.to_string().is_empty());
         }
-        assert!(errors[0].0.contains("already"), "{}", errors[0]);
         assert!(
-            errors[1].0.contains("DSR cannot change the port"),
+            matches!(errors[0], OpError::BackendExists { .. })
+                && errors[0].to_string().contains("already"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            matches!(&errors[1], OpError::Invalid(e) if e.field == "backend.port")
+                && errors[1].to_string().contains("DSR cannot change the port"),
             "{}",
             errors[1]
         );
         assert!(
-            errors[2].0.contains("no service 10.9.9.9:80/tcp"),
+            errors[2] == OpError::NoService(key("10.9.9.9:80/tcp"))
+                && errors[2].to_string().contains("no service 10.9.9.9:80/tcp"),
             "{}",
             errors[2]
         );
+        assert_eq!(errors[5], OpError::NothingToChange);
         assert_eq!(r.to_config(), before);
         let mut bigger = config(TWO);
         bigger.conntrack.max_entries *= 2;
         assert!(
             r.reload(&bigger, Health::Up)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("restart")
         );
         assert_eq!(r.to_config(), before);
@@ -888,7 +905,8 @@ mod tests {
                 Health::Up,
             )
             .unwrap_err();
-        assert!(e.0.contains("1 freed just now"), "{e}");
+        assert_eq!(e, OpError::NoServiceId { waiting: 1 });
+        assert!(e.to_string().contains("1 freed just now"), "{e}");
     }
 
     #[test]

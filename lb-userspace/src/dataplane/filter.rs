@@ -1,0 +1,75 @@
+//! The datapath's address prefilters (`VIP_FILTER`, `NAT_FILTER`): a bitmap the XDP
+//! program tests before it looks an address up in a hash map, so most packets that are
+//! not for lb cost one array read. Each 64-bit word is written with one map update, so
+//! the datapath sees a word either before or after a change, never half of it.
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use aya::maps::{Array, MapData};
+use lb_common::filter_bit;
+
+/// A prefilter map and the set of addresses it was built from.
+pub(super) struct AddressFilter {
+    map: Array<MapData, u64>,
+    addrs: BTreeSet<u32>,
+}
+
+/// Word `index` of the bitmap of `addrs` (addresses in network order).
+fn word(addrs: &BTreeSet<u32>, index: u32) -> u64 {
+    addrs
+        .iter()
+        .map(|a| filter_bit(*a))
+        .filter(|(w, _)| *w == index)
+        .fold(0, |acc, (_, bit)| acc | bit)
+}
+
+impl AddressFilter {
+    pub(super) fn new(map: Array<MapData, u64>) -> Self {
+        AddressFilter {
+            map,
+            addrs: BTreeSet::new(),
+        }
+    }
+
+    pub(super) fn add(&mut self, addr: u32) -> Result<()> {
+        if self.addrs.insert(addr) {
+            let (index, _) = filter_bit(addr);
+            self.map.set(index, word(&self.addrs, index), 0)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove(&mut self, addr: u32) -> Result<()> {
+        if self.addrs.remove(&addr) {
+            let (index, _) = filter_bit(addr);
+            self.map.set(index, word(&self.addrs, index), 0)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_holds_the_bits_of_its_addresses_only() {
+        let a = u32::from_ne_bytes([10, 100, 0, 10]);
+        let b = u32::from_ne_bytes([10, 100, 0, 20]);
+        let (wa, bit_a) = filter_bit(a);
+        let (wb, bit_b) = filter_bit(b);
+        let set = BTreeSet::from([a, b]);
+        if wa == wb {
+            assert_eq!(word(&set, wa), bit_a | bit_b);
+        } else {
+            assert_eq!(word(&set, wa), bit_a);
+            assert_eq!(word(&set, wb), bit_b);
+        }
+        let only_b = BTreeSet::from([b]);
+        assert_eq!(
+            word(&only_b, wa) & bit_a,
+            if bit_a == bit_b && wa == wb { bit_a } else { 0 },
+            "removing an address clears its bit unless another address shares it"
+        );
+    }
+}
