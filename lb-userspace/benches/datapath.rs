@@ -8,12 +8,7 @@
 //! wrapper around the floor measures the wrapper's own cost, which is subtracted.
 //! Every timed run is checked: its return code, and counters that moved by exactly the
 //! number of rounds, prove the intended path ran every time.
-#[path = "../../tests/support/frame.rs"]
-#[allow(dead_code, unused_imports, reason = "shared with the tests")]
-mod frame;
-#[path = "../../tests/support/netns.rs"]
-#[allow(dead_code, reason = "shared with the tests")]
-mod netns;
+use lb_lab::{frame, netns};
 
 use std::time::Duration;
 

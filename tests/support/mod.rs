@@ -1,11 +1,14 @@
 //! Helpers shared by the root-only integration tests.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different subset"
+)]
 
 pub mod daemon;
-pub mod frame;
-pub mod lab;
-pub mod netns;
 pub mod running;
+
+pub use lb_lab::{frame, lab, netns};
 
 /// Panics (fails the test) unless we run as root: these tests need BPF and namespaces,
 /// and a test that cannot run must never pass by skipping.

@@ -22,10 +22,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{
-    testlab::{self, Lab, Mode},
-    util::{self, root, step},
-};
+use lb_lab::lab::{self, Lab, Mode};
+
+use crate::util::{self, root, step};
 
 // ---- interruption ---------------------------------------------------------------------
 
@@ -1002,9 +1001,9 @@ pub fn pps() -> Result<()> {
     let ip4 = |s: &str| -> [u8; 4] { s.parse::<std::net::Ipv4Addr>().expect("address").octets() };
     let frame = |row: PpsRow| match row {
         // To the first backend's MAC; it holds the VIP on lo.
-        PpsRow::Direct => udp_frame(cli_mac_d, b1_mac_d, [10, 0, 0, 2], ip4(testlab::DSR_VIP)),
+        PpsRow::Direct => udp_frame(cli_mac_d, b1_mac_d, [10, 0, 0, 2], ip4(lab::DSR_VIP)),
         PpsRow::Fwd | PpsRow::LbDsr => {
-            udp_frame(cli_mac_d, lb_mac_d, [10, 0, 0, 2], ip4(testlab::DSR_VIP))
+            udp_frame(cli_mac_d, lb_mac_d, [10, 0, 0, 2], ip4(lab::DSR_VIP))
         }
         PpsRow::Routed => udp_frame(
             cli_mac_n,
@@ -1013,7 +1012,7 @@ pub fn pps() -> Result<()> {
             nat.backends[0].addr.octets(),
         ),
         PpsRow::Nft | PpsRow::LbNat => {
-            udp_frame(cli_mac_n, lb_mac_n, [10, 0, 1, 2], ip4(testlab::NAT_VIP))
+            udp_frame(cli_mac_n, lb_mac_n, [10, 0, 1, 2], ip4(lab::NAT_VIP))
         }
     };
     let frames: Vec<[u8; 64]> = PpsRow::ALL.into_iter().map(frame).collect();
@@ -1347,7 +1346,7 @@ pub fn cps() -> Result<()> {
     let nat_servers: Vec<(String, u16)> = nat
         .backends
         .iter()
-        .map(|b| (b.addr.to_string(), testlab::ALT_PORT))
+        .map(|b| (b.addr.to_string(), lab::ALT_PORT))
         .collect();
     let direct_url = format!("http://{}/", dsr.backends[0].addr);
     let mut results = vec![Vec::<Wrk>::new(); CpsRow::ALL.len()];

@@ -17,10 +17,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{
-    testlab::{Lab, Mode},
-    util::{self, root, step},
-};
+use lb_lab::lab::{Lab, Mode};
+
+use crate::util::{self, root, step};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

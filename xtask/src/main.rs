@@ -4,10 +4,6 @@
 //! idempotent and takes about a second when nothing is missing).
 mod bench;
 mod lab;
-/// The lab the tests use (network namespaces with real servers), shared with the demo
-/// and the benchmarks.
-#[path = "../../tests/support/lab.rs"]
-mod testlab;
 mod util;
 
 use anyhow::Result;

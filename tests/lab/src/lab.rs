@@ -1,6 +1,6 @@
 //! The built-in lab: network namespaces, veth pairs and a bridge on this machine, with
 //! real servers (nginx, and a UDP echo) in the backends. Used by the end-to-end tests, by
-//! `cargo xtask lab` (the demo) and by the benchmarks (xtask includes this file).
+//! `cargo xtask lab` (the demo) and by the benchmarks.
 //!
 //! DSR (one L2 segment, bridge `br0` in `<p>-sw`):
 //! ```text
@@ -20,10 +20,6 @@
 //! Everything the lab creates lives in its own namespaces and is removed when the `Lab`
 //! is dropped (processes it started are stopped by PID first). `Lab::up` first removes
 //! what an interrupted earlier run with the same prefix left behind.
-#![allow(
-    dead_code,
-    reason = "each user (tests, demo, benchmarks) uses a different subset"
-)]
 
 use std::{
     net::Ipv4Addr,

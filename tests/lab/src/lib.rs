@@ -1,0 +1,10 @@
+//! lb's test lab, shared by the integration tests, the demo (`cargo xtask lab`) and the
+//! benchmarks: no dependency on lb itself, so xtask builds it before any eBPF toolchain
+//! exists.
+//!
+//! - [`lab`]: the built-in lab (DSR and NAT topologies with nginx and UDP echo backends);
+//! - [`netns`]: a private network namespace for the calling thread;
+//! - [`frame`]: building and reading Ethernet/IPv4/TCP/UDP/ICMP frames for packet tests.
+pub mod frame;
+pub mod lab;
+pub mod netns;
