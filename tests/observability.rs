@@ -1,11 +1,13 @@
 //! Observability with real traffic in the lab: counters equal the packets sent, the
 //! Prometheus endpoint parses (promtool, and a parser crate for the values) and its
 //! values move with traffic, rates and the connection listing follow, and rare datapath
-//! events reach the daemon's log.
+//! events reach the daemon's log. Every metric the monitoring examples (Grafana
+//! dashboard, Prometheus rules) name is in a real scrape.
+/// Which metric names a text refers to (shared with `cargo xtask test`'s static check).
 mod support;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -132,6 +134,30 @@ fn backend_sum(s: &Samples, name: &str, vip: &str, port: &str, proto: &str) -> f
         .sum()
 }
 
+/// Every metric named by the Grafana dashboard, the alert rules and their unit tests is
+/// in this scrape, except the ones the daemon does not export yet.
+fn examples_metrics_are_scraped(m: &Samples) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scraped: BTreeSet<&str> = m.keys().map(|(n, _)| n.as_str()).collect();
+    for file in [
+        "examples/grafana/lb-dashboard.json",
+        "examples/prometheus/lb-alerts.yml",
+        "examples/prometheus/lb-alerts.test.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        let names = lb_lab::metric_names::referenced(&text);
+        assert!(!names.is_empty(), "{file} names no lb_ metric");
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !scraped.contains(n.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names metrics the daemon does not export: {missing:?}"
+        );
+    }
+}
+
 fn stats(r: &Running, rate: bool) -> Value {
     let mut args = vec!["stats", "--json"];
     if rate {
@@ -205,6 +231,7 @@ fn counters_equal_packets_and_metrics_move(mode: Mode, prefix: &str) {
             assert_eq!(both(&s1) - both(&s0), 2.0 * n, "lb stats agrees");
         }
     }
+    examples_metrics_are_scraped(&m1);
     let traffic = |s: &Value| {
         udp_service(s, vip)["traffic"]["packets"]
             .as_u64()

@@ -4,6 +4,7 @@
 //! idempotent and takes about a second when nothing is missing).
 mod bench;
 mod lab;
+mod monitoring;
 mod util;
 
 use anyhow::Result;
@@ -93,6 +94,8 @@ fn test() -> Result<()> {
     ])?;
     util::step("unit tests");
     util::cargo(&[&["test", "--lib", "--bins"][..], &CRATES, &FEATURES].concat())?;
+    util::step("monitoring examples: promtool check/test rules, dashboard PromQL, metric names");
+    monitoring::check()?;
     let (root, lab) = root_test_targets()?;
     util::step(
         "root tests: BPF_PROG_TEST_RUN on the real object; the control plane in a namespace",

@@ -17,6 +17,7 @@ pub struct Sample {
     pub counters: Vec<(Counter, u64)>,
     pub services: Vec<ServiceSample>,
     pub conntrack_entries: u64,
+    pub conntrack_max_entries: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -100,6 +101,12 @@ pub fn render(s: &Sample) -> String {
         "Entries in the connection table at the last sweep.",
     );
     f.sample("lb_conntrack_entries", &[], s.conntrack_entries);
+    f.header(
+        "lb_conntrack_max_entries",
+        "gauge",
+        "Capacity of the connection table (conntrack.max_entries).",
+    );
+    f.sample("lb_conntrack_max_entries", &[], s.conntrack_max_entries);
 
     type Get = fn(&lb_common::TrafficStats) -> u64;
     let traffic: [(&str, &str, Get); 5] = [
@@ -301,9 +308,11 @@ mod tests {
                 }],
             }],
             conntrack_entries: 3,
+            conntrack_max_entries: 1024,
         };
         let text = render(&s);
         assert!(text.contains("lb_datapath_tx_total 5\n"), "{text}");
+        assert!(text.contains("lb_conntrack_max_entries 1024\n"), "{text}");
         assert!(
             text.contains(
                 "lb_service_bytes_in_total{vip=\"10.100.0.10\",port=\"80\",proto=\"tcp\"} 700\n"

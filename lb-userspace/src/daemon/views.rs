@@ -369,6 +369,7 @@ pub fn metrics(snap: &Snapshot, counts: &ConnCounts, now: &Readings) -> metrics:
             .collect(),
         services,
         conntrack_entries: counts.entries as u64,
+        conntrack_max_entries: u64::from(snap.runtime.conntrack.max_entries),
     }
 }
 

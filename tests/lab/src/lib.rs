@@ -4,7 +4,9 @@
 //!
 //! - [`lab`]: the built-in lab (DSR and NAT topologies with nginx and UDP echo backends);
 //! - [`netns`]: a private network namespace for the calling thread;
-//! - [`frame`]: building and reading Ethernet/IPv4/TCP/UDP/ICMP frames for packet tests.
+//! - [`frame`]: building and reading Ethernet/IPv4/TCP/UDP/ICMP frames for packet tests;
+//! - [`metric_names`]: the metric names lb exports and those the monitoring examples use.
 pub mod frame;
 pub mod lab;
+pub mod metric_names;
 pub mod netns;
