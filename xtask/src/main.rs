@@ -2,6 +2,7 @@
 //!
 //! Every command that needs the machine prepared runs `scripts/setup.sh` first (it is
 //! idempotent and takes about a second when nothing is missing).
+mod baseline;
 mod bench;
 mod lab;
 mod monitoring;
@@ -48,6 +49,9 @@ enum Bench {
     Pps,
     /// New TCP connections per second (wrk, Connection: close): lb vs HAProxy, on the lab.
     Cps,
+    /// Latency of control requests while the daemon sweeps a full 1M-entry connection
+    /// table: the build before the redesign (341a9ec) vs this one.
+    Control,
 }
 
 fn main() {
@@ -144,6 +148,15 @@ fn bench(what: Bench) -> Result<()> {
         Bench::Throughput => bench::throughput(),
         Bench::Pps => bench::pps(),
         Bench::Cps => bench::cps(),
+        Bench::Control => {
+            let old = baseline::lb_binary("341a9ec")?;
+            // SAFETY: set before any thread of ours starts.
+            unsafe { std::env::set_var("LB_BASELINE", &old) };
+            cargo_bench(
+                "control",
+                "control-plane benchmark (requests during sweeps of a full connection table)",
+            )
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Batched map operations (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, kernel 5.6+),
+//! Batched map operations (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`,
+//! `BPF_MAP_DELETE_BATCH`, kernel 5.6+),
 //! which aya 0.14 does not offer: reading a 1M-entry connection table one entry at a time
 //! costs two syscalls per entry; in batches it costs a few hundred.
 use std::{io, os::fd::RawFd};
@@ -6,6 +7,7 @@ use std::{io, os::fd::RawFd};
 use aya::Pod;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `union bpf_attr`'s `batch` member.
@@ -103,6 +105,23 @@ pub fn delete<K: Pod>(fd: RawFd, keys: &[K]) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// Writes `keys[i] -> values[i]` into a hash-type map, in batches (tools and
+/// benchmarks fill tables with it). The entries land on the calling CPU's LRU list.
+pub fn update<K: Pod, V: Pod>(fd: RawFd, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    for (k, v) in keys.chunks(4096).zip(values.chunks(4096)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     }
     Ok(())
 }
