@@ -128,7 +128,31 @@ impl Drop for Scratch {
     }
 }
 
-pub use lb_userspace::daemon::{XdpProgram, parse_xdp_program};
+/// The XDP program attached to an interface, as `ip -d link show` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpProgram {
+    pub id: u32,
+    pub name: String,
+}
+
+/// Parses `prog/xdp id N name NAME ...` (also `prog/xdpgeneric`, `prog/xdpdrv`) out of
+/// `ip -d link show` output, e.g. `prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited`.
+/// Tests read what `ip` shows, independently of lb's own netlink code.
+pub fn parse_xdp_program(text: &str) -> Option<XdpProgram> {
+    let rest = text.split("prog/xdp").nth(1)?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let field = |name: &str| {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    Some(XdpProgram {
+        id: field("id").and_then(|v| v.parse().ok()).unwrap_or(0),
+        name: field("name").unwrap_or("?").to_string(),
+    })
+}
 
 struct NetnsInner {
     name: String,
@@ -531,5 +555,23 @@ impl Drop for Daemon {
             let _ = self.wait_exit(STOP_TIMEOUT);
         }
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_program_is_read_from_ip_link_output() {
+        let text = "2: v0@if3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpgeneric qdisc noqueue\n    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n    prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited \n";
+        assert_eq!(
+            parse_xdp_program(text),
+            Some(XdpProgram {
+                id: 587,
+                name: "lb".into()
+            })
+        );
+        assert_eq!(parse_xdp_program("2: v0: <UP> mtu 1500\n"), None);
     }
 }

@@ -164,7 +164,7 @@ fn bench(what: Bench) -> Result<()> {
 /// lab tests). Fails when lb-userspace declares a test target that is in neither list, so
 /// a new test file cannot silently stay out of `cargo xtask test`.
 fn root_test_targets() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
-    const ROOT: [&str; 3] = ["datapath", "control", "wire"];
+    const ROOT: [&str; 4] = ["datapath", "control", "wire", "net"];
     const LAB: [&str; 3] = ["e2e", "health", "observability"];
     let manifest = std::fs::read_to_string(util::root().join("lb-userspace/Cargo.toml"))?;
     let mut in_test = false;

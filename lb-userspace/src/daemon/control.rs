@@ -262,7 +262,7 @@ async fn make(ctx: &Context, change: Change) -> Result<(), String> {
     let found = if new.is_empty() {
         Default::default()
     } else {
-        super::neighbours::resolve_waiting(new)
+        super::neighbours::resolve_waiting(&ctx.netlink, new)
             .await
             .map_err(|e| format!("{e:#}"))?
     };

@@ -11,7 +11,6 @@
 //!   own), and the periodic [`housekeeping`] (datapath log, rate samples, neighbours).
 use std::{
     path::PathBuf,
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -41,6 +40,7 @@ use crate::{
         ConnTable, Counters, Dataplane, Limits,
         object::{self as ebpf, AttachMode},
     },
+    net::{NetError, Netlink},
 };
 
 /// Options of `lb run`.
@@ -64,6 +64,7 @@ pub struct Context {
     pub sweeper: Sweeper,
     pub counters: Arc<Counters>,
     pub conn_table: Arc<ConnTable>,
+    pub netlink: Netlink,
     pub config_path: PathBuf,
 }
 
@@ -92,67 +93,47 @@ impl Context {
     }
 }
 
-/// The XDP program attached to an interface, as `ip -d link` shows it.
-fn attached_program(iface: &str) -> Result<Option<(u32, String)>> {
-    let out = Command::new("ip")
-        .args(["-d", "link", "show", "dev", iface])
-        .output()
-        .context("running `ip -d link show`")?;
-    if !out.status.success() {
-        bail!(
-            "no interface {iface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(parse_xdp_program(&String::from_utf8_lossy(&out.stdout)).map(|p| (p.id, p.name)))
-}
-
-/// The XDP program attached to an interface, as `ip -d link show` prints it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XdpProgram {
-    pub id: u32,
-    pub name: String,
-}
-
-/// Parses `prog/xdp id N name NAME ...` (also `prog/xdpgeneric`, `prog/xdpdrv`) out of
-/// `ip -d link show` output, e.g. `prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited`.
-pub fn parse_xdp_program(text: &str) -> Option<XdpProgram> {
-    let rest = text.split("prog/xdp").nth(1)?;
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    let field = |name: &str| {
-        words
-            .iter()
-            .position(|w| *w == name)
-            .and_then(|i| words.get(i + 1))
-            .copied()
-    };
-    Some(XdpProgram {
-        id: field("id").and_then(|v| v.parse().ok()).unwrap_or(0),
-        name: field("name").unwrap_or("?").to_string(),
-    })
+/// The name the kernel gives the BPF program `id` ("?" when it is gone). aya 0.14 has
+/// no lookup by id: the loaded programs are walked.
+fn program_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// Makes `iface` free for lb's program: an `lb` program left attached by an earlier run
 /// (through netlink, so it outlived its process) is detached, with a message; any other
 /// program is left alone and the start refused.
-fn free_interface(iface: &str) -> Result<()> {
-    let Some((id, name)) = attached_program(iface)? else {
+async fn free_interface(nl: &Netlink, iface: &str) -> Result<()> {
+    let link = nl.link(iface).await?;
+    let Some(id) = link.xdp.first().map(|x| x.prog_id) else {
         return Ok(());
     };
-    if name != ebpf::PROGRAM {
-        bail!(
-            "{iface} already runs the XDP program `{name}` (id {id}); lb will not replace another program: detach it first (ip link set dev {iface} xdp off)"
-        );
+    for x in &link.xdp {
+        let name = program_name(x.prog_id);
+        if name != ebpf::PROGRAM {
+            bail!(
+                "{iface} already runs the XDP program `{name}` (id {}); lb will not replace another program: detach it first (ip link set dev {iface} xdp off)",
+                x.prog_id
+            );
+        }
     }
-    for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
-        let _ = Command::new("ip")
-            .args(["link", "set", "dev", iface, mode, "off"])
-            .output();
-    }
-    if attached_program(iface)?.is_some() {
-        bail!(
+    let held = || {
+        anyhow::anyhow!(
             "{iface} runs lb's XDP program (id {id}) held by a live process: another `lb run` is attached there; stop it first"
-        );
+        )
+    };
+    match nl.detach_xdp(link.index).await {
+        Ok(_) => {}
+        Err(NetError::XdpHeldByLink { .. }) => return Err(held()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("detaching lb's XDP program from {iface}"));
+        }
+    }
+    if !nl.link_by_index(link.index).await?.xdp.is_empty() {
+        return Err(held());
     }
     log::warn!("replaced the XDP program lb (id {id}) left attached to {iface} by an earlier run");
     Ok(())
@@ -219,8 +200,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut dp = Dataplane::load(Limits {
         conntrack_entries: config.conntrack.max_entries,
     })?;
+    let nl = {
+        let _guard = rt.enter();
+        Netlink::new()?
+    };
     for iface in &opts.ifaces {
-        free_interface(iface)?;
+        rt.block_on(free_interface(&nl, iface))?;
         dp.attach(iface, opts.mode)?;
         log::info!(
             "attached XDP program {} to {iface} ({:?} mode)",
@@ -235,6 +220,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let runtime =
             crate::model::runtime::Runtime::from_config(&config, crate::health::Health::Up)?;
         rt.block_on(neighbours::resolve_waiting(
+            &nl,
             controller::dsr_addresses(&runtime).into_iter().collect(),
         ))?
     };
@@ -261,6 +247,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         sweeper,
         counters,
         conn_table: Arc::new(reader_table),
+        netlink: nl,
         config_path: opts.config.clone(),
     };
     rt.block_on(async {
@@ -341,29 +328,11 @@ async fn housekeeping(ctx: Context, mut logger: Option<crate::dataplane::Logger>
         }
         if n > 0 && n.is_multiple_of(5) {
             let addrs = controller::dsr_addresses(&ctx.snapshot().runtime);
-            match neighbours::refresh(addrs).await {
+            match neighbours::refresh(&ctx.netlink, addrs).await {
                 Ok(found) => ctx.writer.neighbours(found),
                 Err(e) => log::warn!("housekeeping: {e:#}"),
             }
         }
         n += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xdp_program_is_read_from_ip_link_output() {
-        let text = "2: v0@if3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpgeneric qdisc noqueue\n    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\n    prog/xdp id 587 name lb tag 0e1e9bc8a1c1e2b4 jited \n";
-        assert_eq!(
-            parse_xdp_program(text),
-            Some(XdpProgram {
-                id: 587,
-                name: "lb".into()
-            })
-        );
-        assert_eq!(parse_xdp_program("2: v0: <UP> mtu 1500\n"), None);
     }
 }

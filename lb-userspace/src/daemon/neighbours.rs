@@ -4,18 +4,19 @@
 //! them (no waiting: unresolved ones are solicited and found by the next round).
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use anyhow::Result;
-
 use super::controller::Neighbours;
-use crate::net::neighbour::{self, Unreachable};
+use crate::net::{
+    NetError, Netlink,
+    neighbour::{self, Unreachable},
+};
 
 /// How long a change waits at most for new DSR backends' MACs.
 const WAIT: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(50);
 
 /// Looks `addrs` up, soliciting the unresolved ones and waiting up to [`WAIT`] for them.
-pub async fn resolve_waiting(addrs: Vec<Ipv4Addr>) -> Result<Neighbours> {
-    let mut found = lookup(addrs.clone(), true).await?;
+pub async fn resolve_waiting(nl: &Netlink, addrs: Vec<Ipv4Addr>) -> Result<Neighbours, NetError> {
+    let mut found = lookup(nl, &addrs, true).await?;
     let deadline = tokio::time::Instant::now() + WAIT;
     while found
         .values()
@@ -23,16 +24,21 @@ pub async fn resolve_waiting(addrs: Vec<Ipv4Addr>) -> Result<Neighbours> {
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(POLL).await;
-        found = lookup(addrs.clone(), false).await?;
+        found = lookup(nl, &addrs, false).await?;
     }
     Ok(found)
 }
 
 /// Looks `addrs` up once, soliciting the unresolved ones.
-pub async fn refresh(addrs: BTreeSet<Ipv4Addr>) -> Result<Neighbours> {
-    lookup(addrs.into_iter().collect(), true).await
+pub async fn refresh(nl: &Netlink, addrs: BTreeSet<Ipv4Addr>) -> Result<Neighbours, NetError> {
+    lookup(nl, &addrs.into_iter().collect::<Vec<_>>(), true).await
 }
 
-async fn lookup(addrs: Vec<Ipv4Addr>, solicit: bool) -> Result<Neighbours> {
-    tokio::task::spawn_blocking(move || neighbour::resolve(&addrs, solicit)).await?
+async fn lookup(nl: &Netlink, addrs: &[Ipv4Addr], solicit: bool) -> Result<Neighbours, NetError> {
+    let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| (*a).into()).collect();
+    let mut found = neighbour::resolve_with(nl, &ips, solicit).await?;
+    Ok(addrs
+        .iter()
+        .filter_map(|a| found.remove(&(*a).into()).map(|r| (*a, r)))
+        .collect())
 }
