@@ -248,7 +248,7 @@ async fn probe_loop(check: Check, tx: tokio::sync::mpsc::Sender<(Check, health::
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = health::probe(&check.kind, check.target, check.timeout).await;
+        let result = health::probe(&check.kind, check.target.into(), check.timeout).await;
         if tx.send((check.clone(), result)).await.is_err() {
             return;
         }
