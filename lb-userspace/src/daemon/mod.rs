@@ -14,6 +14,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 pub mod control;
 pub mod controller;
+pub mod http;
 pub mod metrics;
 
 use self::{
