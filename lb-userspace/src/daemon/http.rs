@@ -270,9 +270,19 @@ mod tests {
         }
     }
 
-    /// Sends `request` and reads one response: its head, then `Content-Length` bytes of
-    /// body (none when `head_request`).
-    async fn exchange(stream: &mut TcpStream, request: &str, head_request: bool) -> Raw {
+    /// Header line asking the server to close after its response.
+    const CLOSE: &str = "Connection: close\r\n";
+
+    /// Sends a `method` request for `target` (with `Host`, the header lines `headers` and
+    /// then `body`), and reads one response: its head, then `Content-Length` bytes of body
+    /// (none for HEAD).
+    async fn exchange(
+        stream: &mut TcpStream,
+        (method, target): (&str, &str),
+        headers: &str,
+        body: &str,
+    ) -> Raw {
+        let request = format!("{method} {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n{body}");
         stream
             .write_all(request.as_bytes())
             .await
@@ -297,7 +307,7 @@ mod tests {
             .expect("Content-Length")
             .parse()
             .expect("numeric Content-Length");
-        let wanted = if head_request { 0 } else { length };
+        let wanted = if method == "HEAD" { 0 } else { length };
         while raw.body.len() < wanted {
             let mut chunk = [0u8; 1024];
             let n = stream.read(&mut chunk).await.expect("read body");
@@ -317,12 +327,7 @@ mod tests {
     #[tokio::test]
     async fn get_200_with_body() {
         let mut stream = connect().await;
-        let raw = exchange(
-            &mut stream,
-            "GET /hello?you HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            false,
-        )
-        .await;
+        let raw = exchange(&mut stream, ("GET", "/hello?you"), CLOSE, "").await;
         assert_eq!(raw.status_line(), "HTTP/1.1 200 OK", "{raw:?}");
         assert_eq!(
             raw.header("content-type"),
@@ -336,14 +341,9 @@ mod tests {
     #[tokio::test]
     async fn head_has_headers_but_no_body() {
         let mut stream = connect().await;
-        let get = exchange(&mut stream, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", false).await;
+        let get = exchange(&mut stream, ("GET", "/hello"), "", "").await;
         assert_eq!(get.body, b"hello world\n");
-        let head = exchange(
-            &mut stream,
-            "HEAD /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            true,
-        )
-        .await;
+        let head = exchange(&mut stream, ("HEAD", "/hello"), CLOSE, "").await;
         assert_eq!(head.status_line(), "HTTP/1.1 200 OK", "{head:?}");
         assert_eq!(head.header("content-length"), Some("12"));
         assert_eq!(head.header("content-type"), get.header("content-type"));
@@ -355,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_path_is_404() {
         let mut stream = connect().await;
-        let raw = exchange(&mut stream, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", false).await;
+        let raw = exchange(&mut stream, ("GET", "/nope"), "", "").await;
         assert_eq!(raw.status_line(), "HTTP/1.1 404 Not Found", "{raw:?}");
         assert_eq!(raw.header("content-type"), Some(TEXT));
         assert_eq!(raw.body, b"no such page\n");
@@ -365,8 +365,7 @@ mod tests {
     async fn other_methods_are_405_with_allow() {
         let mut stream = connect().await;
         for method in ["DELETE", "OPTIONS"] {
-            let request = format!("{method} /hello HTTP/1.1\r\nHost: t\r\n\r\n");
-            let raw = exchange(&mut stream, &request, false).await;
+            let raw = exchange(&mut stream, (method, "/hello"), "", "").await;
             assert_eq!(
                 raw.status_line(),
                 "HTTP/1.1 405 Method Not Allowed",
@@ -380,20 +379,10 @@ mod tests {
     #[tokio::test]
     async fn keep_alive_serves_two_requests_on_one_connection() {
         let mut stream = connect().await;
-        let first = exchange(
-            &mut stream,
-            "GET /hello?a HTTP/1.1\r\nHost: t\r\n\r\n",
-            false,
-        )
-        .await;
+        let first = exchange(&mut stream, ("GET", "/hello?a"), "", "").await;
         assert_eq!(first.body, b"hello a\n");
         assert_eq!(first.header("connection"), None, "{first:?}");
-        let second = exchange(
-            &mut stream,
-            "GET /hello?b HTTP/1.1\r\nHost: t\r\n\r\n",
-            false,
-        )
-        .await;
+        let second = exchange(&mut stream, ("GET", "/hello?b"), "", "").await;
         assert_eq!(second.status_line(), "HTTP/1.1 200 OK", "{second:?}");
         assert_eq!(second.body, b"hello b\n");
     }
@@ -402,13 +391,9 @@ mod tests {
     async fn request_bodies_are_refused() {
         let mut stream = connect().await;
         // The body would read as a request of its own if the server went on.
-        let raw = exchange(
-            &mut stream,
-            "GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 32\r\n\r\n\
-             GET /hello?smuggled HTTP/1.1\r\n\r\n",
-            false,
-        )
-        .await;
+        let smuggled = "GET /hello?smuggled HTTP/1.1\r\n\r\n";
+        let length = format!("Content-Length: {}\r\n", smuggled.len());
+        let raw = exchange(&mut stream, ("GET", "/hello"), &length, smuggled).await;
         assert_eq!(
             raw.status_line(),
             "HTTP/1.1 413 Payload Too Large",
@@ -421,8 +406,9 @@ mod tests {
         let mut stream = connect().await;
         let raw = exchange(
             &mut stream,
-            "POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
-            false,
+            ("POST", "/hello"),
+            "Content-Length: 2\r\n",
+            "hi",
         )
         .await;
         assert_eq!(
