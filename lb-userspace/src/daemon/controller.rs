@@ -372,6 +372,7 @@ impl Controller {
                     expect: (hc.expect_status.low, hc.expect_status.high),
                     host: hc.host.clone(),
                     body_contains: hc.body_contains.clone(),
+                    tls: None,
                 },
             };
             for (addr, b) in &s.backends {

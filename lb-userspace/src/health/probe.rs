@@ -1,6 +1,7 @@
 //! Running one health probe against one backend: a TCP connect, or an HTTP/1.1 GET made
 //! with hyper over a [`TcpStream`] this module connects itself (from a chosen source
-//! address when asked).
+//! address when asked), in TLS when the check asks for it (HTTPS: keepalived's `SSL_GET`,
+//! HAProxy's `check-ssl`; rustls with the ring provider).
 //!
 //! Every probe is bounded in time and in memory:
 //! - the whole probe (connect, request, response) runs under one `tokio::time::timeout`,
@@ -16,11 +17,14 @@
 //! - no redirects are followed: a 3xx is judged by the expected status range like any other;
 //! - a body cut short (the server closed early, or a malformed chunk) is searched as far
 //!   as it was received;
-//! - 1xx interim responses are skipped by hyper; the final status is judged.
+//! - 1xx interim responses are skipped by hyper; the final status is judged;
+//! - over TLS, the server's certificate is checked only when [`Tls::verify`] says so (the
+//!   CA file is read at each probe, so a replaced file takes effect at the next one).
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
     pin::{Pin, pin},
     sync::{
         Arc,
@@ -41,6 +45,15 @@ use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpSocket, TcpStream},
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::{CryptoProvider, ring},
+        pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
+    },
 };
 
 /// Most bytes of response head (status line and headers) an HTTP probe reads.
@@ -66,7 +79,29 @@ pub enum ProbeKind {
         host: Option<String>,
         /// Text the body must contain (searched in its first [`MAX_BODY`] bytes).
         body_contains: Option<String>,
+        /// `Some`: the request goes in TLS (HTTPS).
+        tls: Option<Tls>,
     },
+}
+
+/// TLS for an HTTP check. The server name sent (SNI) and checked is the `Host` header's
+/// name without its port, or the target's IP address when there is no `Host` or it is
+/// not a valid DNS name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tls {
+    /// How the server's certificate is checked.
+    pub verify: Verify,
+}
+
+/// How an HTTPS check treats the server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verify {
+    /// Not checked, as keepalived's `SSL_GET` and HAProxy's `verify none` do: the check
+    /// is encrypted, but does not authenticate the server. The handshake's signatures are
+    /// still verified.
+    None,
+    /// Checked against the CA certificates (PEM) in this file, for the server name.
+    CaFile(PathBuf),
 }
 
 /// The outcome of one probe. `Fail` carries a short human reason that operators read in
@@ -116,6 +151,22 @@ enum ProbeError {
     /// The configured (or derived) Host header cannot be sent.
     #[error("invalid Host header")]
     InvalidHost,
+    /// The CA file of a verified HTTPS check cannot be used.
+    #[error("cannot read CA file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The CA file of a verified HTTPS check holds no usable certificate.
+    #[error("no CA certificate in {}", path.display())]
+    NoCaCertificate { path: PathBuf },
+    /// The TLS handshake failed (its rustls error, or the socket's, is the source).
+    #[error("{}", tls_reason(.source))]
+    TlsHandshake {
+        #[source]
+        source: io::Error,
+    },
     /// The socket failed during the exchange (reset, ...); the system error is in the
     /// source chain.
     #[error("{}", socket_error(.source).map_or_else(|| BAD_RESPONSE.to_owned(), io_reason))]
@@ -182,25 +233,140 @@ async fn run(
     target: SocketAddr,
     source: Option<SocketAddr>,
 ) -> Result<(), ProbeError> {
+    let ProbeKind::Http {
+        path,
+        expect,
+        host,
+        body_contains,
+        tls,
+    } = kind
+    else {
+        connect(target, source).await?;
+        return Ok(());
+    };
     // Checked before connecting: a probe that cannot be sent does not touch the backend.
-    let request = match kind {
-        ProbeKind::Tcp => None,
-        ProbeKind::Http { path, host, .. } => {
-            let host = host.clone().unwrap_or_else(|| target.to_string());
-            Some(request(path, &host)?)
-        }
+    let host = host.clone().unwrap_or_else(|| target.to_string());
+    let request = request(path, &host)?;
+    let tls = match tls {
+        Some(tls) => Some((client_config(&tls.verify)?, server_name(&host, target))),
+        None => None,
     };
     let stream = connect(target, source).await?;
-    match (kind, request) {
-        (
-            ProbeKind::Http {
-                expect,
-                body_contains,
-                ..
-            },
-            Some(request),
-        ) => http(stream, request, *expect, body_contains.as_deref()).await,
-        _ => Ok(()),
+    let (expect, body_contains) = (*expect, body_contains.as_deref());
+    match tls {
+        None => http(stream, request, expect, body_contains).await,
+        Some((config, name)) => {
+            let stream = TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|source| ProbeError::TlsHandshake { source })?;
+            http(stream, request, expect, body_contains).await
+        }
+    }
+}
+
+/// The TLS client configuration for `verify`: ring, TLS 1.2 and 1.3, ALPN `http/1.1`.
+fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, ProbeError> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let mut config = match verify {
+        Verify::None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+        Verify::CaFile(path) => {
+            let mut roots = RootCertStore::empty();
+            let ca_file = |source| ProbeError::CaFile {
+                path: path.clone(),
+                source,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(ca_file)? {
+                // A certificate rustls cannot use as an anchor is skipped, as a browser would.
+                let _ = roots.add(cert.map_err(ca_file)?);
+            }
+            if roots.is_empty() {
+                return Err(ProbeError::NoCaCertificate { path: path.clone() });
+            }
+            builder.with_root_certificates(roots)
+        }
+    }
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS server name for a `Host` header (its name without the port), or the target's
+/// address when `host` is no DNS name or IP address.
+fn server_name(host: &str, target: SocketAddr) -> ServerName<'static> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return ServerName::from(ip);
+    }
+    if let Ok(addr) = host.parse::<SocketAddr>() {
+        return ServerName::from(addr.ip());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return ServerName::from(ip);
+    }
+    ServerName::try_from(name.to_owned()).unwrap_or_else(|_| ServerName::from(target.ip()))
+}
+
+/// A certificate verifier that accepts any certificate (for [`Verify::None`]) but still
+/// checks that the handshake is signed by the certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The reason for a failed TLS handshake: the socket's ("connection reset"), or
+/// "TLS handshake failed: " and rustls's ("invalid peer certificate: UnknownIssuer").
+fn tls_reason(e: &io::Error) -> String {
+    if e.raw_os_error().is_some() {
+        return io_reason(e);
+    }
+    match e.get_ref() {
+        Some(inner) => format!("TLS handshake failed: {inner}"),
+        None => format!("TLS handshake failed: {}", e.kind()),
     }
 }
 
@@ -244,8 +410,8 @@ fn request(path: &str, host: &str) -> Result<Request<Empty<Bytes>>, ProbeError> 
 }
 
 /// Sends `request` on `stream` and judges the response.
-async fn http(
-    stream: TcpStream,
+async fn http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     request: Request<Empty<Bytes>>,
     expect: (u16, u16),
     body_contains: Option<&str>,
@@ -460,7 +626,7 @@ mod tests {
     }
 
     /// Reads a request head (through its empty line; at most 64 KiB).
-    async fn read_request(stream: &mut TcpStream) -> Vec<u8> {
+    async fn read_request(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
         let mut request = Vec::new();
         let mut chunk = [0u8; 1024];
         while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
@@ -505,6 +671,7 @@ mod tests {
             expect,
             host: None,
             body_contains: body_contains.map(str::to_owned),
+            tls: None,
         }
     }
 
@@ -671,6 +838,7 @@ mod tests {
             expect: (200, 299),
             host: Some("www.example.test".to_owned()),
             body_contains: None,
+            tls: None,
         };
         assert_eq!(probe(&kind, addr, LONG).await, ProbeResult::Up);
         let request = String::from_utf8(server.await.expect("server task")).expect("utf-8");
@@ -909,6 +1077,186 @@ mod tests {
         // Cut short by the server closing: searched as far as it came.
         assert_eq!(search(h, "5\r\nab", "ab", false).await, ProbeResult::Up);
         assert_eq!(search(h, "zz\r\nab", "ab", false).await, lacks("ab"));
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and localhost, issued by and to `issuer`,
+    /// and its key.
+    fn certificate(issuer: &str) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate names");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, issuer);
+        let signing_key = rcgen::KeyPair::generate().expect("generating a key");
+        let cert = params
+            .self_signed(&signing_key)
+            .expect("signing a certificate");
+        rcgen::CertifiedKey { cert, signing_key }
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// A TLS server on 127.0.0.1 with `cert`: accepts one connection, reads the request,
+    /// answers `OK` and closes. The handle yields the request received.
+    async fn tls_respond(
+        cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    ) -> (SocketAddr, JoinHandle<io::Result<Vec<u8>>>) {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key)
+                .expect("server certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (listener, addr) = listen().await;
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await?;
+            let mut stream = acceptor.accept(stream).await?;
+            let request = read_request(&mut stream).await;
+            stream.write_all(OK).await?;
+            stream.shutdown().await?;
+            Ok(request)
+        });
+        (addr, server)
+    }
+
+    /// A file in the temporary directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(contents: &str) -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let name = format!("lb-probe-test-{}-{n}.pem", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, contents).expect("writing a temporary file");
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// An HTTPS check of `/` for a 200 with "ok" in the body.
+    fn https(host: Option<&str>, verify: Verify) -> ProbeKind {
+        ProbeKind::Http {
+            path: "/".to_owned(),
+            expect: (200, 200),
+            host: host.map(str::to_owned),
+            body_contains: Some("ok".to_owned()),
+            tls: Some(Tls { verify }),
+        }
+    }
+
+    fn reason(result: ProbeResult) -> String {
+        match result {
+            ProbeResult::Fail(reason) => reason,
+            ProbeResult::Up => panic!("the probe passed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_unverified_is_up() {
+        let cert = certificate("lb test server");
+        let (addr, server) = tls_respond(&cert).await;
+        let kind = https(None, Verify::None);
+        assert_eq!(probe(&kind, addr, LONG).await, ProbeResult::Up);
+        let request = server.await.expect("server task").expect("TLS server");
+        let request = String::from_utf8(request).expect("utf-8");
+        assert!(
+            request.starts_with(&format!("GET / HTTP/1.1\r\nHost: {addr}\r\n")),
+            "{request:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_verified_by_its_ca() {
+        let cert = certificate("lb test server");
+        let ca = TempFile::new(&cert.cert.pem());
+        let verify = Verify::CaFile(ca.0.clone());
+        // Checked for the target's address (no Host), then for the Host's name.
+        for host in [None, Some("localhost:8443")] {
+            let (addr, server) = tls_respond(&cert).await;
+            let kind = https(host, verify.clone());
+            assert_eq!(probe(&kind, addr, LONG).await, ProbeResult::Up, "{host:?}");
+            server.await.expect("server task").expect("TLS server");
+        }
+        // A name the certificate does not hold.
+        let (addr, _server) = tls_respond(&cert).await;
+        let kind = https(Some("www.example.test"), verify);
+        let reason = reason(probe(&kind, addr, LONG).await);
+        assert!(
+            reason.starts_with("TLS handshake failed: invalid peer certificate: ")
+                && reason.contains("www.example.test"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_by_another_ca_fails() {
+        let cert = certificate("lb test server");
+        let ca = TempFile::new(&certificate("another CA").cert.pem());
+        let (addr, _server) = tls_respond(&cert).await;
+        let kind = https(None, Verify::CaFile(ca.0.clone()));
+        assert_eq!(
+            probe(&kind, addr, LONG).await,
+            fail("TLS handshake failed: invalid peer certificate: UnknownIssuer")
+        );
+    }
+
+    #[tokio::test]
+    async fn https_to_plain_http_fails_the_handshake() {
+        let (listener, addr) = listen().await;
+        let _server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            // Answers HTTP at once, where a TLS server would say hello.
+            let _ = stream.write_all(OK).await;
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        });
+        let reason = reason(probe(&https(None, Verify::None), addr, LONG).await);
+        assert!(reason.starts_with("TLS handshake failed: "), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn https_ca_file_problems_are_named() {
+        let (listener, addr) = listen().await;
+        let missing = std::env::temp_dir().join("lb-probe-test-no-such-file.pem");
+        let kind = https(None, Verify::CaFile(missing.clone()));
+        let reason = reason(probe(&kind, addr, LONG).await);
+        assert!(
+            reason.starts_with(&format!("cannot read CA file {}: ", missing.display())),
+            "{reason}"
+        );
+        let empty = TempFile::new("not a certificate\n");
+        let kind = https(None, Verify::CaFile(empty.0.clone()));
+        assert_eq!(
+            probe(&kind, addr, LONG).await,
+            fail(&format!("no CA certificate in {}", empty.0.display()))
+        );
+        // Neither probe connected: the configuration is judged first.
+        drop(listener);
+    }
+
+    #[test]
+    fn server_names() {
+        let target = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 11), 443));
+        let dns = ServerName::try_from("www.example.test").expect("DNS name");
+        assert_eq!(server_name("www.example.test", target), dns);
+        assert_eq!(server_name("www.example.test:8443", target), dns);
+        let v4 = ServerName::from(IpAddr::from(Ipv4Addr::new(10, 0, 0, 12)));
+        assert_eq!(server_name("10.0.0.12:443", target), v4);
+        let v6 = ServerName::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        assert_eq!(server_name("[::1]:443", target), v6);
+        assert_eq!(server_name("::1", target), v6);
+        // Not a DNS name: the target's address.
+        let own = ServerName::from(target.ip());
+        assert_eq!(server_name("bad_name!", target), own);
     }
 
     #[test]
