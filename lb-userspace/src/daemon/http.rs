@@ -419,6 +419,23 @@ mod tests {
         assert_eq!(raw.header("connection"), Some("close"));
     }
 
+    /// An idle connection, new or kept alive, is closed after [`HEADER_READ_TIMEOUT`]
+    /// (on the runtime's paused clock, which jumps ahead when every task waits).
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed() {
+        let mut stream = connect().await;
+        let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 2, expect_closed(&mut stream));
+        assert!(closed.await.is_ok(), "a silent connection stayed open");
+        let mut stream = connect().await;
+        let raw = exchange(&mut stream, ("GET", "/hello"), "", "").await;
+        assert_eq!(raw.status_line(), "HTTP/1.1 200 OK", "{raw:?}");
+        let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 2, expect_closed(&mut stream));
+        assert!(
+            closed.await.is_ok(),
+            "an idle keep-alive connection stayed open"
+        );
+    }
+
     /// A failing `accept` is retried after growing pauses, not at once: time here is the
     /// runtime's paused clock, which only moves when every task waits.
     #[tokio::test(start_paused = true)]
