@@ -625,6 +625,23 @@ mod tests {
         (listener, addr)
     }
 
+    /// A server on 127.0.0.1 that accepts one connection and hands it to `handler`; its
+    /// address, and the handle of its task.
+    async fn serve_one<F, T>(
+        handler: impl FnOnce(TcpStream) -> F + Send + 'static,
+    ) -> (SocketAddr, JoinHandle<T>)
+    where
+        F: Future<Output = T> + Send,
+        T: Send + 'static,
+    {
+        let (listener, addr) = listen().await;
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            handler(stream).await
+        });
+        (addr, server)
+    }
+
     /// Reads a request head (through its empty line; at most 64 KiB).
     async fn read_request(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
         let mut request = Vec::new();
@@ -645,9 +662,7 @@ mod tests {
         response: impl AsRef<[u8]> + Send + 'static,
         hold_open: bool,
     ) -> (SocketAddr, JoinHandle<Vec<u8>>) {
-        let (listener, addr) = listen().await;
-        let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+        serve_one(move |mut stream| async move {
             let request = read_request(&mut stream).await;
             let _ = stream.write_all(response.as_ref()).await;
             if hold_open {
@@ -661,8 +676,8 @@ mod tests {
                 let _ = stream.shutdown().await;
             }
             request
-        });
-        (addr, server)
+        })
+        .await
     }
 
     fn http(path: &str, expect: (u16, u16), body_contains: Option<&str>) -> ProbeKind {
@@ -855,12 +870,11 @@ mod tests {
 
     #[tokio::test]
     async fn http_silent_server_times_out() {
-        let (listener, addr) = listen().await;
-        let _server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+        let (addr, _server) = serve_one(|mut stream| async move {
             let mut sink = Vec::new();
             let _ = stream.read_to_end(&mut sink).await;
-        });
+        })
+        .await;
         let result = probe(
             &http("/", (200, 299), None),
             addr,
@@ -898,13 +912,12 @@ mod tests {
 
     #[tokio::test]
     async fn http_reset_is_reported() {
-        let (listener, addr) = listen().await;
-        let _server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+        let (addr, _server) = serve_one(|mut stream| async move {
             read_request(&mut stream).await;
             // Closing with SO_LINGER 0 sends a RST instead of a FIN.
             stream.set_zero_linger().expect("SO_LINGER 0");
-        });
+        })
+        .await;
         let result = probe(&http("/", (200, 299), None), addr, LONG).await;
         assert_eq!(result, fail("connection reset"));
     }
@@ -946,9 +959,7 @@ mod tests {
 
     #[tokio::test]
     async fn http_endless_body_is_bounded() {
-        let (listener, addr) = listen().await;
-        let _server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+        let (addr, _server) = serve_one(|mut stream| async move {
             read_request(&mut stream).await;
             let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n";
             if stream.write_all(head).await.is_err() {
@@ -957,7 +968,8 @@ mod tests {
             let filler = [b'x'; 4096];
             // Until the client goes away.
             while stream.write_all(&filler).await.is_ok() {}
-        });
+        })
+        .await;
         // Only the bounded read can end this probe before the (long) timeout.
         let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
         assert_eq!(result, fail("HTTP 200 but body lacks \"ok\""));
@@ -965,15 +977,14 @@ mod tests {
 
     #[tokio::test]
     async fn http_endless_headers_are_bounded() {
-        let (listener, addr) = listen().await;
-        let _server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+        let (addr, _server) = serve_one(|mut stream| async move {
             read_request(&mut stream).await;
             if stream.write_all(b"HTTP/1.1 200 OK\r\n").await.is_err() {
                 return;
             }
             while stream.write_all(b"X-Filler: yes\r\n").await.is_ok() {}
-        });
+        })
+        .await;
         let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
         assert_eq!(result, fail("bad HTTP response"));
     }
@@ -1110,16 +1121,14 @@ mod tests {
                 .with_single_cert(vec![cert.cert.der().clone()], key)
                 .expect("server certificate");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let (listener, addr) = listen().await;
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await?;
+        serve_one(|stream| async move {
             let mut stream = acceptor.accept(stream).await?;
             let request = read_request(&mut stream).await;
             stream.write_all(OK).await?;
             stream.shutdown().await?;
             Ok(request)
-        });
-        (addr, server)
+        })
+        .await
     }
 
     /// A file in the temporary directory, removed on drop.
@@ -1211,14 +1220,13 @@ mod tests {
 
     #[tokio::test]
     async fn https_to_plain_http_fails_the_handshake() {
-        let (listener, addr) = listen().await;
-        let _server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
+        let (addr, _server) = serve_one(|mut stream| async move {
             // Answers HTTP at once, where a TLS server would say hello.
             let _ = stream.write_all(OK).await;
             let mut sink = Vec::new();
             let _ = stream.read_to_end(&mut sink).await;
-        });
+        })
+        .await;
         let reason = reason(probe(&https(None, Verify::None), addr, LONG).await);
         assert!(reason.starts_with("TLS handshake failed: "), "{reason}");
     }
