@@ -42,6 +42,7 @@ pub fn checks(snap: &Snapshot) -> BTreeSet<Check> {
                 expect: (hc.expect_status.low, hc.expect_status.high),
                 host: hc.host.clone(),
                 body_contains: hc.body_contains.clone(),
+                tls: None,
             },
         };
         for (addr, b) in &s.backends {
@@ -99,7 +100,7 @@ async fn probe_loop(check: Check, writer: Writer) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = health::probe(&check.kind, check.target, check.timeout).await;
+        let result = health::probe(&check.kind, check.target.into(), check.timeout).await;
         writer.probe(check.service, check.backend, result);
     }
 }

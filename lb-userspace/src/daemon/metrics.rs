@@ -4,12 +4,16 @@
 //! `_bytes`, labels are `vip`, `port`, `proto` and `backend` only — never a client
 //! address. Datapath outcomes and events are one metric each (`lb_datapath_tx_total`,
 //! `lb_datapath_drop_fragment_total`, ...), so no other label is needed.
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
+use hyper::StatusCode;
 use lb_common::Counter;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{Context, views};
+use super::{
+    Context,
+    http::{self, Reply},
+    views,
+};
 
 /// One sample of everything exported.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -213,73 +217,45 @@ pub fn render(s: &Sample) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until the task is aborted.
+/// Serves `GET /metrics` (and HEAD) on `listener` until the task is aborted; any other
+/// path is 404.
 pub async fn serve(listener: tokio::net::TcpListener, ctx: Context) {
     if let Ok(addr) = listener.local_addr() {
         log::info!("metrics on http://{addr}/metrics");
     }
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read the request head (bounded); the request line is all we need.
-            while n < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf[n..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(m)) => {
-                        n += m;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
+    http::serve(listener, Arc::new(Metrics { ctx })).await;
+}
+
+/// The metrics endpoint's one page.
+struct Metrics {
+    ctx: Context,
+}
+
+impl http::Routes for Metrics {
+    fn get<'a>(&'a self, path: &'a str, _query: Option<&'a str>) -> http::ReplyFuture<'a> {
+        Box::pin(async move {
+            if path != "/metrics" {
+                let body = "only GET /metrics is served\n";
+                return Reply::new(StatusCode::NOT_FOUND, http::TEXT, body);
             }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body, kind) = if head.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                let snap = tokio::task::spawn_blocking(move || {
-                    let snap = ctx.snapshot();
-                    let now = views::Readings::read(&ctx.counters, &snap)?;
-                    anyhow::Ok(views::metrics(&snap, &ctx.conn_counts(), &now))
-                })
-                .await;
-                match snap {
-                    Ok(Ok(s)) => (
-                        "200 OK",
-                        render(&s),
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                    Ok(Err(e)) => (
-                        "500 Internal Server Error",
-                        format!("{e:#}\n"),
-                        "text/plain",
-                    ),
-                    Err(e) => ("500 Internal Server Error", format!("{e}\n"), "text/plain"),
-                }
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served\n".to_string(),
-                    "text/plain",
-                )
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-        });
+            let ctx = self.ctx.clone();
+            let snap = tokio::task::spawn_blocking(move || {
+                let snap = ctx.snapshot();
+                let now = views::Readings::read(&ctx.counters, &snap)?;
+                anyhow::Ok(views::metrics(&snap, &ctx.conn_counts(), &now))
+            })
+            .await;
+            let error = StatusCode::INTERNAL_SERVER_ERROR;
+            match snap {
+                Ok(Ok(s)) => Reply::new(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    render(&s),
+                ),
+                Ok(Err(e)) => Reply::new(error, http::TEXT, format!("{e:#}\n")),
+                Err(e) => Reply::new(error, http::TEXT, format!("{e}\n")),
+            }
+        })
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::{sync::watch, task::JoinHandle};
 pub mod checks;
 pub mod control;
 pub mod controller;
+pub mod http;
 pub mod metrics;
 pub mod neighbours;
 pub mod sweeper;
