@@ -13,8 +13,10 @@ pub mod request;
 pub mod response;
 
 pub use client::{Client, ClientError};
-pub use request::{MAX_LINE, Request, RequestError};
+pub use request::{
+    BackendAdd, BackendDel, BackendSet, MAX_LINE, Request, RequestError, ServiceAdd, ServiceDel,
+};
 pub use response::{
-    BackendEntry, BackendStats, ConnEntry, ConnState, Conns, Neighbour, Rate, Response,
-    ServiceEntry, ServiceList, ServiceSettings, ServiceStats, Stats, Traffic,
+    BackendEntry, BackendStats, BackendSummary, ConnEntry, ConnState, Conns, Neighbour, Rate,
+    Response, ServiceEntry, ServiceList, ServiceSettings, ServiceStats, Stats, Traffic,
 };

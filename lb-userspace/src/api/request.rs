@@ -21,29 +21,11 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub enum Request {
     /// Services and backends with weight, state, health and connections.
     List {},
-    ServiceAdd {
-        service: ServiceConfig,
-    },
-    ServiceDel {
-        service: ServiceKey,
-    },
-    BackendAdd {
-        service: ServiceKey,
-        backend: BackendConfig,
-    },
-    BackendDel {
-        service: ServiceKey,
-        backend: BackendRef,
-    },
-    /// Changes a backend's weight and/or admin state (at least one of them).
-    BackendSet {
-        service: ServiceKey,
-        backend: BackendRef,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        weight: Option<u16>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        state: Option<AdminState>,
-    },
+    ServiceAdd(ServiceAdd),
+    ServiceDel(ServiceDel),
+    BackendAdd(BackendAdd),
+    BackendDel(BackendDel),
+    BackendSet(BackendSet),
     /// Counters and per-service/per-backend traffic; with `rate`, per-second rates too.
     Stats {
         #[serde(default)]
@@ -60,6 +42,48 @@ pub enum Request {
     },
     /// Re-read the configuration file given to `lb run`.
     Reload {},
+}
+
+/// Adds a service (and its backends).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAdd {
+    pub service: ServiceConfig,
+}
+
+/// Removes a service, its backends and its connection-table entries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDel {
+    pub service: ServiceKey,
+}
+
+/// Adds a backend to a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendAdd {
+    pub service: ServiceKey,
+    pub backend: BackendConfig,
+}
+
+/// Removes a backend from a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDel {
+    pub service: ServiceKey,
+    pub backend: BackendRef,
+}
+
+/// Changes a backend's weight and/or admin state (at least one of them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSet {
+    pub service: ServiceKey,
+    pub backend: BackendRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AdminState>,
 }
 
 fn default_limit() -> usize {
@@ -110,11 +134,11 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::List {} => "list",
-            Request::ServiceAdd { .. } => "service_add",
-            Request::ServiceDel { .. } => "service_del",
-            Request::BackendAdd { .. } => "backend_add",
-            Request::BackendDel { .. } => "backend_del",
-            Request::BackendSet { .. } => "backend_set",
+            Request::ServiceAdd(_) => "service_add",
+            Request::ServiceDel(_) => "service_del",
+            Request::BackendAdd(_) => "backend_add",
+            Request::BackendDel(_) => "backend_del",
+            Request::BackendSet(_) => "backend_set",
             Request::Stats { .. } => "stats",
             Request::Conns { .. } => "conns",
             Request::Reload {} => "reload",
@@ -155,11 +179,11 @@ impl Request {
                 .to_string(),
             reason: e.reason,
         })?;
-        if let Request::BackendSet {
+        if let Request::BackendSet(BackendSet {
             weight: None,
             state: None,
             ..
-        } = request
+        }) = request
         {
             return Err(RequestError::NothingToChange);
         }
@@ -173,7 +197,7 @@ impl Request {
         };
         let (op, fields) = tagged.into_iter().next().expect("one operation");
         let Value::Object(mut fields) = fields else {
-            unreachable!("every operation has named fields");
+            unreachable!("every operation's payload has named fields");
         };
         fields.insert("op".into(), Value::String(op));
         Value::Object(fields).to_string()
@@ -224,32 +248,32 @@ mod tests {
             Request::List {},
             Request::Reload {},
             Request::Stats { rate: true },
-            Request::ServiceDel {
+            Request::ServiceDel(ServiceDel {
                 service: "10.1.1.1:80/tcp".parse().unwrap(),
-            },
-            Request::ServiceAdd {
+            }),
+            Request::ServiceAdd(ServiceAdd {
                 service: serde_json::from_str(
                     r#"{"vip": "10.1.1.1", "port": 80, "backends": [{"address": "10.0.0.1"}]}"#,
                 )
                 .unwrap(),
-            },
-            Request::BackendAdd {
+            }),
+            Request::BackendAdd(BackendAdd {
                 service: "10.1.1.1:80/tcp".parse().unwrap(),
                 backend: serde_json::from_str(
                     r#"{"address": "10.0.0.2", "weight": 5, "backup": true}"#,
                 )
                 .unwrap(),
-            },
-            Request::BackendDel {
+            }),
+            Request::BackendDel(BackendDel {
                 service: "10.1.1.1:80/tcp".parse().unwrap(),
                 backend: "10.0.0.2".parse().unwrap(),
-            },
-            Request::BackendSet {
+            }),
+            Request::BackendSet(BackendSet {
                 service: "10.1.1.1:80/tcp".parse().unwrap(),
                 backend: "10.0.0.2:80".parse().unwrap(),
                 weight: Some(0),
                 state: Some(AdminState::Drain),
-            },
+            }),
             Request::Conns {
                 service: Some("10.1.1.1:80/tcp".parse().unwrap()),
                 backend: None,
@@ -302,12 +326,12 @@ mod tests {
         // Keys in sorted order, optional fields left out, as the hand-written encoder did.
         assert_eq!(Request::List {}.to_line(), r#"{"op":"list"}"#);
         assert_eq!(
-            Request::BackendSet {
+            Request::BackendSet(BackendSet {
                 service: "10.1.1.1:80/tcp".parse().unwrap(),
                 backend: "10.0.0.2".parse().unwrap(),
                 weight: None,
                 state: Some(AdminState::Drain),
-            }
+            })
             .to_line(),
             r#"{"backend":"10.0.0.2","op":"backend_set","service":"10.1.1.1:80/tcp","state":"drain"}"#
         );

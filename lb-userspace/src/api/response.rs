@@ -86,19 +86,26 @@ pub struct ServiceSettings {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendEntry {
-    pub backend: SocketAddrV4,
-    pub weight: u16,
+    #[serde(flatten)]
+    pub summary: BackendSummary,
     pub backup: bool,
-    pub state: AdminState,
-    /// `null` while the backend has no health record.
-    pub health: Option<HealthSnapshot>,
     /// Owns Maglev table slots: takes new connections.
     pub in_rotation: bool,
-    pub active_conns: u64,
-    pub inactive_conns: u64,
     /// DSR backends only: the MAC the datapath writes, or why there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neighbour: Option<Neighbour>,
+}
+
+/// What `list` and `stats` both show of a backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendSummary {
+    pub backend: SocketAddrV4,
+    pub weight: u16,
+    pub state: AdminState,
+    /// `null` while the backend has no health record.
+    pub health: Option<HealthSnapshot>,
+    pub active_conns: u64,
+    pub inactive_conns: u64,
 }
 
 /// Where a DSR backend is reached at layer 2.
@@ -134,12 +141,8 @@ pub struct ServiceStats {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStats {
-    pub backend: SocketAddrV4,
-    pub weight: u16,
-    pub state: AdminState,
-    pub health: Option<HealthSnapshot>,
-    pub active_conns: u64,
-    pub inactive_conns: u64,
+    #[serde(flatten)]
+    pub summary: BackendSummary,
     pub traffic: Traffic,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,

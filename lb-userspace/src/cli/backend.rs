@@ -4,7 +4,7 @@ use clap::Subcommand;
 
 use super::Target;
 use crate::{
-    api::Request,
+    api::{BackendAdd, BackendDel, BackendSet, Request},
     config::{AdminState, BackendConfig, BackendRef, ServiceKey},
 };
 
@@ -75,7 +75,7 @@ impl BackendCmd {
                 weight,
                 backup,
                 state,
-            } => Request::BackendAdd {
+            } => Request::BackendAdd(BackendAdd {
                 service,
                 backend: BackendConfig {
                     address: backend.address,
@@ -84,8 +84,10 @@ impl BackendCmd {
                     backup,
                     state: state.into(),
                 },
-            },
-            BackendCmd::Del { service, backend } => Request::BackendDel { service, backend },
+            }),
+            BackendCmd::Del { service, backend } => {
+                Request::BackendDel(BackendDel { service, backend })
+            }
             BackendCmd::Set {
                 service,
                 backend,
@@ -95,12 +97,12 @@ impl BackendCmd {
                 if weight.is_none() && state.is_none() {
                     bail!("nothing to change: give --weight and/or --state");
                 }
-                Request::BackendSet {
+                Request::BackendSet(BackendSet {
                     service,
                     backend,
                     weight,
                     state: state.map(Into::into),
-                }
+                })
             }
         };
         target.send(&req).map(drop)

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{Target, print};
 use crate::{
-    api::{Request, ServiceList},
+    api::{Request, ServiceAdd, ServiceDel, ServiceList},
     config::{
         AdminState, BackendConfig, BackendRef, CheckKind, Forwarding, HealthCheckConfig,
         ServiceConfig, ServiceKey, StatusSpec,
@@ -105,9 +105,13 @@ impl ServiceCmd {
             }
             ServiceCmd::Add(a) => {
                 let service = service_config(a)?;
-                target.send(&Request::ServiceAdd { service }).map(drop)
+                target
+                    .send(&Request::ServiceAdd(ServiceAdd { service }))
+                    .map(drop)
             }
-            ServiceCmd::Del { service } => target.send(&Request::ServiceDel { service }).map(drop),
+            ServiceCmd::Del { service } => target
+                .send(&Request::ServiceDel(ServiceDel { service }))
+                .map(drop),
         }
     }
 }

@@ -69,18 +69,18 @@ pub fn services(list: &ServiceList) -> String {
             flags.join(",")
         );
         for b in &svc.backends {
-            let (health, since, fails, last) = health_cols(b.health.as_ref(), now_ms);
-            let mut name = b.backend.to_string();
+            let (health, since, fails, last) = health_cols(b.summary.health.as_ref(), now_ms);
+            let mut name = b.summary.backend.to_string();
             if b.backup {
                 name += " (backup)";
             }
             let rotation = if b.in_rotation { "yes" } else { "no" };
             out += &format!(
                 "  -> {name:<25} {:<6} {:<10} {:<9} {health:<6} {since:<6} {fails:<5} {:<6} {rotation:<8} {last}\n",
-                b.weight,
-                b.active_conns,
-                b.inactive_conns,
-                b.state.as_str(),
+                b.summary.weight,
+                b.summary.active_conns,
+                b.summary.inactive_conns,
+                b.summary.state.as_str(),
             );
             if let Some(crate::api::Neighbour::Problem { problem }) = &b.neighbour {
                 out += &format!("       ! gets no traffic: {problem}\n");
@@ -121,7 +121,7 @@ pub fn stats(st: &Stats, rate: bool) -> String {
             for b in &svc.backends {
                 out += &format!(
                     "  -> {:<25}{}\n",
-                    b.backend.to_string(),
+                    b.summary.backend.to_string(),
                     rate_cols(b.rate.as_ref())
                 );
             }
@@ -143,10 +143,11 @@ pub fn stats(st: &Stats, rate: bool) -> String {
             let (proto, addr) = proto_addr(&svc.service);
             out += &format!("{proto:<4} {addr:<25}{}\n", traffic_cols(&svc.traffic));
             for b in &svc.backends {
-                let (health, since, fails, last) = health_cols(b.health.as_ref(), now_unix_ms());
+                let (health, since, fails, last) =
+                    health_cols(b.summary.health.as_ref(), now_unix_ms());
                 out += &format!(
                     "  -> {:<25}{}  {health} {since} fails={fails} {last}\n",
-                    b.backend.to_string(),
+                    b.summary.backend.to_string(),
                     traffic_cols(&b.traffic)
                 );
             }

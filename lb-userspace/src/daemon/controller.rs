@@ -19,11 +19,8 @@ use std::{
 };
 
 use crate::{
-    api::Request,
-    config::{
-        AdminState, BackendConfig, BackendRef, CheckKind, Config, Forwarding, ServiceConfig,
-        ServiceKey,
-    },
+    api::{BackendAdd, BackendDel, BackendSet, Request, ServiceAdd, ServiceDel},
+    config::{CheckKind, Config, Forwarding, ServiceKey},
     health::{BackendHealth, Health, HealthSnapshot, ProbeResult, Thresholds, Transition},
     model::{
         apply::{Maps, apply},
@@ -38,22 +35,11 @@ pub type Neighbours = BTreeMap<Ipv4Addr, Result<Neighbour, Unreachable>>;
 /// A change asked for by an operator (control request, reload, SIGHUP).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    ServiceAdd(ServiceConfig),
-    ServiceDel(ServiceKey),
-    BackendAdd {
-        service: ServiceKey,
-        backend: BackendConfig,
-    },
-    BackendDel {
-        service: ServiceKey,
-        backend: BackendRef,
-    },
-    BackendSet {
-        service: ServiceKey,
-        backend: BackendRef,
-        weight: Option<u16>,
-        state: Option<AdminState>,
-    },
+    ServiceAdd(ServiceAdd),
+    ServiceDel(ServiceDel),
+    BackendAdd(BackendAdd),
+    BackendDel(BackendDel),
+    BackendSet(BackendSet),
     /// Replace the whole configuration (already read and validated).
     Reload(Config),
 }
@@ -63,21 +49,11 @@ impl Change {
     /// configuration the caller reads first).
     pub fn from_request(req: Request) -> Option<Change> {
         Some(match req {
-            Request::ServiceAdd { service } => Change::ServiceAdd(service),
-            Request::ServiceDel { service } => Change::ServiceDel(service),
-            Request::BackendAdd { service, backend } => Change::BackendAdd { service, backend },
-            Request::BackendDel { service, backend } => Change::BackendDel { service, backend },
-            Request::BackendSet {
-                service,
-                backend,
-                weight,
-                state,
-            } => Change::BackendSet {
-                service,
-                backend,
-                weight,
-                state,
-            },
+            Request::ServiceAdd(r) => Change::ServiceAdd(r),
+            Request::ServiceDel(r) => Change::ServiceDel(r),
+            Request::BackendAdd(r) => Change::BackendAdd(r),
+            Request::BackendDel(r) => Change::BackendDel(r),
+            Request::BackendSet(r) => Change::BackendSet(r),
             Request::List {}
             | Request::Stats { .. }
             | Request::Conns { .. }
@@ -90,29 +66,30 @@ impl Change {
     /// What the log says once the change is made.
     fn describe(&self, config_path: &str) -> String {
         match self {
-            Change::ServiceAdd(s) => format!("added service {}", s.key()),
-            Change::ServiceDel(k) => format!("removed service {k}"),
-            Change::BackendAdd { service, backend } => format!(
-                "added backend {} to {service}",
-                backend.socket_addr(service.port)
+            Change::ServiceAdd(r) => format!("added service {}", r.service.key()),
+            Change::ServiceDel(r) => format!("removed service {}", r.service),
+            Change::BackendAdd(r) => format!(
+                "added backend {} to {}",
+                r.backend.socket_addr(r.service.port),
+                r.service
             ),
-            Change::BackendDel { service, backend } => {
+            Change::BackendDel(r) => {
                 format!(
-                    "removed backend {} from {service}",
-                    backend.resolve(service)
+                    "removed backend {} from {}",
+                    r.backend.resolve(&r.service),
+                    r.service
                 )
             }
-            Change::BackendSet {
-                service,
-                backend,
-                weight,
-                state,
-            } => {
-                let mut what = format!("backend {} of {service}:", backend.resolve(service));
-                if let Some(w) = weight {
+            Change::BackendSet(r) => {
+                let mut what = format!(
+                    "backend {} of {}:",
+                    r.backend.resolve(&r.service),
+                    r.service
+                );
+                if let Some(w) = r.weight {
                     what += &format!(" weight {w}");
                 }
-                if let Some(s) = state {
+                if let Some(s) = r.state {
                     what += &format!(" state {}", s.as_str());
                 }
                 what
@@ -124,20 +101,15 @@ impl Change {
     /// Applies the change to `runtime` (all or nothing).
     pub fn apply_to(&self, runtime: &mut Runtime) -> Result<(), OpError> {
         match self {
-            Change::ServiceAdd(s) => runtime.add_service(s.clone(), Health::Up),
-            Change::ServiceDel(k) => runtime.remove_service(k),
-            Change::BackendAdd { service, backend } => {
-                runtime.add_backend(service, backend.clone(), Health::Up)
+            Change::ServiceAdd(r) => runtime.add_service(r.service.clone(), Health::Up),
+            Change::ServiceDel(r) => runtime.remove_service(&r.service),
+            Change::BackendAdd(r) => runtime.add_backend(&r.service, r.backend.clone(), Health::Up),
+            Change::BackendDel(r) => {
+                runtime.remove_backend(&r.service, r.backend.resolve(&r.service))
             }
-            Change::BackendDel { service, backend } => {
-                runtime.remove_backend(service, backend.resolve(service))
+            Change::BackendSet(r) => {
+                runtime.set_backend(&r.service, r.backend.resolve(&r.service), r.weight, r.state)
             }
-            Change::BackendSet {
-                service,
-                backend,
-                weight,
-                state,
-            } => runtime.set_backend(service, backend.resolve(service), *weight, *state),
             Change::Reload(config) => runtime.reload(config, Health::Up),
         }
     }
@@ -524,28 +496,32 @@ mod tests {
         let mut c = controller();
         let svc = key("10.100.0.10:80/tcp");
         c.change(
-            &Change::BackendAdd {
+            &Change::BackendAdd(BackendAdd {
                 service: svc,
                 backend: serde_json::from_str(r#"{"address": "10.0.0.13"}"#).unwrap(),
-            },
+            }),
             found(&["10.0.0.13"]),
         )
         .unwrap();
         assert_eq!(slots_of(&c, "10.100.0.10:80/tcp").len(), 3);
         let before = (c.maps().writes, c.runtime().to_config());
         let refused = [
-            Change::BackendDel {
+            Change::BackendDel(BackendDel {
                 service: svc,
                 backend: "10.0.0.99".parse().unwrap(),
-            },
-            Change::ServiceDel(key("10.9.9.9:80/tcp")),
-            Change::ServiceAdd(config(CONFIG).services[0].clone()),
-            Change::BackendSet {
+            }),
+            Change::ServiceDel(ServiceDel {
+                service: key("10.9.9.9:80/tcp"),
+            }),
+            Change::ServiceAdd(ServiceAdd {
+                service: config(CONFIG).services[0].clone(),
+            }),
+            Change::BackendSet(BackendSet {
                 service: svc,
                 backend: "10.0.0.11".parse().unwrap(),
                 weight: None,
                 state: None,
-            },
+            }),
         ];
         for change in &refused {
             let e = c.change(change, Neighbours::new()).unwrap_err();
@@ -572,13 +548,13 @@ mod tests {
         c.maps_mut().fail_at = Some(c.maps().writes + 3);
         let e = c
             .change(
-                &Change::ServiceAdd(
-                    serde_json::from_str(
+                &Change::ServiceAdd(ServiceAdd {
+                    service: serde_json::from_str(
                         r#"{"vip": "10.100.0.30", "port": 80, "table_size": 251, "backends": [
                         {"address": "10.0.0.11"}, {"address": "10.0.0.14"}]}"#,
                     )
                     .unwrap(),
-                ),
+                }),
                 found(&["10.0.0.14"]),
             )
             .unwrap_err();
@@ -605,8 +581,11 @@ mod tests {
         };
         assert_eq!(live(&maps_after.2), live(&maps_before.2));
         // And the next change works.
-        c.change(&Change::ServiceDel(svc), Neighbours::new())
-            .unwrap();
+        c.change(
+            &Change::ServiceDel(ServiceDel { service: svc }),
+            Neighbours::new(),
+        )
+        .unwrap();
         assert_eq!(c.maps().services.len(), 1);
     }
 
@@ -647,15 +626,15 @@ mod tests {
             c.probe_result(svc, b11, &ProbeResult::Fail("timeout".into()));
         }
         assert_eq!(c.snapshot().health[&(svc, b11)].state, Health::Down);
-        let del = Change::BackendDel {
+        let del = Change::BackendDel(BackendDel {
             service: svc,
             backend: "10.0.0.11".parse().unwrap(),
-        };
+        });
         c.change(&del, Neighbours::new()).unwrap();
-        let add = Change::BackendAdd {
+        let add = Change::BackendAdd(BackendAdd {
             service: svc,
             backend: serde_json::from_str(r#"{"address": "10.0.0.11"}"#).unwrap(),
-        };
+        });
         c.change(&add, Neighbours::new()).unwrap();
         assert_eq!(
             c.snapshot().health[&(svc, b11)].state,
@@ -689,23 +668,25 @@ mod tests {
     fn new_dsr_addresses_are_those_a_change_brings_and_nobody_looked_up() {
         let c = controller();
         let known = c.neighbours().clone();
-        let add = Change::BackendAdd {
+        let add = Change::BackendAdd(BackendAdd {
             service: key("10.100.0.10:80/tcp"),
             backend: serde_json::from_str(r#"{"address": "10.0.0.15"}"#).unwrap(),
-        };
+        });
         assert_eq!(
             new_dsr_addresses(&add, c.runtime(), &known),
             vec!["10.0.0.15".parse::<Ipv4Addr>().unwrap()]
         );
-        let nat = Change::BackendAdd {
+        let nat = Change::BackendAdd(BackendAdd {
             service: key("10.100.0.20:8080/tcp"),
             backend: serde_json::from_str(r#"{"address": "10.1.0.15"}"#).unwrap(),
-        };
+        });
         assert!(
             new_dsr_addresses(&nat, c.runtime(), &known).is_empty(),
             "NAT backends need no neighbour"
         );
-        let refused = Change::ServiceDel(key("10.9.9.9:80/tcp"));
+        let refused = Change::ServiceDel(ServiceDel {
+            service: key("10.9.9.9:80/tcp"),
+        });
         assert!(new_dsr_addresses(&refused, c.runtime(), &known).is_empty());
     }
 

@@ -14,59 +14,95 @@ use std::{
 use anyhow::Result;
 use lb_common::{Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, Flow, FlowKey, TrafficStats};
 
-use super::{controller::Snapshot, metrics, sweeper::ConnCounts};
+use super::{
+    controller::Snapshot,
+    metrics,
+    sweeper::{ConnCount, ConnCounts},
+};
 use crate::{
     api::{
-        BackendEntry, BackendStats, ConnEntry, ConnState, Conns, Neighbour, Rate, ServiceEntry,
-        ServiceList, ServiceSettings, ServiceStats, Stats, Traffic,
+        BackendEntry, BackendStats, BackendSummary, ConnEntry, ConnState, Conns, Neighbour, Rate,
+        ServiceEntry, ServiceList, ServiceSettings, ServiceStats, Stats, Traffic,
     },
     config::{AdminState, BackendRef, Forwarding, Protocol, ServiceKey},
     dataplane::Counters,
-    health::Health,
+    health::{Health, HealthSnapshot},
+    model::runtime::{BackendState, ServiceState},
     net::neighbour::format_mac,
 };
 
+/// One backend as every view shows it.
+struct Row<'a> {
+    addr: SocketAddrV4,
+    backend: &'a BackendState,
+    health: Option<HealthSnapshot>,
+    in_rotation: bool,
+    conns: ConnCount,
+}
+
+impl Row<'_> {
+    fn summary(&self) -> BackendSummary {
+        BackendSummary {
+            backend: self.addr,
+            weight: self.backend.config.weight,
+            state: self.backend.config.state,
+            health: self.health.clone(),
+            active_conns: self.conns.active,
+            inactive_conns: self.conns.inactive,
+        }
+    }
+}
+
+/// Every service of the snapshot with the rows of its backends, in order.
+fn services<'a>(
+    snap: &'a Snapshot,
+    counts: &'a ConnCounts,
+) -> impl Iterator<Item = (&'a ServiceState, Vec<Row<'a>>)> {
+    snap.runtime.services().map(move |s| {
+        let key = s.config.key();
+        let rotation = snap.rotation(&key);
+        let rows = s
+            .backends
+            .iter()
+            .map(|(addr, b)| Row {
+                addr: *addr,
+                backend: b,
+                health: snap.health.get(&(key, *addr)).cloned(),
+                in_rotation: rotation.contains(&b.index),
+                conns: counts.of(b.index),
+            })
+            .collect();
+        (s, rows)
+    })
+}
+
 /// `lb service list`.
 pub fn list(snap: &Snapshot, counts: &ConnCounts) -> ServiceList {
-    let services = snap
-        .runtime
-        .services()
-        .map(|s| {
-            let key = s.config.key();
-            let rotation = snap.rotation(&key);
-            let backends = s
-                .backends
-                .iter()
-                .map(|(addr, b)| {
-                    let n = counts.of(b.index);
-                    BackendEntry {
-                        backend: *addr,
-                        weight: b.config.weight,
-                        backup: b.config.backup,
-                        state: b.config.state,
-                        health: snap.health.get(&(key, *addr)).cloned(),
-                        in_rotation: rotation.contains(&b.index),
-                        active_conns: n.active,
-                        inactive_conns: n.inactive,
-                        neighbour: (s.config.forwarding == Forwarding::Dsr).then(|| {
-                            match snap.neighbours.get(&b.config.address) {
-                                Some(Ok(nb)) => Neighbour::Mac {
-                                    mac: format_mac(&nb.mac),
-                                },
-                                Some(Err(why)) => Neighbour::Problem {
-                                    problem: why.to_string(),
-                                },
-                                None => Neighbour::Problem {
-                                    problem: "not looked up yet".into(),
-                                },
-                            }
-                        }),
-                    }
+    let services = services(snap, counts)
+        .map(|(s, rows)| {
+            let dsr = s.config.forwarding == Forwarding::Dsr;
+            let backends = rows
+                .into_iter()
+                .map(|r| BackendEntry {
+                    backup: r.backend.config.backup,
+                    in_rotation: r.in_rotation,
+                    summary: r.summary(),
+                    neighbour: dsr.then(|| match snap.neighbours.get(&r.backend.config.address) {
+                        Some(Ok(nb)) => Neighbour::Mac {
+                            mac: format_mac(&nb.mac),
+                        },
+                        Some(Err(why)) => Neighbour::Problem {
+                            problem: why.to_string(),
+                        },
+                        None => Neighbour::Problem {
+                            problem: "not looked up yet".into(),
+                        },
+                    }),
                 })
                 .collect();
             let c = &s.config;
             ServiceEntry {
-                service: key,
+                service: c.key(),
                 config: ServiceSettings {
                     vip: c.vip,
                     port: c.port,
@@ -180,33 +216,21 @@ pub fn stats(
         Some((_, o, n)) => (Some(o), Some(n)),
         None => (None, None),
     };
-    let services = snap
-        .runtime
-        .services()
-        .map(|s| {
-            let key = s.config.key();
-            let backends = s
-                .backends
-                .iter()
-                .map(|(addr, b)| {
-                    let n = counts.of(b.index);
-                    BackendStats {
-                        backend: *addr,
-                        weight: b.config.weight,
-                        state: b.config.state,
-                        health: snap.health.get(&(key, *addr)).cloned(),
-                        active_conns: n.active,
-                        inactive_conns: n.inactive,
-                        traffic: Traffic::from(&now.backend(b.index)),
-                        rate: rate(
-                            old.and_then(|o| o.backends.get(&b.index)),
-                            new.and_then(|n| n.backends.get(&b.index)),
-                        ),
-                    }
+    let services = services(snap, counts)
+        .map(|(s, rows)| {
+            let backends = rows
+                .into_iter()
+                .map(|r| BackendStats {
+                    summary: r.summary(),
+                    traffic: Traffic::from(&now.backend(r.backend.index)),
+                    rate: rate(
+                        old.and_then(|o| o.backends.get(&r.backend.index)),
+                        new.and_then(|n| n.backends.get(&r.backend.index)),
+                    ),
                 })
                 .collect();
             ServiceStats {
-                service: key,
+                service: s.config.key(),
                 traffic: Traffic::from(&now.service(s.id)),
                 backends,
                 rate: rate(
@@ -326,36 +350,29 @@ pub fn conns(snap: &Snapshot, flows: &[(FlowKey, Flow)], now_ns: u64, filter: Co
 
 /// Everything the metrics endpoint exports.
 pub fn metrics(snap: &Snapshot, counts: &ConnCounts, now: &Readings) -> metrics::Sample {
-    let services = snap
-        .runtime
-        .services()
-        .map(|s| {
+    let services = services(snap, counts)
+        .map(|(s, rows)| {
             let key = s.config.key();
-            let rotation = snap.rotation(&key);
             metrics::ServiceSample {
                 vip: key.vip.to_string(),
                 port: key.port,
                 proto: key.protocol.as_str(),
                 traffic: now.service(s.id),
-                backends: s
-                    .backends
-                    .iter()
-                    .map(|(addr, b)| {
-                        let n = counts.of(b.index);
-                        metrics::BackendSample {
-                            backend: addr.to_string(),
-                            traffic: now.backend(b.index),
-                            up: b.health == Health::Up,
-                            weight: b.config.weight,
-                            admin_state: match b.config.state {
-                                AdminState::Ready => 0,
-                                AdminState::Drain => 1,
-                                AdminState::Maint => 2,
-                            },
-                            in_rotation: rotation.contains(&b.index),
-                            active: n.active,
-                            inactive: n.inactive,
-                        }
+                backends: rows
+                    .into_iter()
+                    .map(|r| metrics::BackendSample {
+                        backend: r.addr.to_string(),
+                        traffic: now.backend(r.backend.index),
+                        up: r.backend.health == Health::Up,
+                        weight: r.backend.config.weight,
+                        admin_state: match r.backend.config.state {
+                            AdminState::Ready => 0,
+                            AdminState::Drain => 1,
+                            AdminState::Maint => 2,
+                        },
+                        in_rotation: r.in_rotation,
+                        active: r.conns.active,
+                        inactive: r.conns.inactive,
                     })
                     .collect(),
             }
@@ -447,9 +464,9 @@ mod tests {
             .iter()
             .map(|b| {
                 (
-                    b.backend.to_string(),
+                    b.summary.backend.to_string(),
                     b.in_rotation,
-                    b.active_conns,
+                    b.summary.active_conns,
                     b.neighbour.clone(),
                 )
             })

@@ -165,11 +165,11 @@ mod tests {
         let (writer, thread) = spawn(c, publish, |_| {});
         let svc: ServiceKey = "10.100.0.20:80/tcp".parse().unwrap();
         for last in 12..20u8 {
-            let change = Change::BackendAdd {
+            let change = Change::BackendAdd(crate::api::BackendAdd {
                 service: svc,
                 backend: serde_json::from_str(&format!(r#"{{"address": "10.1.0.{last}"}}"#))
                     .unwrap(),
-            };
+            });
             writer
                 .change(change, Neighbours::new())
                 .await
@@ -184,7 +184,9 @@ mod tests {
         }
         let refused = writer
             .change(
-                Change::ServiceDel("10.9.9.9:80/tcp".parse().unwrap()),
+                Change::ServiceDel(crate::api::ServiceDel {
+                    service: "10.9.9.9:80/tcp".parse().unwrap(),
+                }),
                 Neighbours::new(),
             )
             .await

@@ -335,22 +335,20 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -694,6 +692,40 @@ mod tests {
         ProbeResult::Fail(reason.to_owned())
     }
 
+    /// Servers that answer one fixed response, and the verdict on each.
+    #[tokio::test]
+    async fn http_answers_are_judged() {
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &'static [u8], bool, ProbeKind, ProbeResult)> = vec![
+            ("a 503", &b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"[..], false, http("/", (200, 299), None), fail("HTTP 503")),
+            ("the status first, then the body", &b"HTTP/1.1 500 Oops\r\n\r\nok"[..], false, http("/", (200, 299), Some("ok")), fail("HTTP 500")),
+            ("the body has the text", &b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nstatus: ok\r\n"[..], false, http("/", (200, 200), Some("ok")), ProbeResult::Up),
+            ("a body read until close", &b"HTTP/1.1 200 OK\r\n\r\nall is well"[..], false, http("/", (200, 200), Some("well")), ProbeResult::Up),
+            // The needle follows the announced body, and the server keeps the connection open:
+            // the probe must stop at Content-Length, neither matching past it nor waiting.
+            ("Content-Length ends the body", &b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnopeok"[..], true, http("/", (200, 200), Some("ok")), fail("HTTP 200 but body lacks \"ok\"")),
+            ("a 3xx inside the range", &b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n"[..], false, http("/", (200, 399), None), ProbeResult::Up),
+            ("the range is inclusive", &b"HTTP/1.0 399 Odd\r\n\r\n"[..], false, http("/", (200, 399), None), ProbeResult::Up),
+            ("a 3xx outside the range", &b"HTTP/1.1 302 Found\r\n\r\n"[..], false, http("/", (200, 299), None), fail("HTTP 302")),
+            ("the body lacks the text", &b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ndegraded"[..], false, http("/", (200, 200), Some("ok")), fail("HTTP 200 but body lacks \"ok\"")),
+            // "ok" split across two chunks: only the decoded body holds it.
+            ("a chunked body is decoded", &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nall\r\n2\r\n o\r\n1\r\nk\r\n0\r\n\r\n"[..], false, http("/", (200, 200), Some("ok")), ProbeResult::Up),
+            ("a chunked body without the text", &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nfail\r\n0\r\n\r\n"[..], false, http("/", (200, 200), Some("ok")), fail("HTTP 200 but body lacks \"ok\"")),
+            ("not HTTP", &b"SSH-2.0-OpenSSH_9.6\r\n"[..], false, http("/", (200, 299), None), fail("bad HTTP response")),
+            // Garbage without a line end, connection held open: judged at once, no timeout.
+            ("garbage held open", &b"220 "[..], true, http("/", (200, 299), None), fail("bad HTTP response")),
+            // Looks like HTTP, but the status code is not three digits.
+            ("a two-digit status", &b"HTTP/1.1 20 OK\r\n\r\n"[..], false, http("/", (200, 299), None), fail("bad HTTP response")),
+            ("closed without a response", &b""[..], false, http("/", (200, 299), None), fail("connection closed before response")),
+            // Closed in the middle of the head: a response was started, and is not HTTP.
+            ("closed in the head", &b"HTTP/1.1 200 OK\r\nX-Half: ye"[..], false, http("/", (200, 299), None), fail("bad HTTP response")),
+        ];
+        for (name, response, hold_open, kind, want) in cases {
+            let (addr, _server) = respond(response, hold_open).await;
+            assert_eq!(probe(&kind, addr, LONG).await, want, "{name}");
+        }
+    }
+
     #[tokio::test]
     async fn tcp_open_port_is_up() {
         let (listener, addr) = listen().await;
@@ -747,105 +779,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http_503_fails_with_status() {
-        let (addr, _server) = respond(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-            false,
-        )
-        .await;
-        let result = probe(&http("/", (200, 299), None), addr, LONG).await;
-        assert_eq!(result, fail("HTTP 503"));
-    }
-
-    #[tokio::test]
-    async fn http_status_range_is_inclusive() {
-        let (addr, _server) = respond(b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n", false).await;
-        assert_eq!(
-            probe(&http("/", (200, 399), None), addr, LONG).await,
-            ProbeResult::Up
-        );
-        let (addr, _server) = respond(b"HTTP/1.0 399 Odd\r\n\r\n", false).await;
-        assert_eq!(
-            probe(&http("/", (200, 399), None), addr, LONG).await,
-            ProbeResult::Up
-        );
-        let (addr, _server) = respond(b"HTTP/1.1 302 Found\r\n\r\n", false).await;
-        assert_eq!(
-            probe(&http("/", (200, 299), None), addr, LONG).await,
-            fail("HTTP 302")
-        );
-    }
-
-    #[tokio::test]
-    async fn http_status_is_judged_before_the_body() {
-        let (addr, _server) = respond(b"HTTP/1.1 500 Oops\r\n\r\nok", false).await;
-        let result = probe(&http("/", (200, 299), Some("ok")), addr, LONG).await;
-        assert_eq!(result, fail("HTTP 500"));
-    }
-
-    #[tokio::test]
-    async fn http_body_contains_present_is_up() {
-        let (addr, _server) = respond(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nstatus: ok\r\n",
-            false,
-        )
-        .await;
-        let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
-        assert_eq!(result, ProbeResult::Up);
-    }
-
-    #[tokio::test]
-    async fn http_body_contains_until_close_is_up() {
-        let (addr, _server) = respond(b"HTTP/1.1 200 OK\r\n\r\nall is well", false).await;
-        let result = probe(&http("/", (200, 200), Some("well")), addr, LONG).await;
-        assert_eq!(result, ProbeResult::Up);
-    }
-
-    #[tokio::test]
-    async fn http_body_contains_absent_fails() {
-        let (addr, _server) = respond(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ndegraded",
-            false,
-        )
-        .await;
-        let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
-        assert_eq!(result, fail("HTTP 200 but body lacks \"ok\""));
-        let ProbeResult::Fail(reason) = result else {
-            unreachable!()
-        };
-        assert!(reason.contains("body"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_content_length_ends_the_body() {
-        // The needle follows the announced body, and the server keeps the connection open:
-        // the probe must stop at Content-Length, neither matching past it nor waiting.
-        let (addr, _server) =
-            respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnopeok", true).await;
-        let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
-        assert_eq!(result, fail("HTTP 200 but body lacks \"ok\""));
-    }
-
-    #[tokio::test]
-    async fn http_chunked_body_is_searched() {
-        // "ok" split across two chunks: only the decoded body holds it.
-        let (addr, _server) = respond(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nall\r\n2\r\n o\r\n1\r\nk\r\n0\r\n\r\n",
-            false,
-        )
-        .await;
-        let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
-        assert_eq!(result, ProbeResult::Up);
-        let (addr, _server) = respond(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nfail\r\n0\r\n\r\n",
-            false,
-        )
-        .await;
-        let result = probe(&http("/", (200, 200), Some("ok")), addr, LONG).await;
-        assert_eq!(result, fail("HTTP 200 but body lacks \"ok\""));
-    }
-
-    #[tokio::test]
     async fn http_host_header_as_configured() {
         let (addr, server) = respond(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
         let kind = ProbeKind::Http {
@@ -882,32 +815,6 @@ mod tests {
         )
         .await;
         assert_eq!(result, fail("timeout after 200 ms"));
-    }
-
-    #[tokio::test]
-    async fn http_garbage_is_bad_response() {
-        let (addr, _server) = respond(b"SSH-2.0-OpenSSH_9.6\r\n", false).await;
-        let result = probe(&http("/", (200, 299), None), addr, LONG).await;
-        assert_eq!(result, fail("bad HTTP response"));
-        // Garbage without a line end, connection held open: judged at once, no timeout.
-        let (addr, _server) = respond(b"220 ", true).await;
-        let result = probe(&http("/", (200, 299), None), addr, LONG).await;
-        assert_eq!(result, fail("bad HTTP response"));
-        // Looks like HTTP, but the status code is not three digits.
-        let (addr, _server) = respond(b"HTTP/1.1 20 OK\r\n\r\n", false).await;
-        let result = probe(&http("/", (200, 299), None), addr, LONG).await;
-        assert_eq!(result, fail("bad HTTP response"));
-    }
-
-    #[tokio::test]
-    async fn http_closed_without_response() {
-        let (addr, _server) = respond(b"", false).await;
-        let result = probe(&http("/", (200, 299), None), addr, LONG).await;
-        assert_eq!(result, fail("connection closed before response"));
-        // Closed in the middle of the head: a response was started, and is not HTTP.
-        let (addr, _server) = respond(b"HTTP/1.1 200 OK\r\nX-Half: ye", false).await;
-        let result = probe(&http("/", (200, 299), None), addr, LONG).await;
-        assert_eq!(result, fail("bad HTTP response"));
     }
 
     #[tokio::test]
