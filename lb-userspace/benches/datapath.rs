@@ -68,7 +68,7 @@ struct Bench {
 
 impl Bench {
     fn counters(&self) -> Result<Vec<u64>> {
-        self.dp.counters()
+        Ok(self.dp.counters()?)
     }
 
     fn set_frame(&mut self, frame: &[u8]) -> Result<()> {

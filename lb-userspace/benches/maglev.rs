@@ -150,8 +150,8 @@ fn main() -> Result<()> {
     // Both generations exist after two tables.
     dp.set_table(spare, &slots)?;
     dp.set_table(spare, &slots)?;
-    let swap = time(Some(SPACING), || dp.set_table(spare, &slots))?;
-    let swap_burst = time(None, || dp.set_table(spare, &slots))?;
+    let swap = time(Some(SPACING), || Ok(dp.set_table(spare, &slots)?))?;
+    let swap_burst = time(None, || Ok(dp.set_table(spare, &slots)?))?;
     ensure!(
         dp.table(spare, TABLE_SIZE)?.as_deref() == Some(&slots[..]),
         "the installed table reads back different"
@@ -161,7 +161,7 @@ fn main() -> Result<()> {
     let resize = time(Some(SPACING), || {
         round += 1;
         let len = slots.len() - 16 * (round % 3);
-        dp.set_table(spare, &slots[..len])
+        Ok(dp.set_table(spare, &slots[..len])?)
     })?;
     dp.set_table(spare, &[])?;
 

@@ -21,6 +21,7 @@ use std::{
 use crate::{
     api::{BackendAdd, BackendDel, BackendSet, Request, ServiceAdd, ServiceDel},
     config::{CheckKind, Config, Forwarding, ServiceKey},
+    dataplane::error::chain,
     health::{BackendHealth, Health, HealthSnapshot, ProbeResult, Thresholds, Transition},
     model::{
         apply::{Maps, apply},
@@ -122,8 +123,8 @@ pub enum ChangeError {
     #[error(transparent)]
     Op(#[from] OpError),
     /// The maps could not be written; the previous state was written back.
-    #[error("writing the datapath maps failed: {0:#}")]
-    Datapath(anyhow::Error),
+    #[error("writing the datapath maps failed: {}", chain(.0.as_ref()))]
+    Datapath(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What happened to the running state after a change was made.
@@ -387,11 +388,17 @@ impl<M: Maps> Controller<M> {
         let lookup = |a: Ipv4Addr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
         let image = next.image(&lookup);
         if let Err(e) = apply(&mut self.maps, &self.applied, &image) {
-            log::error!("writing the datapath failed ({e:#}); restoring the previous state");
+            log::error!(
+                "writing the datapath failed ({}); restoring the previous state",
+                chain(&e)
+            );
             if let Err(e2) = apply(&mut self.maps, &image, &self.applied) {
-                log::error!("restoring the previous datapath state failed too: {e2:#}");
+                log::error!(
+                    "restoring the previous datapath state failed too: {}",
+                    chain(&e2)
+                );
             }
-            return Err(ChangeError::Datapath(e));
+            return Err(ChangeError::Datapath(Box::new(e)));
         }
         self.health = health;
         self.runtime = next;

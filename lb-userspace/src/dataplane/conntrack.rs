@@ -4,7 +4,7 @@
 //! the readers work beside the controller.
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use anyhow::{Context as _, Result};
+use super::error::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{Flow, FlowKey, NatReverse};
 

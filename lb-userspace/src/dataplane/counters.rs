@@ -1,7 +1,7 @@
 //! Reading the datapath's counters (`STATS`, `SERVICE_STATS`, `BACKEND_STATS`): per-CPU
 //! arrays summed over CPUs. A [`Counters`] has file descriptors of its own, so readers
 //! (requests, metrics, rate samples) use theirs beside the controller, which writes.
-use anyhow::{Context as _, Result};
+use super::error::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{Counter, TrafficStats};
 
@@ -73,10 +73,13 @@ fn zeroes() -> Result<PerCpuValues<TrafficStats>> {
     let cpus = aya::util::nr_cpus()
         .map_err(|(_, e)| e)
         .context("counting CPUs")?;
-    Ok(PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?)
+    PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).context("sizing per-CPU values")
 }
 
-fn sum_stats(map: &PerCpuArray<MapData, TrafficStats>, index: u32) -> Result<TrafficStats> {
+fn sum_stats(
+    map: &PerCpuArray<MapData, TrafficStats>,
+    index: u32,
+) -> Result<TrafficStats, aya::maps::MapError> {
     let per_cpu = map.get(&index, 0)?;
     Ok(per_cpu.iter().fold(TrafficStats::default(), |mut a, s| {
         a.packets += s.packets;

@@ -4,7 +4,7 @@
 //! the datapath sees a word either before or after a change, never half of it.
 use std::collections::BTreeSet;
 
-use anyhow::Result;
+use aya::maps::MapError;
 use aya::maps::{Array, MapData};
 use lb_common::filter_bit;
 
@@ -31,7 +31,7 @@ impl AddressFilter {
         }
     }
 
-    pub(super) fn add(&mut self, addr: u32) -> Result<()> {
+    pub(super) fn add(&mut self, addr: u32) -> Result<(), MapError> {
         if self.addrs.insert(addr) {
             let (index, _) = filter_bit(addr);
             self.map.set(index, word(&self.addrs, index), 0)?;
@@ -39,7 +39,7 @@ impl AddressFilter {
         Ok(())
     }
 
-    pub(super) fn remove(&mut self, addr: u32) -> Result<()> {
+    pub(super) fn remove(&mut self, addr: u32) -> Result<(), MapError> {
         if self.addrs.remove(&addr) {
             let (index, _) = filter_bit(addr);
             self.map.set(index, word(&self.addrs, index), 0)?;

@@ -19,7 +19,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use anyhow::{Result, bail};
+use super::error::{Error, Result};
 
 #[derive(Default)]
 struct State {
@@ -83,7 +83,9 @@ impl Grace {
             if let Some((covered, why)) = &s.failed
                 && ticket <= *covered
             {
-                bail!("waiting for a kernel RCU grace period failed: {why}");
+                return Err(Error::Invalid(format!(
+                    "waiting for a kernel RCU grace period failed: {why}"
+                )));
             }
             s = self.shared.1.wait(s).unwrap_or_else(|p| p.into_inner());
         }

@@ -10,7 +10,7 @@
 //! order (`crate::model::runtime::datapath_key` builds a [`ServiceKey`] from a service name).
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, bail};
+use super::error::{Context as _, Error, Result};
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::loaded_programs,
@@ -49,11 +49,14 @@ where
 }
 
 /// Reads an entry of a hash map; a missing key is `None`.
-fn lookup<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<Option<V>> {
+fn lookup<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<Option<V>, MapError> {
     match map.get(key, 0) {
         Ok(v) => Ok(Some(v)),
         Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -74,7 +77,9 @@ impl Inspector {
         let mut maps = BTreeMap::new();
         for id in ids {
             let data = MapData::from_id(id).with_context(|| format!("opening map id {id}"))?;
-            let info = data.info()?;
+            let info = data
+                .info()
+                .with_context(|| format!("reading the info of map id {id}"))?;
             if let Some(name) = info.name_as_str() {
                 maps.insert(name.to_string(), data);
             }
@@ -129,10 +134,10 @@ impl Inspector {
         };
         let chunks = size.div_ceil(TABLE_CHUNK as u32);
         if inner.len() < chunks {
-            bail!(
+            return Err(Error::Invalid(format!(
                 "the table of service {id} has {} slots, fewer than {size}",
                 inner.len() as usize * TABLE_CHUNK
-            );
+            )));
         }
         // One lookup per 16-slot element.
         let mut slots = Vec::with_capacity(chunks as usize * TABLE_CHUNK);

@@ -3,7 +3,7 @@
 //! deletes that treat a missing key as normal.
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
-use anyhow::{Context as _, Result};
+use super::error::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, IterableMap, Map, MapData, MapError},
@@ -65,11 +65,11 @@ pub(super) fn memlock(fd: BorrowedFd<'_>) -> Result<u64> {
 pub(super) fn get_if_present<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     key: &K,
-) -> Result<Option<V>> {
+) -> Result<Option<V>, MapError> {
     match map.get(key, 0) {
         Ok(v) => Ok(Some(v)),
         Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -77,19 +77,23 @@ pub(super) fn get_if_present<K: aya::Pod, V: aya::Pod>(
 pub(super) fn remove_if_present<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     key: &K,
-) -> Result<()> {
+) -> Result<(), MapError> {
     match map.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
 /// Sets a count kept in a hash map (0 removes the key).
-pub(super) fn set_count(map: &mut HashMap<MapData, u32, u32>, addr: u32, n: u32) -> Result<()> {
+pub(super) fn set_count(
+    map: &mut HashMap<MapData, u32, u32>,
+    addr: u32,
+    n: u32,
+) -> Result<(), MapError> {
     if n == 0 {
         remove_if_present(map, &addr)
     } else {
-        Ok(map.insert(addr, n, 0)?)
+        map.insert(addr, n, 0)
     }
 }

@@ -14,7 +14,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use self::error::{Context as _, Error, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData},
@@ -30,6 +30,7 @@ use lb_common::{
 pub mod batch;
 pub mod conntrack;
 pub mod counters;
+pub mod error;
 mod filter;
 pub mod grace;
 pub mod inspect;
@@ -110,11 +111,12 @@ impl Dataplane {
     /// Loads `object` with the programs `programs` (the first is the one `test_run`
     /// runs); the object must define lb's maps. Used by the benchmarks.
     pub fn load_object(object: &[u8], programs: &[&str], limits: Limits) -> Result<Self> {
-        ensure!(
-            limits.conntrack_entries >= 1024,
-            "the connection table needs at least 1024 entries (got {})",
-            limits.conntrack_entries
-        );
+        if limits.conntrack_entries < 1024 {
+            return Err(Error::Invalid(format!(
+                "the connection table needs at least 1024 entries (got {})",
+                limits.conntrack_entries
+            )));
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_CONNTRACK, limits.conntrack_entries)
             .map_max_entries(MAP_NAT_REVERSE, limits.conntrack_entries)
@@ -129,17 +131,20 @@ impl Dataplane {
             Err(e) => return Err(e).context("opening the datapath's log ring buffer"),
         };
         for name in programs {
-            let prog: &mut Xdp = ebpf
+            let prog = ebpf
                 .program_mut(name)
-                .with_context(|| format!("the eBPF object has no program {name}"))?
-                .try_into()?;
+                .with_context(|| format!("the eBPF object has no program {name}"))?;
+            let prog = <&mut Xdp>::try_from(prog)
+                .with_context(|| format!("program {name} is not an XDP program"))?;
             prog.load()
                 .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
         }
         let mut memory = Vec::new();
         for (name, map) in ebpf.maps() {
             if let Some(data) = map_data(map) {
-                let info = data.info()?;
+                let info = data
+                    .info()
+                    .with_context(|| format!("reading the info of map {name}"))?;
                 memory.push(MapMemory {
                     name: name.to_string(),
                     max_entries: info.max_entries(),
@@ -157,10 +162,12 @@ impl Dataplane {
             .with_context(|| format!("map {MAP_TABLES} has an unexpected type"))?
             .fd()
             .as_fd()
-            .try_clone_to_owned()?;
+            .try_clone_to_owned()
+            .context("duplicating the file descriptor of TABLES")?;
             let inner = Array::<MapData, TableChunk>::create(1, TABLE_MAP_FLAGS)
                 .context("creating the grace-period map")?;
-            Grace::with_map_in_map(outer, GRACE_SLOT, owned_fd(&inner)?)
+            let inner = owned_fd(&inner).context("duplicating the grace-period map's fd")?;
+            Grace::with_map_in_map(outer, GRACE_SLOT, inner)
         };
         Ok(Dataplane {
             logger,
@@ -225,7 +232,8 @@ impl Dataplane {
     /// Kernel memory of one Maglev table of `size` slots.
     pub fn table_memory(size: u32) -> Result<u64> {
         let chunks = size.div_ceil(TABLE_CHUNK as u32);
-        let inner = Array::<MapData, TableChunk>::create(chunks, TABLE_MAP_FLAGS)?;
+        let inner = Array::<MapData, TableChunk>::create(chunks, TABLE_MAP_FLAGS)
+            .context("creating a Maglev table map")?;
         // SAFETY: the fd is owned by `inner`, alive for this call.
         memlock(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw_fd(&inner)) })
     }
@@ -249,11 +257,12 @@ impl Dataplane {
         ingress_ifindex: u32,
         repeat: u32,
     ) -> Result<(TestRunResult, Vec<u8>)> {
-        let prog: &Xdp = self
+        let prog = self
             .ebpf
             .program(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()?;
+            .with_context(|| format!("no program {name}"))?;
+        let prog = <&Xdp>::try_from(prog)
+            .with_context(|| format!("program {name} is not an XDP program"))?;
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex }: the kernel wants data = 0 and data_end = the frame length.
@@ -395,10 +404,11 @@ impl Dataplane {
             return Ok(None);
         };
         let words = mapped.as_u32_slice();
-        ensure!(
-            words.len() >= size as usize,
-            "table of service {id} is shorter than {size}"
-        );
+        if words.len() < size as usize {
+            return Err(Error::Invalid(format!(
+                "table of service {id} is shorter than {size}"
+            )));
+        }
         Ok(Some(words[..size as usize].to_vec()))
     }
 
@@ -511,6 +521,7 @@ fn owned_fd<T: InnerMap>(map: &T) -> std::io::Result<OwnedFd> {
 }
 
 impl crate::model::apply::Maps for Dataplane {
+    type Error = Error;
     fn set_backend(&mut self, index: u32, be: Backend) -> Result<()> {
         Dataplane::set_backend(self, index, be)
     }

@@ -1,5 +1,5 @@
 //! The compiled XDP object, embedded at build time, and loading/attaching it.
-use anyhow::{Context as _, Result};
+use super::error::{Context as _, Result};
 use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
@@ -16,8 +16,7 @@ pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let prog = ebpf
         .program_mut(PROGRAM)
         .with_context(|| format!("the eBPF object has no program named {PROGRAM}"))?;
-    prog.try_into()
-        .with_context(|| format!("program {PROGRAM} is not an XDP program"))
+    <&mut Xdp>::try_from(prog).with_context(|| format!("program {PROGRAM} is not an XDP program"))
 }
 
 /// How the program is attached to an interface.
@@ -41,14 +40,12 @@ impl AttachMode {
 /// Attaches the loaded program to `iface`.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<()> {
     let prog = program_mut(ebpf)?;
-    prog.attach(iface, mode.xdp_mode()).map_err(|e| {
-        let hint = match mode {
-            AttachMode::Native => " — the driver may not support native XDP; try `--xdp-mode skb`",
-            AttachMode::Skb => "",
-        };
-        anyhow::Error::new(e).context(format!(
-            "attaching the XDP program to {iface} in {mode:?} mode failed{hint}"
-        ))
+    let hint = match mode {
+        AttachMode::Native => " — the driver may not support native XDP; try `--xdp-mode skb`",
+        AttachMode::Skb => "",
+    };
+    prog.attach(iface, mode.xdp_mode()).with_context(|| {
+        format!("attaching the XDP program to {iface} in {mode:?} mode failed{hint}")
     })?;
     Ok(())
 }

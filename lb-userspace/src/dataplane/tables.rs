@@ -2,7 +2,6 @@
 //! arrays of `TABLES`, `BPF_F_MMAPABLE`), written through a shared mapping.
 use std::ptr::NonNull;
 
-use anyhow::{Result, bail};
 use lb_common::NO_BACKEND;
 
 /// The two generations of one service id's Maglev table.
@@ -50,7 +49,7 @@ pub(super) struct Mmap {
 unsafe impl Send for Mmap {}
 
 impl Mmap {
-    pub(super) fn new(fd: i32, bytes: usize) -> Result<Self> {
+    pub(super) fn new(fd: i32, bytes: usize) -> std::io::Result<Self> {
         let page = 4096;
         let len = bytes.div_ceil(page) * page;
         // SAFETY: mapping a map fd we own; the kernel checks the length against the map.
@@ -65,10 +64,7 @@ impl Mmap {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of a BPF array failed: {}",
-                std::io::Error::last_os_error()
-            );
+            return Err(std::io::Error::last_os_error());
         }
         Ok(Mmap {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),

@@ -16,22 +16,23 @@
 //! empty ones, which frees their memory).
 use std::{collections::BTreeSet, sync::Arc};
 
-use anyhow::Result;
 use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, Service, ServiceKey};
 
 use crate::model::runtime::Image;
 
 /// The datapath writes the control plane makes (implemented by `Dataplane`).
 pub trait Maps {
-    fn set_backend(&mut self, index: u32, be: Backend) -> Result<()>;
-    fn set_table(&mut self, id: u32, slots: &[u32]) -> Result<()>;
-    fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()>;
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
-    fn set_vip(&mut self, addr: u32, services: u32) -> Result<()>;
-    fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<()>;
+    /// Why a write failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn set_backend(&mut self, index: u32, be: Backend) -> Result<(), Self::Error>;
+    fn set_table(&mut self, id: u32, slots: &[u32]) -> Result<(), Self::Error>;
+    fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<(), Self::Error>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), Self::Error>;
+    fn set_vip(&mut self, addr: u32, services: u32) -> Result<(), Self::Error>;
+    fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<(), Self::Error>;
     /// Zeroes the statistics of a backend index / service id before it is reused.
-    fn reset_backend_stats(&mut self, index: u32) -> Result<()>;
-    fn reset_service_stats(&mut self, id: u32) -> Result<()>;
+    fn reset_backend_stats(&mut self, index: u32) -> Result<(), Self::Error>;
+    fn reset_service_stats(&mut self, id: u32) -> Result<(), Self::Error>;
     /// Asks for an RCU grace period from now on; returns its ticket (ids a change
     /// frees are reused only once it has passed).
     fn grace_request(&self) -> u64;
@@ -45,7 +46,7 @@ fn usable(b: &Backend) -> bool {
 
 /// Brings the datapath from `old` to `new`. On error the datapath may hold a mix of both,
 /// still consistent (every step keeps the invariants); applying `new` again finishes it.
-pub fn apply(maps: &mut dyn Maps, old: &Image, new: &Image) -> Result<()> {
+pub fn apply<M: Maps + ?Sized>(maps: &mut M, old: &Image, new: &Image) -> Result<(), M::Error> {
     // (1) counts that grow, backend records that become (or stay) usable.
     for (addr, n) in &new.vips {
         if old.vips.get(addr).is_none_or(|o| o < n) {
@@ -171,12 +172,19 @@ pub(crate) mod tests {
         pub grace_requests: std::cell::Cell<u64>,
     }
 
+    /// The write `fail_at` asked to fail.
+    #[derive(Debug, thiserror::Error)]
+    #[error("write {0} fails (test)")]
+    pub(crate) struct WriteFailed(usize);
+
+    type Result<T> = std::result::Result<T, WriteFailed>;
+
     impl CheckedMaps {
         /// Counts a write about to be made; fails it when it is `fail_at`.
         fn write(&mut self) -> Result<()> {
             self.writes += 1;
             if self.fail_at == Some(self.writes) {
-                anyhow::bail!("write {} fails (test)", self.writes);
+                return Err(WriteFailed(self.writes));
             }
             Ok(())
         }
@@ -229,6 +237,7 @@ pub(crate) mod tests {
     }
 
     impl Maps for CheckedMaps {
+        type Error = WriteFailed;
         fn set_backend(&mut self, index: u32, be: Backend) -> Result<()> {
             self.write()?;
             self.backends.insert(index, be);
