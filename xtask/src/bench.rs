@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
 
 use lb_lab::lab::{self, Lab, Mode};
 
@@ -505,7 +506,7 @@ const TP_ROUNDS: usize = 2;
 const TP_SECONDS: &str = "2";
 
 /// One iperf3 result: Mbit/s at the receiver and the sender's retransmissions.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Iperf {
     mbps: f64,
     retr: u64,
@@ -515,7 +516,7 @@ struct Iperf {
 fn iperf(lab: &Lab, target: &str, reverse: bool) -> Result<Iperf> {
     let mut args = vec![
         "timeout", "30", "iperf3", "-c", target, "-p", "5201", "-P", "4", "-t", TP_SECONDS, "-O",
-        "1", "-f", "m",
+        "1", "-J",
     ];
     if reverse {
         args.push("-R");
@@ -524,20 +525,22 @@ fn iperf(lab: &Lab, target: &str, reverse: bool) -> Result<Iperf> {
     parse_iperf(&out).with_context(|| format!("iperf3 to {target}: unexpected output:\n{out}"))
 }
 
-fn parse_iperf(out: &str) -> Option<Iperf> {
-    let sum = |role: &str| {
-        out.lines()
-            .rev()
-            .find(|l| l.starts_with("[SUM]") && l.trim_end().ends_with(role))
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-    };
-    let recv = sum("receiver")?;
-    let at = recv.iter().position(|w| *w == "Mbits/sec")?;
-    let mbps = recv[at - 1].parse().ok()?;
-    let send = sum("sender")?;
-    let at = send.iter().position(|w| *w == "Mbits/sec")?;
-    let retr = send.get(at + 1)?.parse().ok()?;
-    Some(Iperf { mbps, retr })
+/// The totals of an `iperf3 -J` run, all streams together, whichever side sent:
+/// `end.sum_received.bits_per_second` (what the receiver got, as Mbit/s of 10^6 bits)
+/// and `end.sum_sent.retransmits` (the sender's).
+fn parse_iperf(json: &str) -> Result<Iperf> {
+    let v: Value = serde_json::from_str(json).context("not JSON")?;
+    let end = &v["end"];
+    let bps = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no end.sum_received.bits_per_second")?;
+    let retr = end["sum_sent"]["retransmits"]
+        .as_u64()
+        .context("no end.sum_sent.retransmits")?;
+    Ok(Iperf {
+        mbps: bps / 1e6,
+        retr,
+    })
 }
 
 /// One round of a throughput row: both directions, and the frames dropped in the lab
@@ -1263,7 +1266,7 @@ impl CpsRow {
 }
 
 /// wrk result: requests (= connections) per second and socket errors.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Wrk {
     rps: f64,
     errors: u64,
@@ -1293,6 +1296,8 @@ fn wrk(lab: &Lab, url: &str) -> Result<Wrk> {
     parse_wrk(&out).with_context(|| format!("wrk {url}: unexpected output:\n{out}"))
 }
 
+/// wrk's summary (it has no machine-readable output): `Requests/sec:`, plus every
+/// `Socket errors:` count and `Non-2xx or 3xx responses:` as errors.
 fn parse_wrk(out: &str) -> Option<Wrk> {
     let rps = out
         .lines()
@@ -1777,5 +1782,90 @@ mod inject {
         // SAFETY: clock_gettime fills the struct we pass.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+}
+
+#[cfg(test)]
+mod iperf_tests {
+    use super::*;
+
+    // Real `iperf3 -J -P 4 -t 2 -O 1` output (iperf 3.12) of this benchmark's bare
+    // forwarder row, both directions. (iperf3 repeats some keys, `sock_bufsize` among
+    // them; serde_json keeps the last.)
+    const FORWARD: &str = include_str!("bench/testdata/iperf3-P4.json");
+    const REVERSE: &str = include_str!("bench/testdata/iperf3-P4-R.json");
+
+    #[test]
+    fn iperf_gives_the_receivers_rate_and_the_senders_retransmits() {
+        // end.sum_received.bits_per_second and end.sum_sent.retransmits of the samples
+        // (serde_json may round a float's last digit: compared to within 1 bit/s).
+        let fwd = parse_iperf(FORWARD).expect("a complete run");
+        assert!((fwd.mbps - 1_828.744_172_778_645).abs() < 1e-6, "{fwd:?}");
+        assert_eq!(fwd.retr, 11_607);
+        // With -R the server sends: its retransmits come back in the client's report.
+        let rev = parse_iperf(REVERSE).expect("a complete -R run");
+        assert!((rev.mbps - 3_748.435_279_761_547_6).abs() < 1e-6, "{rev:?}");
+        assert_eq!(rev.retr, 282);
+    }
+
+    #[test]
+    fn iperf_without_totals_is_an_error() {
+        // What iperf3 -J prints when it cannot run (its shape, not a recorded sample).
+        let failed = r#"{"start": {}, "intervals": [], "end": {},
+                         "error": "unable to connect to server: Connection refused"}"#;
+        assert!(parse_iperf(failed).is_err());
+        assert!(parse_iperf("iperf3: error").is_err());
+    }
+}
+
+#[cfg(test)]
+mod wrk_tests {
+    use super::*;
+
+    // Real output of wrk 4.1.0 (Debian) as this benchmark runs it (-t 2 -c 64 -d 3
+    // --timeout 2s -H 'Connection: close'), on the lab: a clean run, a backend answering
+    // 503, and a backend answering only after 2.5 s.
+    #[test]
+    fn wrk_clean_run() {
+        let w = parse_wrk(include_str!("bench/testdata/wrk.txt")).expect("a summary");
+        assert_eq!(
+            w,
+            Wrk {
+                rps: 9306.80,
+                errors: 0
+            }
+        );
+    }
+
+    #[test]
+    fn wrk_counts_non_2xx_responses_as_errors() {
+        let w = parse_wrk(include_str!("bench/testdata/wrk-non2xx.txt")).expect("a summary");
+        assert_eq!(
+            w,
+            Wrk {
+                rps: 7131.99,
+                errors: 22_230
+            }
+        );
+    }
+
+    #[test]
+    fn wrk_counts_socket_errors() {
+        let w = parse_wrk(include_str!("bench/testdata/wrk-timeout.txt")).expect("a summary");
+        assert_eq!(
+            w,
+            Wrk {
+                rps: 2.32,
+                errors: 7
+            }
+        );
+    }
+
+    #[test]
+    fn wrk_without_a_rate_is_not_a_result() {
+        assert_eq!(
+            parse_wrk("unable to connect to 10.0.0.11:81 Connection refused\n"),
+            None
+        );
     }
 }
