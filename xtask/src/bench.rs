@@ -69,6 +69,8 @@ struct Objects {
     lb: String,
     pass: PathBuf,
     fwd: String,
+    /// The frame generator (`xdp-gen`), loaded by `inject` with aya.
+    generator: PathBuf,
 }
 
 fn prepare(what: &str) -> Result<Objects> {
@@ -86,6 +88,7 @@ fn prepare(what: &str) -> Result<Objects> {
             .into_owned(),
         pass: path(ebpf.join("xdp-pass"))?,
         fwd: path(ebpf.join("xdp-fwd"))?.to_string_lossy().into_owned(),
+        generator: path(ebpf.join("xdp-gen"))?,
     };
     step(&format!("{what} benchmark: {}", machine_note()));
     Ok(objects)
@@ -954,7 +957,7 @@ impl PpsRun {
 
 fn pps_run(
     lab: &Lab,
-    generator: &inject::Program,
+    generator: &mut inject::Generator,
     frame: &[u8; 64],
     seconds: f64,
 ) -> Result<PpsRun> {
@@ -1020,7 +1023,7 @@ pub fn pps() -> Result<()> {
     };
     let frames: Vec<[u8; 64]> = PpsRow::ALL.into_iter().map(frame).collect();
     let frame = |row: PpsRow| frames[PpsRow::ALL.iter().position(|x| *x == row).expect("row")];
-    let generator = inject::Program::new();
+    let mut generator = inject::Generator::new(&obj.generator);
 
     let mut results = vec![Vec::<PpsRun>::new(); PpsRow::ALL.len()];
     for round in 1..=PPS_ROUNDS {
@@ -1046,8 +1049,8 @@ pub fn pps() -> Result<()> {
                 }
             }
             // A short warm-up (flows, neighbours, caches), then the timed run.
-            let run = pps_run(lab, &generator, &frame(row), 0.3)
-                .and_then(|_| pps_run(lab, &generator, &frame(row), PPS_SECONDS));
+            let run = pps_run(lab, &mut generator, &frame(row), 0.3)
+                .and_then(|_| pps_run(lab, &mut generator, &frame(row), PPS_SECONDS));
             if let Some(pid) = lb_pid {
                 if row == PpsRow::LbNat && round == PPS_ROUNDS {
                     println!("{}", lb_stats(lab, &obj.lb, "lb-udp").unwrap_or_default());
@@ -1106,7 +1109,7 @@ pub fn pps() -> Result<()> {
             let config = lb_udp_config(lab);
             lb_pid = Some(start_lb(lab, &obj.lb, "lb-udp", &config)?);
         }
-        let measured = prog_profile(lab, &generator, &frame(row));
+        let measured = prog_profile(lab, &mut generator, &frame(row));
         if let Some(pid) = lb_pid {
             lab.stop(pid);
         } else {
@@ -1202,7 +1205,7 @@ pub fn pps() -> Result<()> {
 
 /// ns per run of the XDP program attached to the balancer's eth0, while the generator
 /// sends `frame` for 2 s, from the kernel's BPF run-time statistics.
-fn prog_profile(lab: &Lab, generator: &inject::Program, frame: &[u8; 64]) -> Result<f64> {
+fn prog_profile(lab: &Lab, generator: &mut inject::Generator, frame: &[u8; 64]) -> Result<f64> {
     let show = run_in(lab, &lab.lb_ns(), &["ip", "link", "show", "dev", "eth0"])?;
     let id = show
         .split("prog/xdp id ")
@@ -1451,149 +1454,48 @@ pub fn cps() -> Result<()> {
 
 // ---- the frame generator: XDP live frames ----------------------------------------------
 
-/// A packet generator without pktgen (absent from this kernel) or a userspace sender:
-/// BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18,
-/// Documentation/bpf/bpf_prog_run.rst) runs a tiny XDP program over a frame in a loop,
-/// and every XDP_TX it returns really transmits the frame out of the given interface.
-/// The program writes the whole header each time (a page can come back from a previous
-/// round already rewritten by a balancer downstream) and a random source port from
-/// 1024..1280, so the traffic is 256 flows. It is built from raw instructions and loaded
-/// with bpf(2), so xtask needs no BPF library.
+/// The frame generator of `bench pps`: a packet generator without pktgen (absent from
+/// this kernel) or a userspace sender. BPF_PROG_TEST_RUN with
+/// `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18, Documentation/bpf/bpf_prog_run.rst) runs a
+/// tiny XDP program over a frame in a loop, and every XDP_TX it returns really transmits
+/// the frame out of the given interface.
+///
+/// The program is lb-ebpf's `xdp-gen` (src/bin/xdp-gen.rs): it writes the frame's
+/// 42-byte Ethernet/IPv4/UDP header each run from its global `HEADER` and a random
+/// source port from 1024..1280, so the traffic is 256 flows. It is loaded here with aya,
+/// one copy per frame template, `HEADER` set at load time; aya's `test_run` drives the
+/// live frames (`TestRunAttrs::xdp_live_frames`).
 mod inject {
     use std::{
-        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        ffi::CString,
+        os::fd::{AsRawFd as _, OwnedFd},
+        path::{Path, PathBuf},
         sync::atomic::{AtomicBool, Ordering},
         time::{Duration, Instant},
     };
 
     use anyhow::{Context as _, Result, bail};
+    use aya::{
+        Ebpf, EbpfLoader,
+        programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+        sys::{Stats, SyscallError},
+    };
 
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    const BPF_STATS_RUN_TIME: u32 = 0;
-    const FN_GET_PRANDOM_U32: i32 = 7;
-    const XDP_PASS: i32 = 2;
-    const XDP_TX: i32 = 3;
+    /// The program's name in the object (its function in xdp-gen.rs).
+    const PROGRAM: &str = "generate";
+    /// Bytes of header the program writes: Ethernet, IPv4, UDP.
+    const HEADER: usize = 42;
     /// Frames of the first BPF_PROG_TEST_RUN call of a run; later calls are sized from
     /// the rate seen so far to last about `CALL` each: every live-frame call sets up and
     /// tears down a page pool, and the teardown sleeps (an RCU grace period, 10 ms or
     /// more here), so short calls would leave the CPU idle a third of the time.
     const FIRST_REPEAT: u32 = 1 << 14;
     const CALL: Duration = Duration::from_millis(500);
-    /// Bytes of header the program writes: Ethernet, IPv4, UDP.
-    const HEADER: usize = 42;
 
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Insn {
-        code: u8,
-        /// dst register in the low nibble, src in the high one.
-        regs: u8,
-        off: i16,
-        imm: i32,
-    }
-
-    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-        Insn {
-            code,
-            regs: (src << 4) | dst,
-            off,
-            imm,
-        }
-    }
-
-    /// The program: header from `frame` at every run, random source port, XDP_TX.
-    fn program(frame: &[u8; 64]) -> Vec<Insn> {
-        let mut p = vec![
-            insn(0xbf, 6, 1, 0, 0),                  // r6 = ctx
-            insn(0x85, 0, 0, 0, FN_GET_PRANDOM_U32), // r0 = random
-            insn(0xbf, 7, 0, 0, 0),                  // r7 = r0
-            insn(0x61, 2, 6, 0, 0),                  // r2 = ctx->data
-            insn(0x61, 3, 6, 4, 0),                  // r3 = ctx->data_end
-            insn(0xbf, 4, 2, 0, 0),                  // r4 = r2
-            insn(0x07, 4, 0, 0, HEADER as i32),      // r4 += 42
-            insn(0x2d, 4, 3, 0, 0),                  // if r4 > r3 goto pass (set below)
-        ];
-        let jump = p.len() - 1;
-        for i in 0..HEADER / 8 {
-            let v = u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            p.push(insn(0x18, 5, 0, 0, v as u32 as i32)); // r5 = v (lddw, two slots)
-            p.push(insn(0, 0, 0, 0, (v >> 32) as u32 as i32));
-            p.push(insn(0x7b, 2, 5, (i * 8) as i16, 0)); // *(u64 *)(r2 + 8i) = r5
-        }
-        let tail = u16::from_le_bytes([frame[40], frame[41]]);
-        p.push(insn(0xb7, 5, 0, 0, i32::from(tail))); // r5 = last two header bytes
-        p.push(insn(0x6b, 2, 5, 40, 0)); // *(u16 *)(r2 + 40) = r5
-        p.push(insn(0x57, 7, 0, 0, 0xff)); // r7 &= 255
-        p.push(insn(0x07, 7, 0, 0, 1024)); // r7 += 1024
-        p.push(insn(0xdc, 7, 0, 0, 16)); // r7 = htobe16(r7)
-        p.push(insn(0x6b, 2, 7, 34, 0)); // UDP source port = r7
-        p.push(insn(0xb7, 0, 0, 0, XDP_TX));
-        p.push(insn(0x95, 0, 0, 0, 0)); // exit
-        let pass = p.len();
-        p.push(insn(0xb7, 0, 0, 0, XDP_PASS));
-        p.push(insn(0x95, 0, 0, 0, 0));
-        p[jump].off = (pass - jump - 1) as i16;
-        p
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-
-    fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
-        // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, alive
-        // for the call; the kernel reads (and may write) at most size_of::<T>() bytes.
-        unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr as *mut T as *mut libc::c_void,
-                std::mem::size_of::<T>(),
-            )
-        }
-    }
-
-    /// The loaded generator: one program per frame template.
-    pub struct Program {
-        programs: std::sync::Mutex<Vec<([u8; 64], OwnedFd)>>,
+    /// The generator: the `xdp-gen` object, and one loaded copy of it per frame template.
+    pub struct Generator {
+        object: PathBuf,
+        loaded: Vec<([u8; 64], Ebpf)>,
     }
 
     pub struct Blast {
@@ -1604,75 +1506,69 @@ mod inject {
 
     /// Kernel BPF run-time statistics, on while the returned descriptor is open.
     pub fn enable_stats() -> Result<OwnedFd> {
-        let mut attr = [BPF_STATS_RUN_TIME, 0];
-        let fd = sys_bpf(BPF_ENABLE_STATS, &mut attr);
-        if fd < 0 {
-            bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor the kernel just returned to us.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        aya::sys::enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")
     }
 
-    impl Program {
-        pub fn new() -> Program {
-            Program {
-                programs: std::sync::Mutex::new(Vec::new()),
+    /// The program's global `HEADER`: the first 42 bytes of `frame` in six 8-byte words, as
+    /// they lie in memory (the last word holds two bytes of header and six of nothing).
+    fn header_words(frame: &[u8; 64]) -> [u64; 6] {
+        let mut bytes = [0u8; 48];
+        bytes[..HEADER].copy_from_slice(&frame[..HEADER]);
+        std::array::from_fn(|i| {
+            u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+        })
+    }
+
+    impl Generator {
+        pub fn new(object: &Path) -> Generator {
+            Generator {
+                object: object.to_path_buf(),
+                loaded: Vec::new(),
             }
         }
 
-        fn fd_for(&self, frame: &[u8; 64]) -> Result<i32> {
-            let mut programs = self.programs.lock().expect("lock");
-            if let Some((_, fd)) = programs.iter().find(|(f, _)| f == frame) {
-                return Ok(fd.as_raw_fd());
-            }
-            let insns = program(frame);
-            let license = c"GPL";
-            let mut log = vec![0u8; 1 << 16];
-            let mut name = [0u8; 16];
-            name[..7].copy_from_slice(b"lb_gen\0");
-            let mut attr = ProgLoadAttr {
-                prog_type: BPF_PROG_TYPE_XDP,
-                insn_cnt: insns.len() as u32,
-                insns: insns.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level: 1,
-                log_size: log.len() as u32,
-                log_buf: log.as_mut_ptr() as u64,
-                prog_name: name,
-                ..Default::default()
+        /// The program that writes `frame`'s header, loaded the first time it is asked for.
+        fn program(&mut self, frame: &[u8; 64]) -> Result<&Xdp> {
+            let i = match self.loaded.iter().position(|(f, _)| f == frame) {
+                Some(i) => i,
+                None => {
+                    let words = header_words(frame);
+                    let mut ebpf = EbpfLoader::new()
+                        .override_global("HEADER", &words, true)
+                        .load_file(&self.object)
+                        .with_context(|| format!("loading {}", self.object.display()))?;
+                    let program: &mut Xdp = ebpf
+                        .program_mut(PROGRAM)
+                        .with_context(|| format!("no program {PROGRAM} in xdp-gen"))?
+                        .try_into()?;
+                    program.load().context("loading the generator program")?;
+                    self.loaded.push((*frame, ebpf));
+                    self.loaded.len() - 1
+                }
             };
-            let fd = sys_bpf(BPF_PROG_LOAD, &mut attr);
-            if fd < 0 {
-                let err = std::io::Error::last_os_error();
-                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-                bail!(
-                    "loading the generator program: {err}\n{}",
-                    String::from_utf8_lossy(&log[..end])
-                );
-            }
-            // SAFETY: a new descriptor the kernel just returned to us.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let raw = fd.as_raw_fd();
-            programs.push((*frame, fd));
-            Ok(raw)
+            let program = self.loaded[i]
+                .1
+                .program(PROGRAM)
+                .expect("loaded above")
+                .try_into()?;
+            Ok(program)
         }
 
         /// Transmits `frame` (varying its source port) out of `iface` of namespace `ns`
         /// for `duration`, as fast as the path takes it. The injection runs on a thread
         /// of its own that enters the namespace.
         pub fn blast(
-            &self,
+            &mut self,
             ns: &str,
             iface: &str,
             frame: &[u8; 64],
             duration: Duration,
             stop: &AtomicBool,
         ) -> Result<Blast> {
-            let fd = self.fd_for(frame)?;
+            let program = self.program(frame)?;
             let netns = std::fs::File::open(format!("/run/netns/{ns}"))
                 .with_context(|| format!("opening network namespace {ns}"))?;
-            let iface = std::ffi::CString::new(iface)?;
-            let frame = *frame;
+            let iface = CString::new(iface)?;
             // A fixed CPU (the last one), so every run's path shares one CPU alike.
             let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
             std::thread::scope(|s| {
@@ -1689,43 +1585,36 @@ mod inject {
                     }
                     // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
                     // rx_queue_index, egress_ifindex.
-                    let mut ctx = [0u32, frame.len() as u32, 0, ifindex, 0, 0];
-                    let mut data = frame;
-                    // One CPU for the whole path (see PpsRun::ns_per_packet).
-                    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in it.
-                    let pinned = unsafe {
-                        let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET(cpu, &mut set);
-                        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
-                    };
-                    if pinned != 0 {
-                        bail!(
-                            "pinning the generator to CPU {cpu}: {}",
-                            std::io::Error::last_os_error()
-                        );
-                    }
+                    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0]
+                        .iter()
+                        .flat_map(|v| v.to_ne_bytes())
+                        .collect();
+                    pin_to(cpu)?;
                     let softirqd = ksoftirqd(cpu)?;
                     let cpu0 = thread_cpu() + softirqd.runtime()?;
                     let start = Instant::now();
                     let mut packets = 0u64;
                     let mut repeat = FIRST_REPEAT;
                     while start.elapsed() < duration && !stop.load(Ordering::SeqCst) {
-                        let mut attr = TestRunAttr {
-                            prog_fd: fd as u32,
-                            data_size_in: data.len() as u32,
-                            data_in: data.as_mut_ptr() as u64,
+                        let run = program.test_run(TestRunOptions {
+                            data_in: Some(&frame[..]),
+                            ctx_in: Some(&ctx),
                             repeat,
-                            ctx_size_in: std::mem::size_of_val(&ctx) as u32,
-                            ctx_in: ctx.as_mut_ptr() as u64,
-                            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-                            ..Default::default()
-                        };
-                        if sys_bpf(BPF_PROG_TEST_RUN, &mut attr) != 0 {
-                            let err = std::io::Error::last_os_error();
-                            if err.kind() == std::io::ErrorKind::Interrupted {
+                            // Batch size 0: the kernel's default (64 frames).
+                            attrs: TestRunAttrs::new().xdp_live_frames(0),
+                            ..TestRunOptions::new()
+                        });
+                        match run {
+                            Ok(_) => {}
+                            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                                if io_error.kind() == std::io::ErrorKind::Interrupted =>
+                            {
                                 continue;
                             }
-                            bail!("BPF_PROG_TEST_RUN (live frames) in {ns}: {err}");
+                            Err(e) => {
+                                return Err(e)
+                                    .context(format!("BPF_PROG_TEST_RUN (live frames) in {ns}"));
+                            }
                         }
                         packets += u64::from(repeat);
                         let elapsed = start.elapsed();
@@ -1746,8 +1635,26 @@ mod inject {
         }
     }
 
+    /// Pins the calling thread to `cpu`: one CPU for the whole path (see
+    /// `PpsRun::ns_per_packet`).
+    fn pin_to(cpu: usize) -> Result<()> {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in it.
+        let pinned = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+        };
+        if pinned != 0 {
+            bail!(
+                "pinning the generator to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// The kernel thread that runs deferred softirqs on one CPU.
-    struct Ksoftirqd(std::path::PathBuf);
+    struct Ksoftirqd(PathBuf);
 
     impl Ksoftirqd {
         /// Its total run time so far (the first field of /proc/PID/schedstat).
@@ -1782,6 +1689,20 @@ mod inject {
         // SAFETY: clock_gettime fills the struct we pass.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn header_words_hold_the_header_bytes_in_order() {
+            let frame: [u8; 64] = std::array::from_fn(|i| i as u8);
+            let words = header_words(&frame);
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            assert_eq!(&bytes[..HEADER], &frame[..HEADER]);
+            assert_eq!(&bytes[HEADER..], &[0; 6]);
+        }
     }
 }
 
