@@ -18,7 +18,7 @@ use std::{
 const BPF_TOOLCHAIN: &str = "lb-bpf";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const PACKAGE: &str = "lb-ebpf";
-const BINARIES: [&str; 4] = ["lb", "lb-bench", "xdp-pass", "xdp-fwd"];
+const BINARIES: [&str; 5] = ["lb", "lb-bench", "xdp-pass", "xdp-fwd", "xdp-gen"];
 
 fn main() {
     if let Err(e) = build() {
