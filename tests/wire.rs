@@ -8,6 +8,9 @@
 //! send); [`normalize`] replaces them with 0 in both lines before comparing, and nothing
 //! else: keys, key order, types and every other value must match exactly.
 //!
+//! Since then, on purpose: the operations `status` and `takeover` were added (the two
+//! refusals that list the operations name them too; every other line is as recorded).
+//!
 //! To record the fixture again (only when the protocol changes on purpose, and say so in
 //! docs/CONTROL.md): `LB_WIRE_RECORD=1 cargo test -p lb-userspace --features root-tests
 //! --test wire`, which writes the responses of the running binary into the file.

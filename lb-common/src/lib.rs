@@ -11,6 +11,8 @@
 pub mod counters;
 pub mod hash;
 pub mod maps;
+pub mod pins;
 
 pub use counters::Counter;
 pub use maps::*;
+pub use pins::*;

@@ -142,15 +142,19 @@ struct Daemon {
     child: Child,
     socket: PathBuf,
     dir: PathBuf,
+    /// Where the daemon pins its datapath (the build before pinning ignores it).
+    bpffs: Option<lb_lab::bpffs::BpfFs>,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let bpffs = self.bpffs.take();
         // SAFETY: signalling the one process this benchmark started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                drop(bpffs);
                 let _ = std::fs::remove_dir_all(&self.dir);
                 return;
             }
@@ -158,6 +162,7 @@ impl Drop for Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(bpffs);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -178,20 +183,30 @@ fn start(bin: &Path, ns: &Netns, entries: u32) -> Result<Daemon> {
     )?;
     let socket = dir.join("lb.sock");
     let log = std::fs::File::create(dir.join("lb.log"))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
+    let bpffs = lb_lab::bpffs::BpfFs::mount(&dir.join("bpf"))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0])
         .arg(bin)
         .arg("--socket")
         .arg(&socket)
         .args(["run", "--iface", "v0", "--config"])
-        .arg(&config)
+        .arg(&config);
+    if pins(bin)? {
+        cmd.arg("--pin-dir").arg(bpffs.path().join("lb"));
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("starting lb run")?;
-    let d = Daemon { child, socket, dir };
+    let d = Daemon {
+        child,
+        socket,
+        dir,
+        bpffs: Some(bpffs),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mut c) = Client::connect(&d.socket)
@@ -206,6 +221,12 @@ fn start(bin: &Path, ns: &Netns, entries: u32) -> Result<Daemon> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether `bin` pins its datapath (takes --pin-dir): the build before it does not.
+fn pins(bin: &Path) -> Result<bool> {
+    let help = Command::new(bin).args(["run", "--help"]).output()?;
+    Ok(String::from_utf8_lossy(&help.stdout).contains("--pin-dir"))
 }
 
 struct Client {

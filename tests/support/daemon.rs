@@ -324,6 +324,8 @@ impl Client {
 pub struct Daemon {
     child: Child,
     netns: Netns,
+    /// Where this daemon pins its datapath (dropped after `dir`'s files, before it).
+    bpffs: Option<lb_lab::bpffs::BpfFs>,
     dir: Scratch,
     socket: PathBuf,
     log: PathBuf,
@@ -340,12 +342,20 @@ impl Daemon {
         let socket = dir.path().join("lb.sock");
         let log = dir.path().join("lb.log");
         let file = std::fs::File::create(&log).expect("creating the daemon log");
+        let bpffs = lb_lab::bpffs::BpfFs::mount(&dir.path().join("bpf")).expect("mounting a bpffs");
         let mut args: Vec<String> = vec![
             LB.into(),
             "--socket".into(),
             socket.display().to_string(),
             "run".into(),
         ];
+        // Unless the test names its own pin directory, one in the daemon's own bpffs.
+        if !extra_args.contains(&"--pin-dir") {
+            args.extend([
+                "--pin-dir".into(),
+                bpffs.path().join("lb").display().to_string(),
+            ]);
+        }
         for i in ifaces {
             args.extend(["--iface".into(), i.to_string()]);
         }
@@ -365,6 +375,7 @@ impl Daemon {
         Daemon {
             child,
             netns: netns.clone(),
+            bpffs: Some(bpffs),
             dir,
             socket,
             log,

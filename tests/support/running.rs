@@ -85,6 +85,8 @@ impl Running {
             config.to_string_lossy().into_owned(),
             "--socket".into(),
             socket.clone(),
+            "--pin-dir".into(),
+            lab.pin_dir().to_string_lossy().into_owned(),
         ]);
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

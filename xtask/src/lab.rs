@@ -194,6 +194,7 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
         config.display()
     ));
     let lb_ns = demo.lab.lb_ns();
+    let pin_dir = demo.lab.pin_dir();
     let args = [
         demo.lb.as_str(),
         "run",
@@ -203,6 +204,8 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
         config.to_str().context("path")?,
         "--socket",
         demo.socket.as_str(),
+        "--pin-dir",
+        pin_dir.to_str().context("path")?,
     ];
     demo.lb_pid = Some(demo.lab.spawn(&lb_ns, &args, "lb.log"));
     demo.wait("every backend up", Duration::from_secs(20), |b| {

@@ -17,6 +17,7 @@ pub use request::{
     BackendAdd, BackendDel, BackendSet, MAX_LINE, Request, RequestError, ServiceAdd, ServiceDel,
 };
 pub use response::{
-    BackendEntry, BackendStats, BackendSummary, ConnEntry, ConnState, Conns, Neighbour, Rate,
-    Response, ServiceEntry, ServiceList, ServiceSettings, ServiceStats, Stats, Traffic,
+    BackendEntry, BackendStats, BackendSummary, ConnEntry, ConnState, Conns, Handover, Interface,
+    Neighbour, Rate, Response, ServiceEntry, ServiceList, ServiceSettings, ServiceStats, Stats,
+    Status, Traffic,
 };

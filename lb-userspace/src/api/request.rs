@@ -42,6 +42,13 @@ pub enum Request {
     },
     /// Re-read the configuration file given to `lb run`.
     Reload {},
+    /// Whether the daemon serves: attached, configuration applied, not stopping
+    /// (`lb status`; answered at once, whatever else the daemon is doing).
+    Status {},
+    /// Hand the datapath over to the asking process (`lb run --takeover`): the daemon
+    /// answers with its pid and the control socket's listening descriptor (SCM_RIGHTS),
+    /// then exits without detaching.
+    Takeover {},
 }
 
 /// Adds a service (and its backends).
@@ -142,6 +149,8 @@ impl Request {
             Request::Stats { .. } => "stats",
             Request::Conns { .. } => "conns",
             Request::Reload {} => "reload",
+            Request::Status {} => "status",
+            Request::Takeover {} => "takeover",
         }
     }
 
@@ -149,7 +158,7 @@ impl Request {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Request::List {} | Request::Stats { .. } | Request::Conns { .. }
+            Request::List {} | Request::Stats { .. } | Request::Conns { .. } | Request::Status {}
         )
     }
 
@@ -247,6 +256,8 @@ mod tests {
         vec![
             Request::List {},
             Request::Reload {},
+            Request::Status {},
+            Request::Takeover {},
             Request::Stats { rate: true },
             Request::ServiceDel(ServiceDel {
                 service: "10.1.1.1:80/tcp".parse().unwrap(),
@@ -316,7 +327,9 @@ mod tests {
                 "backend_set",
                 "stats",
                 "conns",
-                "reload"
+                "reload",
+                "status",
+                "takeover"
             ]
         );
     }

@@ -57,6 +57,38 @@ impl Response {
     }
 }
 
+/// `status`: what `lb status` (and keepalived's `track_script`) decides on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Attached, configuration applied, not stopping.
+    pub serving: bool,
+    /// Every interface runs the datapath.
+    pub attached: bool,
+    /// The configuration is in the datapath.
+    pub applied: bool,
+    /// A stop (SIGTERM, SIGINT) or a hand-over is under way.
+    pub stopping: bool,
+    pub pid: u32,
+    /// The instance name (`--name`).
+    pub name: String,
+    /// The instance's pin directory.
+    pub pin_dir: String,
+    /// Each interface and the XDP program it runs.
+    pub interfaces: Vec<Interface>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    pub prog_id: u32,
+}
+
+/// `takeover`: who is handing over (the listening socket travels beside the line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub pid: u32,
+}
+
 /// `list`: every service with its settings and backends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceList {

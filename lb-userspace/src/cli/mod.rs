@@ -11,10 +11,12 @@ use crate::api::{Client, Request};
 
 pub mod backend;
 pub mod conns;
+pub mod detach;
 pub mod run;
 pub mod service;
 pub mod show;
 pub mod stats;
+pub mod status;
 
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 
@@ -49,6 +51,11 @@ enum Command {
     Conns(conns::ConnsArgs),
     /// Re-read the configuration file of the running daemon; an invalid file changes nothing.
     Reload,
+    /// Whether the daemon serves (exit status 0) or not (1, with the reason): for
+    /// keepalived's track_script and BGP health checks.
+    Status(status::StatusArgs),
+    /// Remove a datapath that no daemon runs: detach its program and remove its pins.
+    Detach(detach::DetachArgs),
 }
 
 /// Parses the command line and runs it; exits 1 with the error on failure.
@@ -75,12 +82,20 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Stats(a) => a.run(&target),
         Command::Conns(a) => a.run(&target),
         Command::Reload => target.send(&Request::Reload {}).map(drop),
+        Command::Status(a) => a.run(&target),
+        Command::Detach(a) => a.run(),
     }
 }
 
 /// The daemon a client command talks to.
 pub struct Target {
     socket: PathBuf,
+}
+
+impl Target {
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
 }
 
 impl Target {

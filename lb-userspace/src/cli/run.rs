@@ -24,6 +24,43 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9180); off by default.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Name of this instance: its datapath is pinned in /sys/fs/bpf/lb/NAME.
+    #[arg(long, default_value = "lb", value_parser = instance_name)]
+    name: String,
+    /// Pin directory of the datapath, on a bpffs (default: /sys/fs/bpf/lb/NAME). The
+    /// datapath lives there, so it keeps forwarding when the daemon dies; the next
+    /// `lb run` of the instance adopts it.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Take over from the running daemon of this instance (an upgrade): it hands over
+    /// the control socket and exits without detaching; this one adopts the datapath.
+    #[arg(long)]
+    takeover: bool,
+    /// On SIGTERM/SIGINT, report not serving at once but keep forwarding this long
+    /// before detaching (lets a redundant peer take over first).
+    #[arg(long, default_value_t = 0)]
+    stop_grace_ms: u64,
+}
+
+/// An instance name: used as a directory name.
+fn instance_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.starts_with('.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not an instance name: use letters, digits, '-', '_' and '.' (not first), at most 64"
+        ))
+    }
+}
+
+/// The default pin directory of instance `name`.
+pub fn default_pin_dir(name: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/lb").join(name)
 }
 
 impl RunArgs {
@@ -34,6 +71,10 @@ impl RunArgs {
             config: self.config,
             socket,
             metrics_addr: self.metrics_addr,
+            pin_dir: self.pin_dir.unwrap_or_else(|| default_pin_dir(&self.name)),
+            name: self.name,
+            takeover: self.takeover,
+            stop_grace: std::time::Duration::from_millis(self.stop_grace_ms),
         })
     }
 }

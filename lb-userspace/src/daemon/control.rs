@@ -30,7 +30,7 @@ use crate::{
 
 /// Binds the control socket at `path` (mode 0600, directory 0700 when lb creates it).
 /// Refuses when another lb answers there; removes a stale socket left by a crashed run.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
@@ -63,7 +63,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     // Created owner-only from the start (not chmod-ed afterwards, which leaves a window).
     // SAFETY: umask(2) only swaps the process's file-creation mask.
     let mask = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
+    let bound = std::os::unix::net::UnixListener::bind(path);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(mask) };
     let listener =
@@ -152,6 +152,8 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 }
 
 async fn client(stream: UnixStream, ctx: Context) {
+    // The same socket, for a hand-over's answer (which carries a descriptor).
+    let raw = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned();
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::with_capacity(1024);
@@ -166,6 +168,19 @@ async fn client(stream: UnixStream, ctx: Context) {
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => match Request::parse(text.trim()) {
                     Err(e) => Response::error(e),
+                    Ok(Request::Takeover {}) => {
+                        let Ok(raw) = &raw else {
+                            return;
+                        };
+                        match super::lifecycle::hand_over(raw, &*ctx.listener) {
+                            Ok(()) => {
+                                log::info!("handing the datapath over to a new lb run");
+                                let _ = ctx.stop.send(super::Stop::Handover);
+                            }
+                            Err(e) => log::warn!("handing over failed: {e}"),
+                        }
+                        return;
+                    }
                     Ok(req) => {
                         log::debug!("control request: {}", req.op());
                         handle(&ctx, req).await
@@ -188,6 +203,10 @@ async fn client(stream: UnixStream, ctx: Context) {
 /// Answers one request.
 pub async fn handle(ctx: &Context, req: Request) -> Response {
     let change = match req {
+        Request::Status {} => return Response::ok(&ctx.lifecycle.status()),
+        Request::Takeover {} => {
+            return Response::error("takeover: only `lb run --takeover` asks for it");
+        }
         Request::List {} => {
             let snap = ctx.snapshot();
             return Response::ok(&views::list(&snap, &ctx.conn_counts()));

@@ -24,6 +24,7 @@ use crate::{
     dataplane::error::chain,
     health::{BackendHealth, Health, HealthSnapshot, ProbeResult, Thresholds, Transition},
     model::{
+        adopt::Pinned,
         apply::{Maps, apply},
         runtime::{Image, Neighbour, OpError, Runtime},
     },
@@ -46,8 +47,8 @@ pub enum Change {
 }
 
 impl Change {
-    /// The change a request asks for; `None` for the reading requests and `reload` (whose
-    /// configuration the caller reads first).
+    /// The change a request asks for; `None` for the reading requests, `reload` (whose
+    /// configuration the caller reads first), `status` and `takeover`.
     pub fn from_request(req: Request) -> Option<Change> {
         Some(match req {
             Request::ServiceAdd(r) => Change::ServiceAdd(r),
@@ -58,9 +59,9 @@ impl Change {
             Request::List {}
             | Request::Stats { .. }
             | Request::Conns { .. }
-            | Request::Reload {} => {
-                return None;
-            }
+            | Request::Reload {}
+            | Request::Status {}
+            | Request::Takeover {} => return None,
         })
     }
 
@@ -219,6 +220,31 @@ impl<M: Maps> Controller<M> {
             maps,
             runtime: Runtime::new(config.conntrack.clone()),
             applied: Image::default(),
+            neighbours: Neighbours::new(),
+            health: BTreeMap::new(),
+            config_path: config_path.to_string(),
+        };
+        c.merge_neighbours(neighbours);
+        c.commit(runtime)?;
+        Ok(c)
+    }
+
+    /// Takes over the maps of a datapath that outlived its daemon (`pinned`, as read
+    /// from them) and applies `config` as one change: services and backends that stay
+    /// keep their ids (their connections continue), and only the differences are
+    /// written.
+    pub fn adopt(
+        maps: M,
+        config: &Config,
+        config_path: &str,
+        neighbours: Neighbours,
+        pinned: &Pinned,
+    ) -> Result<Self, ChangeError> {
+        let runtime = Runtime::adopt(config, pinned)?;
+        let mut c = Controller {
+            maps,
+            runtime: Runtime::new(config.conntrack.clone()),
+            applied: Image::from_pinned(pinned),
             neighbours: Neighbours::new(),
             health: BTreeMap::new(),
             config_path: config_path.to_string(),

@@ -22,6 +22,7 @@ pub mod checks;
 pub mod control;
 pub mod controller;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod neighbours;
 pub mod sweeper;
@@ -31,6 +32,7 @@ pub mod writer;
 use self::{
     control::SocketFile,
     controller::{Controller, Snapshot},
+    lifecycle::Lifecycle,
     sweeper::{ConnCounts, Sweeper},
     views::{Readings, Samples},
     writer::Writer,
@@ -38,8 +40,9 @@ use self::{
 use crate::{
     config::{Config, Forwarding},
     dataplane::{
-        ConnTable, Counters, Dataplane, Limits,
+        Attached, ConnTable, Counters, Dataplane, Limits,
         object::{self as ebpf, AttachMode},
+        pins::{self, PinDir},
     },
     net::{NetError, Netlink},
 };
@@ -52,6 +55,14 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The instance's name (`--name`).
+    pub name: String,
+    /// The instance's pin directory (`--pin-dir`).
+    pub pin_dir: PathBuf,
+    /// Take over from a running daemon of the instance (`--takeover`).
+    pub takeover: bool,
+    /// How long a stopping daemon keeps forwarding before it detaches.
+    pub stop_grace: Duration,
 }
 
 /// What the daemon's tasks share: the latest state, the controller's queue, handles of
@@ -67,6 +78,12 @@ pub struct Context {
     pub conn_table: Arc<ConnTable>,
     pub netlink: Netlink,
     pub config_path: PathBuf,
+    /// What `lb status` reports.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The control socket's listening descriptor, for a hand-over.
+    pub listener: Arc<std::os::fd::OwnedFd>,
+    /// Ends the daemon (a hand-over).
+    pub stop: tokio::sync::mpsc::UnboundedSender<Stop>,
 }
 
 impl Context {
@@ -165,7 +182,125 @@ fn check_forwarding<M: crate::model::apply::Maps>(c: &Controller<M>, ifaces: &[S
     }
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
+/// Why the daemon stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM/SIGINT: detach and remove the datapath (after the grace).
+    Detach,
+    /// A new daemon took over: leave the datapath running.
+    Handover,
+}
+
+/// The XDP object to run and its SHA-256: the embedded one, or the file `LB_XDP_OBJECT`
+/// names (for testing upgrades and hotfixes; it must define lb's maps and a program
+/// named `lb`).
+fn xdp_object() -> Result<(std::borrow::Cow<'static, [u8]>, [u8; 32])> {
+    let object: std::borrow::Cow<'static, [u8]> = match std::env::var_os("LB_XDP_OBJECT") {
+        Some(path) => {
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!("reading the XDP object {} (LB_XDP_OBJECT)", path.display())
+            })?;
+            log::warn!(
+                "running the XDP object {} (LB_XDP_OBJECT) instead of the embedded one",
+                std::path::Path::new(&path).display()
+            );
+            bytes.into()
+        }
+        None => ebpf::OBJECT.into(),
+    };
+    let sha = ebpf::sha256(&object);
+    Ok((object, sha))
+}
+
+/// Makes every interface run the datapath through links pinned in `pins` (adopting
+/// those already there, switching them to this object's program when `replace`), and
+/// removes pinned links of interfaces no longer listed. Returns what each runs.
+async fn attach_all(
+    dp: &mut Dataplane,
+    nl: &Netlink,
+    pins: &PinDir,
+    ifaces: &[String],
+    mode: AttachMode,
+    replace: bool,
+) -> Result<Vec<crate::api::Interface>> {
+    let mut out = Vec::new();
+    for iface in ifaces {
+        let link = nl.link(iface).await?;
+        let ours = pins.link_path(iface).exists()
+            && pins::link_ids(&pins.link_path(iface)).is_ok_and(|l| l.ifindex == link.index);
+        if !ours {
+            free_interface(nl, iface).await?;
+        }
+        let how = dp.attach_pinned(iface, link.index, mode, pins, replace)?;
+        match how {
+            Attached::New { prog_id } => log::info!(
+                "attached XDP program {} to {iface} ({mode:?} mode, program id {prog_id})",
+                ebpf::PROGRAM
+            ),
+            Attached::Kept { prog_id } => {
+                log::info!("adopted the datapath on {iface}: it keeps running program id {prog_id}")
+            }
+            Attached::Replaced { from, to } => log::info!(
+                "adopted the datapath on {iface}: program id {from} replaced by {to} in one update"
+            ),
+        }
+        out.push(crate::api::Interface {
+            name: iface.clone(),
+            prog_id: how.prog_id(),
+        });
+    }
+    for old in pins.linked_ifaces()? {
+        if !ifaces.contains(&old) {
+            let path = pins.link_path(&old);
+            let link = aya::programs::links::PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            drop(
+                link.unpin()
+                    .with_context(|| format!("removing {}", path.display()))?,
+            );
+            log::info!("detached from {old} (no longer given with --iface)");
+        }
+    }
+    Ok(out)
+}
+
+/// The neighbours of DSR backends at start: what the kernel knows now; for backends it
+/// does not know yet, what a pinned datapath was using, else a wait for ARP.
+async fn initial_neighbours(
+    nl: &Netlink,
+    config: &Config,
+    pinned: Option<&crate::model::adopt::Pinned>,
+) -> Result<controller::Neighbours> {
+    let runtime = crate::model::runtime::Runtime::from_config(config, crate::health::Health::Up)?;
+    let addrs = controller::dsr_addresses(&runtime);
+    let mut found = neighbours::refresh(nl, addrs).await?;
+    if let Some(p) = pinned {
+        for (addr, hop) in p.neighbours() {
+            if let Some(r @ Err(crate::net::neighbour::Unreachable::Unresolved { .. })) =
+                found.get_mut(&addr)
+            {
+                *r = Ok(hop);
+            }
+        }
+    }
+    let missing: Vec<_> = found
+        .iter()
+        .filter(|(_, r)| {
+            matches!(
+                r,
+                Err(crate::net::neighbour::Unreachable::Unresolved { .. })
+            )
+        })
+        .map(|(a, _)| *a)
+        .collect();
+    if !missing.is_empty() {
+        found.extend(neighbours::resolve_waiting(nl, missing).await?);
+    }
+    Ok(found)
+}
+
+/// Runs the daemon until it stops: SIGINT/SIGTERM (detach, after `--stop-grace-ms`) or
+/// a hand-over to a new daemon (the datapath keeps running).
 pub fn run(opts: RunOptions) -> Result<()> {
     let config = load_config(&opts.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,12 +319,27 @@ pub fn run(opts: RunOptions) -> Result<()> {
             signal(SignalKind::hangup())?,
         )
     };
-    // The socket first: if another lb serves it, stop before touching any interface.
+    // The control socket first: taken over from the daemon being replaced, or bound
+    // (refusing when another lb serves it) before touching any interface.
+    let (listener, replaced) = match opts
+        .takeover
+        .then(|| lifecycle::take_over(&opts.socket))
+        .transpose()?
+        .flatten()
+    {
+        Some((listener, pid)) => {
+            log::info!("taking over from lb run pid {pid}");
+            (listener, Some(pid))
+        }
+        None => (control::bind(&opts.socket)?, None),
+    };
+    let socket_file = SocketFile(opts.socket.clone());
+    listener.set_nonblocking(true)?;
+    let listener_fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
     let listener = {
         let _guard = rt.enter();
-        control::bind(&opts.socket)?
+        tokio::net::UnixListener::from_std(listener)?
     };
-    let _socket = SocketFile(opts.socket.clone());
     // The metrics address too: a wrong one refuses the start instead of running blind.
     let metrics = match opts.metrics_addr {
         Some(addr) => Some(
@@ -198,41 +348,149 @@ pub fn run(opts: RunOptions) -> Result<()> {
         ),
         None => None,
     };
-    let mut dp = Dataplane::load(Limits {
-        conntrack_entries: config.conntrack.max_entries,
-    })?;
+    if let Some(pid) = replaced {
+        lifecycle::wait_for_exit(pid, Duration::from_secs(30))?;
+    }
+    let pins = PinDir::open(&opts.pin_dir, replaced.map(|_| Duration::from_secs(10)))?;
+    let found = pins.found()?;
+    let fresh = found == pins::Found::Empty;
+    let started = start(&rt, &opts, &config, &pins, found);
+    let (ctl, lifecycle_state, logger, counters, tables, nl) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // A datapath this start created goes again; one it adopted keeps running.
+            if fresh && let Err(e2) = pins.remove() {
+                log::warn!("removing the half-made datapath: {e2:#}");
+            }
+            return Err(e);
+        }
+    };
+    let stop = serve(
+        &rt,
+        ctl,
+        lifecycle_state,
+        logger,
+        counters,
+        tables,
+        nl,
+        listener,
+        listener_fd,
+        metrics,
+        &opts,
+        (&mut int, &mut term, &mut hup),
+    )?;
+    match stop {
+        Stop::Detach => {
+            pins.remove().context("removing the datapath's pins")?;
+            log::info!("detached from {}; stopped", opts.ifaces.join(", "));
+        }
+        Stop::Handover => {
+            // The new daemon serves the socket now: its path stays.
+            std::mem::forget(socket_file);
+            drop(pins);
+            log::info!("handed over; stopped (the datapath keeps running)");
+        }
+    }
+    Ok(())
+}
+
+type Started = (
+    Controller<Dataplane>,
+    Arc<Lifecycle>,
+    Option<crate::dataplane::Logger>,
+    Arc<Counters>,
+    (ConnTable, ConnTable),
+    Netlink,
+);
+
+/// Loads (or adopts) the datapath, attaches it and applies the configuration.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    opts: &RunOptions,
+    config: &Config,
+    pins: &PinDir,
+    found: pins::Found,
+) -> Result<Started> {
+    let (object, sha) = xdp_object()?;
+    let mut dp = Dataplane::load_pinned(
+        &object,
+        Limits {
+            conntrack_entries: config.conntrack.max_entries,
+        },
+        pins,
+    )?;
     let nl = {
         let _guard = rt.enter();
         Netlink::new()?
     };
-    for iface in &opts.ifaces {
-        rt.block_on(free_interface(&nl, iface))?;
-        dp.attach(iface, opts.mode)?;
-        log::info!(
-            "attached XDP program {} to {iface} ({:?} mode)",
-            ebpf::PROGRAM,
-            opts.mode
-        );
-    }
+    let replace = match found {
+        pins::Found::Empty => false,
+        pins::Found::Datapath(meta) => meta.object_sha256 != sha,
+    };
+    let lifecycle = Arc::new(Lifecycle::new(&opts.name, &opts.pin_dir));
+    let interfaces = rt.block_on(attach_all(
+        &mut dp,
+        &nl,
+        pins,
+        &opts.ifaces,
+        opts.mode,
+        replace,
+    ))?;
+    pins.write_meta(sha)?;
+    lifecycle.attached(interfaces);
     let logger = dp.take_logger();
     let counters = Arc::new(dp.counters_handle()?);
-    let (sweeper_table, reader_table) = (dp.conn_table()?, dp.conn_table()?);
-    let initial = {
-        let runtime =
-            crate::model::runtime::Runtime::from_config(&config, crate::health::Health::Up)?;
-        rt.block_on(neighbours::resolve_waiting(
-            &nl,
-            controller::dsr_addresses(&runtime).into_iter().collect(),
-        ))?
+    let tables = (dp.conn_table()?, dp.conn_table()?);
+    let pinned = match found {
+        pins::Found::Datapath(_) => Some(dp.adopt()?),
+        pins::Found::Empty => None,
     };
+    let neighbours = rt.block_on(initial_neighbours(&nl, config, pinned.as_ref()))?;
     let path = opts.config.display().to_string();
-    let ctl = Controller::new(dp, &config, &path, initial)?;
+    let ctl = match &pinned {
+        Some(p) => Controller::adopt(dp, config, &path, neighbours, p)?,
+        None => Controller::new(dp, config, &path, neighbours)?,
+    };
+    if pinned.is_some() {
+        log::info!("adopted the datapath pinned in {}", pins.path().display());
+    }
     check_forwarding(&ctl, &opts.ifaces);
+    lifecycle.applied();
     log::info!(
         "serving {} services; control socket {}",
         ctl.runtime().services().count(),
         opts.socket.display()
     );
+    Ok((ctl, lifecycle, logger, counters, tables, nl))
+}
+
+type Signals<'a> = (
+    &'a mut tokio::signal::unix::Signal,
+    &'a mut tokio::signal::unix::Signal,
+    &'a mut tokio::signal::unix::Signal,
+);
+
+/// Serves until a stop: the controller's thread, the sweeper, the control socket, the
+/// health checks, housekeeping and metrics. Returns once everything has ended and the
+/// controller (with the dataplane) is dropped.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts `start` made, handed over once"
+)]
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    ctl: Controller<Dataplane>,
+    lifecycle: Arc<Lifecycle>,
+    logger: Option<crate::dataplane::Logger>,
+    counters: Arc<Counters>,
+    (sweeper_table, reader_table): (ConnTable, ConnTable),
+    nl: Netlink,
+    listener: tokio::net::UnixListener,
+    listener_fd: std::os::fd::OwnedFd,
+    metrics: Option<std::net::TcpListener>,
+    opts: &RunOptions,
+    (int, term, hup): Signals<'_>,
+) -> Result<Stop> {
     let (publish, snapshots) = watch::channel(Arc::new(ctl.snapshot()));
     let ifaces = opts.ifaces.clone();
     let (writer, controller_thread) =
@@ -240,6 +498,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let (publish_counts, counts) = watch::channel(Arc::new(ConnCounts::default()));
     let (sweeper, sweeper_thread) =
         Sweeper::spawn(sweeper_table, snapshots.clone(), publish_counts);
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Context {
         snapshots,
         counts,
@@ -250,8 +509,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         conn_table: Arc::new(reader_table),
         netlink: nl,
         config_path: opts.config.clone(),
+        lifecycle: lifecycle.clone(),
+        listener: Arc::new(listener_fd),
+        stop: stop_tx,
     };
-    rt.block_on(async {
+    let grace = opts.stop_grace;
+    let stop = rt.block_on(async {
         let mut tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(control::serve(listener, ctx.clone())),
             tokio::spawn(checks::schedule(ctx.subscribe(), ctx.writer.clone())),
@@ -262,10 +525,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tasks.push(tokio::spawn(metrics::serve(listener, ctx.clone())));
         }
-        loop {
+        let stop = loop {
             tokio::select! {
-                _ = int.recv() => { log::info!("SIGINT: stopping"); break; }
-                _ = term.recv() => { log::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { log::info!("SIGINT: stopping"); break Stop::Detach; }
+                _ = term.recv() => { log::info!("SIGTERM: stopping"); break Stop::Detach; }
+                Some(stop) = stop_rx.recv() => break stop,
                 _ = hup.recv() => {
                     // SIGHUP reloads the configuration file, as with HAProxy and keepalived.
                     let resp = control::reload(&ctx).await;
@@ -275,6 +539,22 @@ pub fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
             }
+        };
+        if stop == Stop::Detach {
+            // Not serving from now on (`lb status` says so), but forwarding on for the
+            // grace, so a peer can take over first; a second signal ends it early.
+            lifecycle.stopping();
+            if !grace.is_zero() {
+                log::info!(
+                    "forwarding for {} ms more before detaching",
+                    grace.as_millis()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(grace) => {}
+                    _ = int.recv() => log::info!("SIGINT: detaching now"),
+                    _ = term.recv() => log::info!("SIGTERM: detaching now"),
+                }
+            }
         }
         for t in &tasks {
             t.abort();
@@ -282,21 +562,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
         for t in tasks {
             let _ = t.await;
         }
-        anyhow::Ok(())
+        anyhow::Ok(stop)
     })?;
     // Every sender of the controller's queue goes with the tasks and the context: its
-    // thread returns the controller, whose dataplane detaches when dropped.
+    // thread returns the controller, dropped with its dataplane (the pins keep the
+    // datapath; `run` removes them or not).
     drop(ctx);
-    rt.shutdown_timeout(Duration::from_secs(2));
     let _ = sweeper_thread.join();
     match controller_thread.join() {
-        // Dropping the controller drops the dataplane: the XDP links close and the
-        // program leaves every interface.
         Ok(c) => drop(c),
         Err(_) => log::error!("the controller thread panicked"),
     }
-    log::info!("detached from {}; stopped", opts.ifaces.join(", "));
-    Ok(())
+    Ok(stop)
 }
 
 /// Periodic upkeep: the datapath's log (1 s), rate samples (2 s), neighbour refresh (5 s).

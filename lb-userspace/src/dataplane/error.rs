@@ -36,6 +36,13 @@ pub enum Error {
         #[source]
         source: Box<aya::pin::PinError>,
     },
+    /// Opening, updating or removing an XDP link.
+    #[error("{what}")]
+    Link {
+        what: String,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
     /// A system call outside aya (batch map operations, mmap, bpffs).
     #[error("{what}")]
     Io {
@@ -50,6 +57,12 @@ pub enum Error {
         #[source]
         source: Box<aya_log::Error>,
     },
+    /// Another daemon of the instance holds its pin directory.
+    #[error(
+        "another lb run is using the pin directory {} (the same instance): stop it first, or start this one with --takeover to replace it",
+        .pin_dir.display()
+    )]
+    InstanceRunning { pin_dir: std::path::PathBuf },
     /// The object or the kernel is not what lb expects (no cause beyond the message).
     #[error("{0}")]
     Invalid(String),
@@ -87,6 +100,7 @@ context_for!(aya::EbpfError, Load);
 context_for!(aya::programs::ProgramError, Program);
 context_for!(aya::maps::MapError, Map);
 context_for!(aya::pin::PinError, Pin);
+context_for!(aya::programs::links::LinkError, Link);
 context_for!(std::io::Error, Io);
 context_for!(aya_log::Error, Log);
 

@@ -31,6 +31,11 @@ impl AddressFilter {
         }
     }
 
+    /// Counts an address the map already holds (a pinned datapath being adopted).
+    pub(super) fn adopt(&mut self, addr: u32) {
+        self.addrs.insert(addr);
+    }
+
     pub(super) fn add(&mut self, addr: u32) -> Result<(), MapError> {
         if self.addrs.insert(addr) {
             let (index, _) = filter_bit(addr);

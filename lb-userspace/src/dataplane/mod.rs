@@ -18,15 +18,20 @@ use self::error::{Context as _, Error, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData},
-    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
+    programs::{
+        TestRun as _, TestRunOptions, TestRunResult, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::{
     Backend, Flow, FlowKey, GRACE_SLOT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_NAT_FILTER, MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
-    MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NatReverse, Service, ServiceKey, TABLE_CHUNK,
-    TABLE_MAP_FLAGS, TableChunk, TrafficStats, table_index,
+    MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NatReverse, PINNED_MAPS, Service, ServiceKey,
+    TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, TrafficStats, table_index,
 };
 
+pub mod adopt;
 pub mod batch;
 pub mod conntrack;
 pub mod counters;
@@ -36,6 +41,7 @@ pub mod grace;
 pub mod inspect;
 mod maps;
 pub mod object;
+pub mod pins;
 mod tables;
 
 pub use self::{conntrack::ConnTable, counters::Counters};
@@ -44,6 +50,7 @@ use self::{
     grace::Grace,
     maps::{get_if_present, map_data, memlock, remove_if_present, set_count, take},
     object::{self as ebpf, AttachMode},
+    pins::PinDir,
     tables::{Mmap, TableGens, fill},
 };
 
@@ -90,6 +97,80 @@ pub struct Dataplane {
     conns: ConnTable,
 }
 
+/// How an interface came to run the datapath (see [`Dataplane::attach_pinned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Newly attached.
+    New { prog_id: u32 },
+    /// Adopted as it was (same object).
+    Kept { prog_id: u32 },
+    /// Adopted, and switched atomically from one program to this object's.
+    Replaced { from: u32, to: u32 },
+}
+
+impl Attached {
+    /// The program the interface runs now.
+    pub fn prog_id(self) -> u32 {
+        match self {
+            Attached::New { prog_id } | Attached::Kept { prog_id } => prog_id,
+            Attached::Replaced { to, .. } => to,
+        }
+    }
+}
+
+/// Checks every pinned map is what this binary reads and writes: its kernel type, key
+/// and value sizes, and the connection table's size.
+fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()> {
+    use lb_common::{NatReverse as Nr, TrafficStats as Ts};
+    let expected: [(&str, usize, usize); 12] = [
+        (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<Service>()),
+        (MAP_TABLES, 4, 4),
+        (MAP_BACKENDS, 4, size_of::<Backend>()),
+        (MAP_CONNTRACK, size_of::<FlowKey>(), size_of::<Flow>()),
+        (MAP_NAT_REVERSE, size_of::<FlowKey>(), size_of::<Nr>()),
+        (MAP_VIPS, 4, 4),
+        (MAP_NAT_SOURCES, 4, 4),
+        (MAP_VIP_FILTER, 4, 8),
+        (MAP_NAT_FILTER, 4, 8),
+        (MAP_STATS, 4, 8),
+        (MAP_SERVICE_STATS, 4, size_of::<Ts>()),
+        (MAP_BACKEND_STATS, 4, size_of::<Ts>()),
+    ];
+    for (name, key, value) in expected {
+        let data = ebpf
+            .map(name)
+            .and_then(map_data)
+            .with_context(|| format!("the eBPF object has no map {name}"))?;
+        let info = data
+            .info()
+            .with_context(|| format!("reading the info of map {name}"))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            return Err(Error::Invalid(format!(
+                "the pinned map {} has keys of {} and values of {} bytes, where this lb writes {key} and {value}: \
+                 the pins come from another build of lb; remove them with `lb detach --pin-dir {}` \
+                 (their connections are lost) and start again",
+                pins.map_path(name).display(),
+                info.key_size(),
+                info.value_size(),
+                pins.path().display()
+            )));
+        }
+        if name == MAP_CONNTRACK && info.max_entries() != limits.conntrack_entries {
+            return Err(Error::Invalid(format!(
+                "the pinned connection table in {} has {} entries and the configuration asks for {} \
+                 (conntrack.max_entries): set it back to {}, or stop lb, remove the datapath with \
+                 `lb detach --pin-dir {}` (its connections are lost) and start again",
+                pins.path().display(),
+                info.max_entries(),
+                limits.conntrack_entries,
+                info.max_entries(),
+                pins.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The reader of the datapath's log ring buffer.
 pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -109,21 +190,46 @@ impl Dataplane {
     }
 
     /// Loads `object` with the programs `programs` (the first is the one `test_run`
-    /// runs); the object must define lb's maps. Used by the benchmarks.
+    /// runs); the object must define lb's maps. Used by the benchmarks and tests.
     pub fn load_object(object: &[u8], programs: &[&str], limits: Limits) -> Result<Self> {
+        Self::open(object, programs, limits, None)
+    }
+
+    /// Loads `object` over the pins of `pins`: maps pinned there are reused with what
+    /// they hold (connections, tables, counters), the others are created and pinned. The
+    /// program is loaded only when an interface needs it ([`Self::attach_pinned`]).
+    /// Refuses pinned maps whose key, value or size are not what this binary writes.
+    pub fn load_pinned(object: &[u8], limits: Limits, pins: &PinDir) -> Result<Self> {
+        Self::open(object, &[], limits, Some(pins))
+    }
+
+    fn open(
+        object: &[u8],
+        programs: &[&str],
+        limits: Limits,
+        pins: Option<&PinDir>,
+    ) -> Result<Self> {
         if limits.conntrack_entries < 1024 {
             return Err(Error::Invalid(format!(
                 "the connection table needs at least 1024 entries (got {})",
                 limits.conntrack_entries
             )));
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(MAP_CONNTRACK, limits.conntrack_entries)
-            .map_max_entries(MAP_NAT_REVERSE, limits.conntrack_entries)
-            .load(object)
-            .context(
-                "loading the lb eBPF object into the kernel (are you root, with BPF enabled?)",
-            )?;
+            .map_max_entries(MAP_NAT_REVERSE, limits.conntrack_entries);
+        if let Some(pins) = pins {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        let mut ebpf = loader.load(object).context(
+            "loading the lb eBPF object into the kernel (are you root, with BPF enabled?)",
+        )?;
+        if let Some(pins) = pins {
+            check_pinned_shapes(&ebpf, limits, pins)?;
+        }
         // Objects built from lb-ebpf's library carry its log ring buffer.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -171,7 +277,7 @@ impl Dataplane {
         };
         Ok(Dataplane {
             logger,
-            program: programs.first().context("no program to load")?.to_string(),
+            program: programs.first().unwrap_or(&ebpf::PROGRAM).to_string(),
             memory,
             services: take(&mut ebpf, MAP_SERVICES)?,
             tables: take(&mut ebpf, MAP_TABLES)?,
@@ -196,9 +302,84 @@ impl Dataplane {
         })
     }
 
-    /// Attaches the program to `iface`.
+    /// Attaches the program to `iface` (for as long as this value lives).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         ebpf::attach(&mut self.ebpf, iface, mode)
+    }
+
+    /// Loads the XDP program into the kernel, unless it is loaded already; returns its id.
+    fn load_program(&mut self) -> Result<u32> {
+        let prog = ebpf::program_mut(&mut self.ebpf)?;
+        if prog.fd().is_err() {
+            prog.load().with_context(|| {
+                format!(
+                    "the kernel verifier rejected the XDP program {}",
+                    ebpf::PROGRAM
+                )
+            })?;
+        }
+        Ok(prog.info().context("reading the XDP program's info")?.id())
+    }
+
+    /// Makes `iface` (index `ifindex`) run the datapath through a link pinned in `pins`:
+    /// - a pinned link already on the interface stays, running its program, unless
+    ///   `replace`: then it is switched to this object's program in one atomic update
+    ///   (`bpf_link_update`: no packet meets the interface without a program);
+    /// - a pinned link whose interface is gone (or was recreated) is removed;
+    /// - otherwise the program is attached and the new link pinned.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        mode: AttachMode,
+        pins: &PinDir,
+        replace: bool,
+    ) -> Result<Attached> {
+        let path = pins.link_path(iface);
+        if path.exists() {
+            let ids = pins::link_ids(&path)?;
+            if ids.ifindex == ifindex {
+                if !replace {
+                    return Ok(Attached::Kept {
+                        prog_id: ids.prog_id,
+                    });
+                }
+                let to = self.load_program()?;
+                let link = PinnedLink::from_pin(&path)
+                    .with_context(|| format!("opening the link {}", path.display()))?;
+                let link = XdpLink::try_from(FdLink::from(link))
+                    .with_context(|| format!("{} is not an XDP link", path.display()))?;
+                let prog = ebpf::program_mut(&mut self.ebpf)?;
+                let id = prog.attach_to_link(link).with_context(|| {
+                    format!("replacing the program of the link {}", path.display())
+                })?;
+                // The pin keeps the link; this process needs no handle on it.
+                drop(prog.take_link(id).context("releasing the updated link")?);
+                return Ok(Attached::Replaced {
+                    from: ids.prog_id,
+                    to,
+                });
+            }
+            let stale = PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening the link {}", path.display()))?;
+            drop(
+                stale
+                    .unpin()
+                    .with_context(|| format!("removing the stale link {}", path.display()))?,
+            );
+        }
+        let prog_id = self.load_program()?;
+        let prog = ebpf::program_mut(&mut self.ebpf)?;
+        let id = ebpf::attach_program(prog, iface, mode)?;
+        let link = prog.take_link(id).context("taking the new link")?;
+        let link = FdLink::try_from(link).with_context(|| {
+            format!("the XDP link of {iface} cannot be pinned (this kernel attached it through netlink, without a BPF link)")
+        })?;
+        drop(
+            link.pin(&path)
+                .with_context(|| format!("pinning the link {}", path.display()))?,
+        );
+        Ok(Attached::New { prog_id })
     }
 
     /// Prints what the datapath logged since the last call (through the `log` crate).

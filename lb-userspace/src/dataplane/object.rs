@@ -2,11 +2,18 @@
 use super::error::{Context as _, Result};
 use aya::{
     Ebpf,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 
 /// The eBPF object built from `lb-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// The SHA-256 of an XDP object: what the pins record, so a daemon knows whether the
+/// running program is the one it would load.
+pub fn sha256(object: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(object).into()
+}
 
 /// Name of the XDP program inside [`OBJECT`] (also what `ip link` shows).
 pub const PROGRAM: &str = "lb";
@@ -39,13 +46,16 @@ impl AttachMode {
 
 /// Attaches the loaded program to `iface`.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<()> {
-    let prog = program_mut(ebpf)?;
+    attach_program(program_mut(ebpf)?, iface, mode).map(drop)
+}
+
+/// Attaches `prog` to `iface`; returns the link's id (the program keeps the link).
+pub fn attach_program(prog: &mut Xdp, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
     let hint = match mode {
         AttachMode::Native => " — the driver may not support native XDP; try `--xdp-mode skb`",
         AttachMode::Skb => "",
     };
     prog.attach(iface, mode.xdp_mode()).with_context(|| {
         format!("attaching the XDP program to {iface} in {mode:?} mode failed{hint}")
-    })?;
-    Ok(())
+    })
 }

@@ -93,6 +93,20 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
+    /// A service taken over from a pinned datapath, with the id and backends it has there.
+    pub(super) fn adopted(
+        config: ServiceConfig,
+        id: u32,
+        backends: BTreeMap<SocketAddrV4, BackendState>,
+    ) -> Self {
+        ServiceState {
+            config,
+            id,
+            backends,
+            table: None,
+        }
+    }
+
     /// The service as configuration again (backends in address order).
     pub fn to_config(&self) -> ServiceConfig {
         ServiceConfig {
@@ -182,6 +196,37 @@ impl IdPool {
         IdPool {
             limit,
             ..Default::default()
+        }
+    }
+
+    /// A pool over ids a datapath already uses: `kept` stay taken, `released` are given
+    /// back by the change being built, every other id below the highest one seen is free;
+    /// `epochs` continue where the datapath's records left them.
+    fn adopted(
+        limit: u32,
+        seen: impl IntoIterator<Item = u32>,
+        kept: &BTreeSet<u32>,
+        released: BTreeSet<u32>,
+        epochs: BTreeMap<u32, u32>,
+    ) -> Self {
+        let next = seen
+            .into_iter()
+            .chain(kept.iter().copied())
+            .chain(released.iter().copied())
+            .chain(epochs.keys().copied())
+            .map(|id| id + 1)
+            .max()
+            .unwrap_or(0)
+            .min(limit);
+        IdPool {
+            free: (0..next)
+                .filter(|id| !kept.contains(id) && !released.contains(id))
+                .collect(),
+            released,
+            cooling: Vec::new(),
+            next,
+            limit,
+            epochs,
         }
     }
 
@@ -288,6 +333,31 @@ impl Runtime {
         let mut r = Runtime::new(config.conntrack.clone());
         r.reload(config, initial)?;
         Ok(r)
+    }
+
+    /// Service ids over a pinned datapath (see [`IdPool::adopted`]).
+    pub(super) fn adopt_ids(
+        &mut self,
+        seen: impl IntoIterator<Item = u32>,
+        kept: &BTreeSet<u32>,
+        released: BTreeSet<u32>,
+    ) {
+        self.service_ids = IdPool::adopted(MAX_SERVICES, seen, kept, released, BTreeMap::new());
+    }
+
+    /// Backend indexes over a pinned datapath (see [`IdPool::adopted`]).
+    pub(super) fn adopt_indexes(
+        &mut self,
+        kept: &BTreeSet<u32>,
+        released: BTreeSet<u32>,
+        epochs: BTreeMap<u32, u32>,
+    ) {
+        self.backend_indexes = IdPool::adopted(MAX_BACKENDS, [], kept, released, epochs);
+    }
+
+    /// Puts a service taken over from a pinned datapath (ids already taken).
+    pub(super) fn insert_adopted(&mut self, svc: ServiceState) {
+        self.services.insert(svc.config.key(), svc);
     }
 
     /// Whether the change built so far freed ids (they wait for [`Runtime::cool`]).

@@ -99,9 +99,19 @@ pub struct Lab {
     pub backends: Vec<Backend>,
     namespaces: Vec<String>,
     extra: Vec<Child>,
+    /// Where lb pins its datapath (see [`Lab::pin_dir`]).
+    bpffs: Option<crate::bpffs::BpfFs>,
 }
 
 impl Lab {
+    /// The pin directory for lb's datapath, in the lab's own bpffs (`--pin-dir`).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs
+            .as_ref()
+            .map_or_else(|| self.dir.join("bpf"), |b| b.path().to_path_buf())
+            .join("lb")
+    }
+
     /// Builds the topology and starts nginx and the UDP echo on every backend.
     /// `pass_object`: the `xdp-pass` object (`OUT_DIR/xdp-pass` or target/ebpf/...).
     pub fn up(mode: Mode, prefix: &str, backends: usize, pass_object: &Path) -> Lab {
@@ -111,8 +121,10 @@ impl Lab {
         );
         Lab::down_leftovers(prefix);
         let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
+        crate::bpffs::unmount(&dir.join("bpf"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the lab directory");
+        let bpffs = crate::bpffs::BpfFs::mount(&dir.join("bpf")).expect("mounting a bpffs");
         let mut lab = Lab {
             mode,
             prefix: prefix.to_string(),
@@ -120,6 +132,7 @@ impl Lab {
             backends: Vec::new(),
             namespaces: Vec::new(),
             extra: Vec::new(),
+            bpffs: Some(bpffs),
         };
         let sw = lab.add_ns("sw");
         let lb = lab.add_ns("lb");
@@ -688,6 +701,7 @@ impl Drop for Lab {
             kill_netns_pids(ns);
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        drop(self.bpffs.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -2,10 +2,12 @@
 //! benchmarks: no dependency on lb itself, so xtask builds it before any eBPF toolchain
 //! exists.
 //!
+//! - [`bpffs`]: a bpffs of its own to pin lb's datapath in;
 //! - [`lab`]: the built-in lab (DSR and NAT topologies with nginx and UDP echo backends);
 //! - [`netns`]: a private network namespace for the calling thread;
 //! - [`frame`]: building and reading Ethernet/IPv4/TCP/UDP/ICMP frames for packet tests;
 //! - [`metric_names`]: the metric names lb exports and those the monitoring examples use.
+pub mod bpffs;
 pub mod frame;
 pub mod lab;
 pub mod metric_names;

@@ -161,6 +161,8 @@ pub fn start_lb(lab: &mut Lab, lb: &str, name: &str, config: &str) -> Result<u32
         file.to_string_lossy().into_owned(),
         "--socket".into(),
         socket.clone(),
+        "--pin-dir".into(),
+        lab.pin_dir().join(name).to_string_lossy().into_owned(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let ns = lab.lb_ns();

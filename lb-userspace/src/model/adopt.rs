@@ -1,0 +1,358 @@
+//! Continuing a datapath that outlived its daemon (pure: the maps are read by the
+//! dataplane). A new daemon must give every service and backend that is still there
+//! the id, index and epoch it has in the maps: a connection-table entry names its
+//! backend by index and epoch, so a backend that changed either would lose its
+//! connections. [`Runtime::adopt`] does that; [`Image::from_pinned`] is what the maps
+//! hold, so the first change writes only what the configuration changes.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+};
+
+use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, SERVICE_F_NAT, Service};
+
+use super::runtime::{
+    BackendState, Image, Neighbour, OpError, Runtime, ServiceState, datapath_key,
+};
+use crate::{
+    config::{AdminState, Config, Forwarding, ServiceConfig},
+    health::Health,
+};
+
+/// What a pinned datapath holds (read by `Dataplane::adopt`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pinned {
+    /// Service records, by key.
+    pub services: BTreeMap<lb_common::ServiceKey, Service>,
+    /// Every backend record ever written (epoch > 0): live ones, and retired ones whose
+    /// epoch a new incarnation of their index must go past.
+    pub backends: BTreeMap<u32, Backend>,
+    /// The live table of each service id: its first `table_size` slots.
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// VIP address (network order) -> services on it.
+    pub vips: BTreeMap<u32, u32>,
+    /// NAT backend address (network order) -> NAT backends on it.
+    pub nat_sources: BTreeMap<u32, u32>,
+}
+
+fn live(b: &Backend) -> bool {
+    b.flags & BACKEND_F_LIVE != 0
+}
+
+fn socket_addr(b: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
+}
+
+impl Pinned {
+    /// The next hops DSR backends had in the maps: what the datapath uses until lb looks
+    /// them up again.
+    pub fn neighbours(&self) -> BTreeMap<Ipv4Addr, Neighbour> {
+        self.backends
+            .values()
+            .filter(|b| live(b) && b.mac != [0; 6])
+            .map(|b| {
+                (
+                    Ipv4Addr::from(b.addr.to_ne_bytes()),
+                    Neighbour {
+                        ifindex: b.ifindex,
+                        mac: b.mac,
+                        src_mac: b.src_mac,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl Image {
+    /// The image of what a pinned datapath holds (records as `Runtime::image` makes
+    /// them: the writer sets `table_gen` and `key`).
+    pub fn from_pinned(p: &Pinned) -> Image {
+        Image {
+            services: p
+                .services
+                .iter()
+                .map(|(k, s)| {
+                    (
+                        *k,
+                        Service {
+                            table_gen: 0,
+                            key: Default::default(),
+                            ..*s
+                        },
+                    )
+                })
+                .collect(),
+            tables: p
+                .tables
+                .iter()
+                .map(|(id, t)| (*id, Arc::new(t.clone())))
+                .collect(),
+            backends: p
+                .backends
+                .iter()
+                .filter(|(_, b)| live(b))
+                .map(|(i, b)| (*i, *b))
+                .collect(),
+            vips: p.vips.clone(),
+            nat_sources: p.nat_sources.clone(),
+        }
+    }
+}
+
+impl Runtime {
+    /// A runtime holding `config` over a datapath that holds `pinned`. Services and
+    /// backends in both keep their service id, backend index and epoch; a backend the
+    /// datapath had taken out after failed checks (re-pick, and not in maintenance)
+    /// starts down, the others up. Everything else is new (indexes past every epoch the
+    /// maps have seen), and what the configuration no longer has is released: its ids
+    /// become reusable once the change that retires it has passed a grace period.
+    pub fn adopt(config: &Config, pinned: &Pinned) -> Result<Self, OpError> {
+        config.validate()?;
+        let mut r = Runtime::new(config.conntrack.clone());
+        // What the maps hold, by service key: (id, NAT?) and (backend -> record).
+        let mut kept_ids = BTreeSet::new();
+        let mut kept_indexes = BTreeSet::new();
+        let mut placed = Vec::new();
+        for s in &config.services {
+            let key = s.key();
+            let Some(rec) = pinned.services.get(&datapath_key(&key)) else {
+                continue;
+            };
+            let nat = rec.flags & SERVICE_F_NAT != 0;
+            if nat != (s.forwarding == Forwarding::Nat) {
+                continue; // DSR <-> NAT: a different service to the datapath
+            }
+            kept_ids.insert(rec.id);
+            let mut backends = BTreeMap::new();
+            for (index, b) in &pinned.backends {
+                if !live(b) || b.service != rec.id {
+                    continue;
+                }
+                let addr = socket_addr(b);
+                let Some(cfg) = s.backends.iter().find(|c| c.socket_addr(s.port) == addr) else {
+                    continue;
+                };
+                kept_indexes.insert(*index);
+                let failed = b.flags & BACKEND_F_REPICK != 0 && cfg.state != AdminState::Maint;
+                backends.insert(
+                    addr,
+                    BackendState {
+                        config: cfg.clone(),
+                        index: *index,
+                        epoch: b.epoch,
+                        health: if failed { Health::Down } else { Health::Up },
+                    },
+                );
+            }
+            placed.push((s.clone(), rec.id, backends));
+        }
+        let released_ids: BTreeSet<u32> = pinned
+            .services
+            .values()
+            .map(|s| s.id)
+            .filter(|id| !kept_ids.contains(id))
+            .collect();
+        let released_indexes: BTreeSet<u32> = pinned
+            .backends
+            .iter()
+            .filter(|(i, b)| live(b) && !kept_indexes.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        let epochs: BTreeMap<u32, u32> =
+            pinned.backends.iter().map(|(i, b)| (*i, b.epoch)).collect();
+        r.adopt_ids(
+            pinned.services.values().map(|s| s.id),
+            &kept_ids,
+            released_ids,
+        );
+        r.adopt_indexes(&kept_indexes, released_indexes, epochs);
+        let mut rest: Vec<ServiceConfig> = Vec::new();
+        for s in &config.services {
+            match placed.iter().position(|(p, ..)| p.key() == s.key()) {
+                Some(i) => {
+                    let (cfg, id, backends) = placed.swap_remove(i);
+                    let extra: Vec<_> = cfg
+                        .backends
+                        .iter()
+                        .filter(|b| !backends.contains_key(&b.socket_addr(cfg.port)))
+                        .cloned()
+                        .collect();
+                    r.insert_adopted(ServiceState::adopted(
+                        ServiceConfig {
+                            backends: Vec::new(),
+                            ..cfg.clone()
+                        },
+                        id,
+                        backends,
+                    ));
+                    for b in extra {
+                        r.add_backend(&cfg.key(), b, Health::Up)?;
+                    }
+                }
+                None => rest.push(s.clone()),
+            }
+        }
+        for s in rest {
+            r.add_service(s, Health::Up)?;
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{NO_BACKEND, SERVICE_F_HASH_SRC};
+
+    use super::*;
+    use crate::model::apply::{apply, tests::CheckedMaps};
+
+    const CONFIG: &str = r#"{"services": [
+        {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [
+            {"address": "10.0.0.11"}, {"address": "10.0.0.12"}, {"address": "10.0.0.13"}]},
+        {"vip": "10.100.0.20", "port": 8080, "forwarding": "nat", "table_size": 251,
+         "persistence": true, "backends": [{"address": "10.1.0.11", "port": 80}]}]}"#;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap()
+    }
+
+    fn hop(a: Ipv4Addr) -> Option<Neighbour> {
+        Some(Neighbour {
+            ifindex: 3,
+            mac: [2, 0, 0, 0, 0, a.octets()[3]],
+            src_mac: [2, 0, 0, 0, 0, 1],
+        })
+    }
+
+    /// The maps a daemon leaves behind after running `text` (through the checked fake),
+    /// read back as a pinned datapath; with backend 10.0.0.12 down when `down`.
+    fn left_behind(text: &str, down: bool) -> (Runtime, Pinned) {
+        let mut r = Runtime::from_config(&config(text), Health::Up).unwrap();
+        if down {
+            r.set_health(
+                &"10.100.0.10:80/tcp".parse().unwrap(),
+                "10.0.0.12:80".parse().unwrap(),
+                Health::Down,
+            );
+        }
+        let img = r.image(&hop);
+        let mut maps = CheckedMaps::default();
+        apply(&mut maps, &Image::default(), &img).unwrap();
+        let pinned = Pinned {
+            services: maps
+                .services
+                .iter()
+                .map(|(k, s)| (*k, Service { table_gen: 1, ..*s }))
+                .collect(),
+            backends: maps.backends.clone(),
+            tables: maps.tables.clone(),
+            vips: maps.vips.clone(),
+            nat_sources: maps.nat_sources.clone(),
+        };
+        (r, pinned)
+    }
+
+    #[test]
+    fn the_same_configuration_keeps_every_id_and_writes_nothing() {
+        let (before, pinned) = left_behind(CONFIG, true);
+        let mut r = Runtime::adopt(&config(CONFIG), &pinned).unwrap();
+        for s in before.services() {
+            let a = r.service(&s.config.key()).unwrap();
+            assert_eq!(a.id, s.id, "{}", s.config.key());
+            for (addr, b) in &s.backends {
+                let k = &a.backends[addr];
+                assert_eq!(
+                    (k.index, k.epoch, k.health),
+                    (b.index, b.epoch, b.health),
+                    "{addr}"
+                );
+            }
+        }
+        let mut maps = CheckedMaps::default();
+        let old = Image::from_pinned(&pinned);
+        apply(&mut maps, &old, &r.image(&hop)).unwrap();
+        assert_eq!(
+            maps.writes, 0,
+            "nothing to write: the maps hold the configuration"
+        );
+    }
+
+    #[test]
+    fn changes_keep_what_stays_and_never_reuse_an_epoch() {
+        let (before, pinned) = left_behind(CONFIG, false);
+        let web = before
+            .service(&"10.100.0.10:80/tcp".parse().unwrap())
+            .unwrap();
+        let b12 = web.backends[&"10.0.0.12:80".parse().unwrap()].clone();
+        let b13 = web.backends[&"10.0.0.13:80".parse().unwrap()].clone();
+        let nat_id = before
+            .service(&"10.100.0.20:8080/tcp".parse().unwrap())
+            .unwrap()
+            .id;
+        // 10.0.0.13 leaves, 10.0.0.14 joins; the NAT service becomes DSR (a new service).
+        let next = config(
+            r#"{"services": [
+            {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [
+                {"address": "10.0.0.11"}, {"address": "10.0.0.12"}, {"address": "10.0.0.14"}]},
+            {"vip": "10.100.0.20", "port": 8080, "table_size": 251,
+             "backends": [{"address": "10.1.0.11"}]}]}"#,
+        );
+        let mut r = Runtime::adopt(&next, &pinned).unwrap();
+        let web = r.service(&"10.100.0.10:80/tcp".parse().unwrap()).unwrap();
+        let k12 = &web.backends[&"10.0.0.12:80".parse().unwrap()];
+        assert_eq!((k12.index, k12.epoch), (b12.index, b12.epoch));
+        let b14 = &web.backends[&"10.0.0.14:80".parse().unwrap()];
+        assert_ne!(
+            b14.index, b13.index,
+            "an index freed by this change is not reused by it"
+        );
+        let dsr = r.service(&"10.100.0.20:8080/tcp".parse().unwrap()).unwrap();
+        assert_ne!(dsr.id, nat_id, "DSR <-> NAT is a new service");
+        // Once the retired ids have cooled, a new backend may take 13's index, with an
+        // epoch past the one its stale connections carry.
+        r.cool(1);
+        r.thaw(|_| true);
+        for last in 15..=30u8 {
+            r.add_backend(
+                &"10.100.0.10:80/tcp".parse().unwrap(),
+                serde_json::from_str(&format!(r#"{{"address": "10.0.0.{last}"}}"#)).unwrap(),
+                Health::Up,
+            )
+            .unwrap();
+        }
+        let reused = r
+            .service(&"10.100.0.10:80/tcp".parse().unwrap())
+            .unwrap()
+            .backends
+            .values()
+            .find(|b| b.index == b13.index)
+            .expect("13's index is reused after cooling");
+        assert!(reused.epoch > b13.epoch, "{} > {}", reused.epoch, b13.epoch);
+        // The maps go from the pinned state to the new one consistently.
+        let mut maps = CheckedMaps::default();
+        let old = Image::from_pinned(&pinned);
+        apply(&mut maps, &Image::default(), &old).unwrap();
+        apply(&mut maps, &old, &r.image(&hop)).unwrap();
+        assert!(
+            maps.services
+                .values()
+                .all(|s| s.flags & SERVICE_F_HASH_SRC == 0)
+        );
+    }
+
+    #[test]
+    fn next_hops_come_from_live_dsr_records() {
+        let (_, pinned) = left_behind(CONFIG, false);
+        let n = pinned.neighbours();
+        assert_eq!(n.len(), 3, "the three DSR backends; the NAT one has no MAC");
+        assert_eq!(n[&"10.0.0.12".parse().unwrap()].mac, [2, 0, 0, 0, 0, 12]);
+        assert!(
+            pinned
+                .tables
+                .values()
+                .all(|t| t.iter().any(|s| *s != NO_BACKEND))
+        );
+    }
+}
