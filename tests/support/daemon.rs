@@ -449,7 +449,7 @@ impl Daemon {
         self.try_status()
     }
 
-    fn signal(&mut self, sig: libc::c_int) {
+    pub fn signal(&mut self, sig: libc::c_int) {
         // Only a process we started and have not reaped: its PID cannot have been reused.
         if self.try_status().is_none() {
             // SAFETY: kill(2) on the PID of our own unreaped child.

@@ -16,6 +16,10 @@ pub struct Running {
     pub lab: Lab,
     pub socket: String,
     pub lb_pid: u32,
+    /// The `lb run` command line (to start the daemon again).
+    run_args: Vec<String>,
+    /// Daemons started after the first (`Running::start_daemon`).
+    started: u32,
     /// Next client source port for `spread` and `udp_spread`.
     next_port: std::sync::atomic::AtomicU16,
 }
@@ -89,6 +93,7 @@ impl Running {
             lab.pin_dir().to_string_lossy().into_owned(),
         ]);
         args.extend(extra.iter().map(|a| a.to_string()));
+        let run_args = args.clone();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let lb_ns = lab.lb_ns();
         let lb_pid = lab.spawn(&lb_ns, &args, "lb.log");
@@ -96,6 +101,8 @@ impl Running {
             lab,
             socket,
             lb_pid,
+            run_args,
+            started: 0,
             next_port: std::sync::atomic::AtomicU16::new(30000),
         };
         r.wait_until(what, ready);
@@ -104,6 +111,70 @@ impl Running {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.lab.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    /// Starts another `lb run` with the first one's command line, `extra` appended and
+    /// `env` set; returns its pid and the name of its log (in the lab directory). It does
+    /// not wait for it.
+    pub fn start_daemon(&mut self, extra: &[&str], env: &[(&str, &str)]) -> (u32, String) {
+        self.started += 1;
+        let log = format!("lb-{}.log", self.started);
+        let mut args: Vec<String> = vec!["env".into()];
+        args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        args.extend(self.run_args.iter().cloned());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ns = self.lab.lb_ns();
+        (self.lab.spawn(&ns, &args, &log), log)
+    }
+
+    /// A log in the lab directory (e.g. of a daemon `start_daemon` started).
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.lab.dir.join(name)).unwrap_or_default()
+    }
+
+    /// `lb status`: whether it exited 0, and its line.
+    pub fn status(&self) -> (bool, String) {
+        let out = self.cli(&["status"]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    }
+
+    /// Waits (20 s at most) until `lb status` says the daemon serves.
+    pub fn wait_serving(&self, log: &str) {
+        for _ in 0..200 {
+            if self.status().0 {
+                return;
+            }
+            sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "no daemon serving within 20 s: {}\nits log:\n{}",
+            self.status().1,
+            self.log_of(log)
+        );
+    }
+
+    /// The XDP program each of the balancer's interfaces runs (0: none).
+    pub fn prog_ids(&self) -> Vec<u32> {
+        self.lab
+            .lb_ifaces()
+            .into_iter()
+            .map(|iface| {
+                let out = self
+                    .lab
+                    .exec(
+                        &self.lab.lb_ns(),
+                        &["ip", "-d", "link", "show", "dev", iface],
+                    )
+                    .output()
+                    .expect("ip");
+                super::daemon::parse_xdp_program(&String::from_utf8_lossy(&out.stdout))
+                    .map_or(0, |p| p.id)
+            })
+            .collect()
     }
 
     /// `lb <args>` against this daemon, inside the balancer's namespace.
@@ -182,6 +253,10 @@ impl Drop for Running {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("lb log:\n{}", self.log());
+            for i in 1..=self.started {
+                let name = format!("lb-{i}.log");
+                eprintln!("{name}:\n{}", self.log_of(&name));
+            }
         }
         self.lab.stop(self.lb_pid);
     }

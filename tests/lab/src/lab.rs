@@ -333,6 +333,31 @@ impl Lab {
         pid
     }
 
+    /// Sends `signal` to a process started with `spawn` (only to those: never another).
+    pub fn signal(&self, pid: u32, signal: i32) {
+        assert!(
+            self.extra.iter().any(|c| c.id() == pid),
+            "{pid} is not a process this lab started"
+        );
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+
+    /// Waits (at most `limit`) for a process started with `spawn` to exit; its status.
+    pub fn wait_exit(&mut self, pid: u32, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.extra.iter_mut().find(|c| c.id() == pid)?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops a process started with `spawn`.
     pub fn stop(&mut self, pid: u32) {
         if let Some(i) = self.extra.iter().position(|c| c.id() == pid) {

@@ -6,9 +6,11 @@
 //! - [`lab`]: the built-in lab (DSR and NAT topologies with nginx and UDP echo backends);
 //! - [`netns`]: a private network namespace for the calling thread;
 //! - [`frame`]: building and reading Ethernet/IPv4/TCP/UDP/ICMP frames for packet tests;
+//! - [`load`]: traffic that counts every failed request, and long-lived connections;
 //! - [`metric_names`]: the metric names lb exports and those the monitoring examples use.
 pub mod bpffs;
 pub mod frame;
 pub mod lab;
+pub mod load;
 pub mod metric_names;
 pub mod netns;
