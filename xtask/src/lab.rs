@@ -4,8 +4,9 @@
 //! the balancer's namespace with the example configuration from the repository
 //! (examples/lb.json), sends requests from the client with curl and shows how they
 //! spread, stops one backend to show the health check taking it out while requests
-//! keep being answered, brings it back, and tears everything down — on success, on
-//! failure and on Ctrl-C.
+//! keep being answered, brings it back, kills lb with SIGKILL while requests keep being
+//! answered by the pinned datapath, starts it again to adopt it, and tears everything
+//! down — on success, on failure and on Ctrl-C.
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -17,7 +18,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use lb_lab::lab::{Lab, Mode};
+use lb_lab::{
+    lab::{Lab, Mode},
+    load::Load,
+};
 
 use crate::util::{self, root, step};
 
@@ -285,6 +289,53 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
     let (counts, failed) = demo.requests(300);
     bars(&counts, 300);
     println!("  failed: {failed}");
+
+    step(&format!(
+        "kill -9 of lb run: the datapath keeps forwarding (it is pinned in {})",
+        pin_dir.display()
+    ));
+    let load = Load::start(
+        &demo.lab.client_ns(),
+        "10.100.0.10:80".parse().context("address")?,
+        Duration::from_millis(20),
+    );
+    sleep(Duration::from_secs(1));
+    if let Some(pid) = demo.lb_pid.take() {
+        demo.lab.signal(pid, libc::SIGKILL);
+        demo.lab.wait_exit(pid, Duration::from_secs(10));
+    }
+    for second in 1..=4 {
+        check_interrupt()?;
+        sleep(Duration::from_secs(1));
+        let t = load.tally();
+        println!(
+            "  t={second}s without a daemon: {} requests answered, {} failed",
+            t.ok,
+            t.failed.len()
+        );
+    }
+    println!(
+        "  lb status: {}",
+        String::from_utf8_lossy(&demo.lb_cmd(&["status"]).stdout).trim()
+    );
+    step("lb run again: it adopts the pinned datapath (connections, tables, counters kept)");
+    demo.lb_pid = Some(demo.lab.spawn(&lb_ns, &args, "lb.log"));
+    demo.wait("every backend up", Duration::from_secs(20), |b| {
+        b.values().all(|(h, r)| h == "up" && *r)
+    })?;
+    for line in demo.log().lines().filter(|l| l.contains("adopted")) {
+        println!("  lb: {line}");
+    }
+    sleep(Duration::from_secs(1));
+    let t = load.stop();
+    println!(
+        "  through the crash and the restart: {} requests answered, {} failed",
+        t.ok,
+        t.failed.len()
+    );
+    if !t.failed.is_empty() {
+        bail!("requests failed through the crash: {:?}", t.failed);
+    }
 
     step("lb stats");
     print!(
