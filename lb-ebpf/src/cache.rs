@@ -14,12 +14,12 @@ use lb_common::{
 };
 
 use crate::{
-    datapath::Verdict,
     forward::{self, End, Hop},
     maps::{BACKENDS, FLOW_CACHE},
     packet::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
     select,
     stats::{self, Dir},
+    verdict::Verdict,
 };
 
 /// Index of a flow's cache slot: a cheap multiplicative hash of the 5-tuple.

@@ -13,7 +13,7 @@
 //! - IP options are parsed over (any valid IHL) and forwarded as they are;
 //! - TTL 0 or 1 on a packet we would forward: dropped (`drop_ttl`);
 //! - to a VIP address but no service for the port/protocol: pass (`pass_vip_other`).
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::{error, warn};
 use lb_common::{
     CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatReverse,
@@ -26,56 +26,15 @@ use crate::{
     cache,
     forward::{self, End, Hop},
     icmp,
-    maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, NAT_SOURCES, VIP_FILTER, VIPS, in_filter, service},
+    maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, VIP_FILTER, VIPS, in_filter, is_vip, service},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Ports,
         frame_len, ne16, ne32, ptr_at,
     },
     select,
     stats::{self, Dir},
+    verdict::Verdict,
 };
-
-/// What happens to a packet, and the outcome counter it bumps.
-#[derive(Clone, Copy)]
-pub struct Verdict {
-    pub action: u32,
-    pub counter: Counter,
-}
-
-impl Verdict {
-    #[inline(always)]
-    pub const fn pass(counter: Counter) -> Self {
-        Verdict {
-            action: xdp_action::XDP_PASS,
-            counter,
-        }
-    }
-    #[inline(always)]
-    pub const fn drop(counter: Counter) -> Self {
-        Verdict {
-            action: xdp_action::XDP_DROP,
-            counter,
-        }
-    }
-    #[inline(always)]
-    pub const fn tx() -> Self {
-        Verdict {
-            action: xdp_action::XDP_TX,
-            counter: Counter::Tx,
-        }
-    }
-    #[inline(always)]
-    pub const fn redirect() -> Self {
-        Verdict {
-            action: xdp_action::XDP_REDIRECT,
-            counter: Counter::Redirect,
-        }
-    }
-    #[inline(always)]
-    pub const fn forwarded(self) -> bool {
-        self.action == xdp_action::XDP_TX || self.action == xdp_action::XDP_REDIRECT
-    }
-}
 
 /// Entry point of the XDP program.
 #[inline(always)]
@@ -92,29 +51,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
     stats::count(v.counter);
     v.action
-}
-
-/// Whether `addr` is a VIP (the bitmap prefilter spares a hash lookup for others).
-#[inline(always)]
-pub fn is_vip(addr: u32) -> bool {
-    in_filter(&VIP_FILTER, addr) && VIPS.get_ptr(addr).is_some()
-}
-
-/// Whether `addr` is the address of a NAT backend.
-#[inline(always)]
-pub fn is_nat_source(addr: u32) -> bool {
-    in_filter(&NAT_FILTER, addr) && NAT_SOURCES.get_ptr(addr).is_some()
-}
-
-/// A packet with a broken header: dropped when it is addressed to a VIP, otherwise left
-/// to the kernel.
-#[inline(always)]
-pub fn malformed(dst: u32, c: Counter) -> Verdict {
-    if is_vip(dst) {
-        Verdict::drop(c)
-    } else {
-        Verdict::pass(Counter::PassNotVip)
-    }
 }
 
 #[inline(always)]
@@ -150,20 +86,20 @@ fn handle(ctx: &XdpContext) -> Verdict {
     let h = unsafe { &*iph };
     let dst = ne32(&h.dst_addr);
     if h.vihl >> 4 != 4 {
-        return malformed(dst, Counter::DropIpVersion);
+        return Verdict::malformed(dst, Counter::DropIpVersion);
     }
     let ihl = ((h.vihl & 0x0f) as usize) << 2;
     let len = frame_len(ctx);
     if ihl < Ipv4Hdr::LEN || l3 + ihl > len {
-        return malformed(dst, Counter::DropIpHeaderLen);
+        return Verdict::malformed(dst, Counter::DropIpHeaderLen);
     }
     let tot_len = u16::from_be_bytes(h.tot_len) as usize;
     if tot_len < ihl || l3 + tot_len > len {
-        return malformed(dst, Counter::DropIpTotalLen);
+        return Verdict::malformed(dst, Counter::DropIpTotalLen);
     }
     // MF set or a non-zero offset: a fragment.
     if u16::from_be_bytes(h.frags) & 0x3fff != 0 {
-        return malformed(dst, Counter::DropFragment);
+        return Verdict::malformed(dst, Counter::DropFragment);
     }
     let ip = Ip {
         l3,
@@ -221,7 +157,7 @@ pub fn l4_header(ctx: &XdpContext, ip: &Ip) -> Option<(Ports, u8)> {
 #[inline(always)]
 fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
     let Some((ports, tcp_flags)) = l4_header(ctx, ip) else {
-        return malformed(ip.dst, Counter::DropL4Header);
+        return Verdict::malformed(ip.dst, Counter::DropL4Header);
     };
     let flow = FlowKey::new(ip.src, ip.dst, ports.sport, ports.dport, ip.proto);
     let slot = cache::slot(&flow);

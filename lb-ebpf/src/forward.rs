@@ -17,8 +17,8 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
-    datapath::Verdict,
     packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
+    verdict::Verdict,
 };
 
 const AF_INET: u8 = 2;

@@ -21,12 +21,12 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
-    datapath::{Verdict, is_nat_source, is_vip, malformed},
     forward::{self, End},
-    maps::{NAT_REVERSE, service},
+    maps::{NAT_REVERSE, is_nat_source, is_vip, service},
     packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
     select,
     stats::{self, Dir},
+    verdict::Verdict,
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -39,10 +39,10 @@ const REPLY_TTL: u8 = 64;
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip) -> Verdict {
     let Some(hdr) = ptr_at::<[u8; 8]>(ctx, ip.l4) else {
-        return malformed(ip.dst, Counter::DropIcmpHeader);
+        return Verdict::malformed(ip.dst, Counter::DropIcmpHeader);
     };
     if ip.tot_len - (ip.l4 - ip.l3) < 8 {
-        return malformed(ip.dst, Counter::DropIcmpHeader);
+        return Verdict::malformed(ip.dst, Counter::DropIcmpHeader);
     }
     // SAFETY: bounds checked by ptr_at.
     match unsafe { (*hdr)[0] } {

@@ -17,3 +17,4 @@ pub mod maps;
 pub mod packet;
 pub mod select;
 pub mod stats;
+pub mod verdict;
