@@ -16,7 +16,7 @@ use lb_common::{
 use crate::{
     forward::{self, End, Hop},
     maps::{BACKENDS, FLOW_CACHE},
-    packet::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
+    parse::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
     select,
     stats::{self, Dir},
     verdict::Verdict,

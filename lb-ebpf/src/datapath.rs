@@ -20,17 +20,13 @@ use lb_common::{
     SERVICE_F_HASH_SRC, SERVICE_F_NAT, Service, ServiceKey,
     hash::{flow_hash, ports_word, source_hash},
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     cache,
     forward::{self, End, Hop},
     icmp,
     maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, VIP_FILTER, VIPS, in_filter, is_vip, service},
-    packet::{
-        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Ports,
-        frame_len, ne16, ne32, ptr_at,
-    },
+    parse::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Unparsed, frame_len},
     select,
     stats::{self, Dir},
     verdict::Verdict,
@@ -55,108 +51,22 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn handle(ctx: &XdpContext) -> Verdict {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Verdict::pass(Counter::PassNotIpv4);
-    };
-    // SAFETY: bounds checked by ptr_at.
-    let mut ethertype = unsafe { (*eth).ether_type };
-    let mut l3 = EthHdr::LEN;
-    let mut vlan = false;
-    if ethertype == ETH_P_8021Q.to_be() || ethertype == ETH_P_8021AD.to_be() {
-        // The tag's own ethertype sits 2 bytes past the end of the Ethernet header.
-        let Some(inner) = ptr_at::<[u8; 2]>(ctx, EthHdr::LEN + 2) else {
-            return Verdict::pass(Counter::PassNotIpv4);
-        };
-        // SAFETY: bounds checked by ptr_at.
-        ethertype = ne16(unsafe { &*inner });
-        if ethertype == ETH_P_8021Q.to_be() || ethertype == ETH_P_8021AD.to_be() {
-            return Verdict::pass(Counter::PassVlanNested);
-        }
-        l3 += 4;
-        vlan = true;
-    }
-    if ethertype != ETH_P_IP.to_be() {
-        return Verdict::pass(Counter::PassNotIpv4);
-    }
-    let Some(iph) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
-        // Not even a whole minimal header: we cannot tell whom it is for.
-        return Verdict::pass(Counter::PassNotVip);
-    };
-    // SAFETY: bounds checked by ptr_at.
-    let h = unsafe { &*iph };
-    let dst = ne32(&h.dst_addr);
-    if h.vihl >> 4 != 4 {
-        return Verdict::malformed(dst, Counter::DropIpVersion);
-    }
-    let ihl = ((h.vihl & 0x0f) as usize) << 2;
-    let len = frame_len(ctx);
-    if ihl < Ipv4Hdr::LEN || l3 + ihl > len {
-        return Verdict::malformed(dst, Counter::DropIpHeaderLen);
-    }
-    let tot_len = u16::from_be_bytes(h.tot_len) as usize;
-    if tot_len < ihl || l3 + tot_len > len {
-        return Verdict::malformed(dst, Counter::DropIpTotalLen);
-    }
-    // MF set or a non-zero offset: a fragment.
-    if u16::from_be_bytes(h.frags) & 0x3fff != 0 {
-        return Verdict::malformed(dst, Counter::DropFragment);
-    }
-    let ip = Ip {
-        l3,
-        l4: l3 + ihl,
-        tot_len,
-        src: ne32(&h.src_addr),
-        dst,
-        proto: h.proto,
-        ttl: h.ttl,
-        tos: h.tos,
-        vlan,
+    let ip = match parse::ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(Unparsed::Pass(c)) => return Verdict::pass(c),
+        Err(Unparsed::Broken { dst, counter }) => return Verdict::malformed(dst, counter),
     };
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => l4(ctx, &ip),
         IPPROTO_ICMP => icmp::handle(ctx, &ip),
-        _ if is_vip(dst) => Verdict::pass(Counter::PassVipOther),
+        _ if is_vip(ip.dst) => Verdict::pass(Counter::PassVipOther),
         _ => Verdict::pass(Counter::PassNotVip),
-    }
-}
-
-/// Validates the TCP/UDP header of `ip` and returns its ports and TCP flags (0 for UDP).
-#[inline(always)]
-pub fn l4_header(ctx: &XdpContext, ip: &Ip) -> Option<(Ports, u8)> {
-    let l4_len = ip.tot_len - (ip.l4 - ip.l3);
-    if ip.proto == IPPROTO_TCP {
-        // Ports, sequence numbers, data offset and flags: the first 14 bytes of 20.
-        let tcp: *const [u8; 20] = ptr_at(ctx, ip.l4)?;
-        // SAFETY: bounds checked by ptr_at.
-        let t = unsafe { &*tcp };
-        let doff = ((t[12] >> 4) as usize) << 2;
-        if doff < 20 || doff > l4_len {
-            return None;
-        }
-        let ports = Ports {
-            sport: u16::from_ne_bytes([t[0], t[1]]),
-            dport: u16::from_ne_bytes([t[2], t[3]]),
-        };
-        Some((ports, t[13]))
-    } else {
-        let udp: *const [u8; 8] = ptr_at(ctx, ip.l4)?;
-        // SAFETY: bounds checked by ptr_at.
-        let u = unsafe { &*udp };
-        let ulen = u16::from_be_bytes([u[4], u[5]]) as usize;
-        if ulen < 8 || ulen > l4_len {
-            return None;
-        }
-        let ports = Ports {
-            sport: u16::from_ne_bytes([u[0], u[1]]),
-            dport: u16::from_ne_bytes([u[2], u[3]]),
-        };
-        Some((ports, 0))
     }
 }
 
 #[inline(always)]
 fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
-    let Some((ports, tcp_flags)) = l4_header(ctx, ip) else {
+    let Some((ports, tcp_flags)) = parse::l4_header(ctx, ip) else {
         return Verdict::malformed(ip.dst, Counter::DropL4Header);
     };
     let flow = FlowKey::new(ip.src, ip.dst, ports.sport, ports.dport, ip.proto);

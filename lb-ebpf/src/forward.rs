@@ -17,7 +17,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
-    packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
+    parse::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
     verdict::Verdict,
 };
 

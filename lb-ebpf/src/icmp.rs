@@ -23,7 +23,7 @@ use crate::{
     csum,
     forward::{self, End},
     maps::{NAT_REVERSE, is_nat_source, is_vip, service},
-    packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
+    parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ne16, ne32, ptr_at},
     select,
     stats::{self, Dir},
     verdict::Verdict,
@@ -38,14 +38,10 @@ const REPLY_TTL: u8 = 64;
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip) -> Verdict {
-    let Some(hdr) = ptr_at::<[u8; 8]>(ctx, ip.l4) else {
+    let Some(kind) = parse::icmp_type(ctx, ip) else {
         return Verdict::malformed(ip.dst, Counter::DropIcmpHeader);
     };
-    if ip.tot_len - (ip.l4 - ip.l3) < 8 {
-        return Verdict::malformed(ip.dst, Counter::DropIcmpHeader);
-    }
-    // SAFETY: bounds checked by ptr_at.
-    match unsafe { (*hdr)[0] } {
+    match kind {
         ECHO_REQUEST => echo(ctx, ip),
         DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM => error(ctx, ip),
         _ if is_vip(ip.dst) => Verdict::pass(Counter::PassVipOther),
@@ -90,52 +86,10 @@ fn echo(ctx: &XdpContext, ip: &Ip) -> Verdict {
     Verdict::tx()
 }
 
-/// The packet an ICMP error quotes.
-struct Quoted {
-    /// Offset of the quoted IPv4 header.
-    l3: usize,
-    /// Offset of its TCP/UDP ports.
-    l4: usize,
-    src: u32,
-    dst: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-}
-
-#[inline(always)]
-fn quoted(ctx: &XdpContext, ip: &Ip) -> Option<Quoted> {
-    let l3 = ip.l4 + 8;
-    let inner: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-    // SAFETY: bounds checked by ptr_at.
-    let h = unsafe { &*inner };
-    let ihl = ((h.vihl & 0x0f) as usize) << 2;
-    if h.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return None;
-    }
-    let l4 = l3 + ihl;
-    // The quoted ports must lie inside the ICMP packet, not just inside the frame.
-    if l4 + 4 > ip.l3 + ip.tot_len {
-        return None;
-    }
-    let ports: *const [u8; 4] = ptr_at(ctx, l4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { &*ports };
-    Some(Quoted {
-        l3,
-        l4,
-        src: ne32(&h.src_addr),
-        dst: ne32(&h.dst_addr),
-        sport: u16::from_ne_bytes([p[0], p[1]]),
-        dport: u16::from_ne_bytes([p[2], p[3]]),
-        proto: h.proto,
-    })
-}
-
 #[inline(always)]
 fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
     let to_vip = is_vip(ip.dst);
-    let Some(q) = quoted(ctx, ip) else {
+    let Some(q) = parse::icmp_quoted(ctx, ip) else {
         return if to_vip {
             Verdict::drop(Counter::DropIcmpHeader)
         } else {
@@ -203,13 +157,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     };
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToBackend);
-        stats::traffic(
-            svc.id,
-            index,
-            crate::packet::frame_len(ctx) as u64,
-            Dir::In,
-            false,
-        );
+        stats::traffic(svc.id, index, frame_len(ctx) as u64, Dir::In, false);
     }
     v
 }
@@ -229,13 +177,7 @@ fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     let v = translate(ctx, ip, vip, ip.dst, End::Src, q, vip, vport);
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToClient);
-        stats::traffic(
-            service,
-            backend,
-            crate::packet::frame_len(ctx) as u64,
-            Dir::Out,
-            false,
-        );
+        stats::traffic(service, backend, frame_len(ctx) as u64, Dir::Out, false);
     }
     v
 }

@@ -14,7 +14,7 @@ pub mod datapath;
 pub mod forward;
 pub mod icmp;
 pub mod maps;
-pub mod packet;
+pub mod parse;
 pub mod select;
 pub mod stats;
 pub mod verdict;

@@ -17,7 +17,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, TABLES},
-    packet::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{FlowKey, ServiceKey};
-use lb_ebpf::packet::ptr_at;
+use lb_ebpf::parse::ptr_at;
 
 /// Bytes restored before each round (frames are padded to this size).
 const FRAME: usize = 64;
