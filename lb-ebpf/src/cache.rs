@@ -14,9 +14,11 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{self, End, Hop},
+    dsr,
     maps::{BACKENDS, FLOW_CACHE},
+    nat::{self, End},
     parse::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
+    route::{self, Hop},
     select,
     stats::{self, Dir},
     verdict::Verdict,
@@ -73,14 +75,14 @@ pub fn forward(
     };
     let bytes = frame_len(ctx) as u64;
     let v = match e.kind {
-        CACHE_DSR if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => forward::dsr(ctx, ip, be),
+        CACHE_DSR if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => dsr::forward(ctx, ip, be),
         CACHE_NAT_FORWARD if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
-            forward::rewrite(ctx, ip, End::Dst, be.addr, be.port)?;
-            forward::send(ctx, hop)
+            nat::rewrite_tcp_udp(ctx, ip, End::Dst, be.addr, be.port)?;
+            route::send(ctx, hop)
         }
         CACHE_NAT_REPLY => {
-            forward::rewrite(ctx, ip, End::Src, e.addr, e.port)?;
-            let v = forward::send(ctx, hop);
+            nat::rewrite_tcp_udp(ctx, ip, End::Src, e.addr, e.port)?;
+            let v = route::send(ctx, hop);
             stats::count(Counter::NatReply);
             stats::traffic(e.service, e.backend, bytes, Dir::Out, false);
             return Some(v);

@@ -22,11 +22,11 @@ use lb_common::{
 };
 
 use crate::{
-    cache,
-    forward::{self, End, Hop},
-    icmp,
+    cache, dsr, icmp,
     maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, VIP_FILTER, VIPS, in_filter, is_vip, service},
+    nat::{self, End},
     parse::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Unparsed, frame_len},
+    route::{self, Hop},
     select,
     stats::{self, Dir},
     verdict::Verdict,
@@ -155,11 +155,11 @@ fn to_service(
                 stats::count(Counter::FlowInsertFailed);
             }
         }
-        let hop = match forward::next_hop(ctx, ip, ip.src, be.addr) {
+        let hop = match route::next_hop(ctx, ip, ip.src, be.addr) {
             Ok(hop) => hop,
             Err(v) => return v,
         };
-        if forward::rewrite(ctx, ip, End::Dst, be.addr, be.port).is_none() {
+        if nat::rewrite_tcp_udp(ctx, ip, End::Dst, be.addr, be.port).is_none() {
             return Verdict::drop(Counter::DropInternal);
         }
         if chosen.cacheable && hop.resolved {
@@ -174,9 +174,9 @@ fn to_service(
                 hop,
             );
         }
-        forward::send(ctx, hop)
+        route::send(ctx, hop)
     } else {
-        let v = forward::dsr(ctx, ip, be);
+        let v = dsr::forward(ctx, ip, be);
         if chosen.cacheable && v.forwarded() {
             cache::fill(
                 slot,
@@ -210,11 +210,11 @@ fn nat_reply(ctx: &XdpContext, ip: &Ip, flow: &FlowKey, slot: u32, back: &NatRev
         return Verdict::drop(Counter::DropTtl);
     }
     let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
-    let hop = match forward::next_hop(ctx, ip, vip, ip.dst) {
+    let hop = match route::next_hop(ctx, ip, vip, ip.dst) {
         Ok(hop) => hop,
         Err(v) => return v,
     };
-    if forward::rewrite(ctx, ip, End::Src, vip, vport).is_none() {
+    if nat::rewrite_tcp_udp(ctx, ip, End::Src, vip, vport).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }
     if hop.resolved
@@ -233,5 +233,5 @@ fn nat_reply(ctx: &XdpContext, ip: &Ip, flow: &FlowKey, slot: u32, back: &NatRev
     }
     stats::count(Counter::NatReply);
     stats::traffic(service, backend, frame_len(ctx) as u64, Dir::Out, false);
-    forward::send(ctx, hop)
+    route::send(ctx, hop)
 }

@@ -20,11 +20,11 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    csum,
-    forward::{self, End},
+    csum, dsr,
     maps::{NAT_REVERSE, is_nat_source, is_vip, service},
-    parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ne16, ne32, ptr_at},
-    select,
+    nat::{self, End},
+    parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ptr_at},
+    route, select,
     stats::{self, Dir},
     verdict::Verdict,
 };
@@ -153,7 +153,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         let (addr, port) = (be.addr, be.port);
         translate(ctx, ip, ip.src, addr, End::Dst, q, addr, port)
     } else {
-        forward::dsr(ctx, ip, be)
+        dsr::forward(ctx, ip, be)
     };
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToBackend);
@@ -182,7 +182,8 @@ fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     v
 }
 
-/// Routes a translated ICMP error from `src` to `dst` and rewrites it (see `rewrite`).
+/// Routes a translated ICMP error from `src` to `dst` and rewrites it (see
+/// [`nat::rewrite_icmp_error`]).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -198,65 +199,12 @@ fn translate(
     addr: u32,
     port: u16,
 ) -> Verdict {
-    let hop = match forward::next_hop(ctx, ip, src, dst) {
+    let hop = match route::next_hop(ctx, ip, src, dst) {
         Ok(hop) => hop,
         Err(v) => return v,
     };
-    if rewrite(ctx, ip, outer, q, addr, port).is_none() {
+    if nat::rewrite_icmp_error(ctx, ip, outer, q, addr, port).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }
-    forward::send(ctx, hop)
-}
-
-/// NAT translation of an ICMP error. `outer` is the end of the outer header that
-/// changes to `addr` (Dst: towards the backend, Src: towards the client); the quoted
-/// packet changes at the opposite end (its source was the VIP, or its destination the
-/// backend) to `addr:port`. The outer TTL is decremented; the outer IPv4, quoted IPv4
-/// and ICMP checksums are updated incrementally. The quoted TCP/UDP checksum is left
-/// as quoted: receivers do not check it, and routers often cut it off.
-#[inline(always)]
-fn rewrite(ctx: &XdpContext, ip: &Ip, outer: End, q: &Quoted, addr: u32, port: u16) -> Option<()> {
-    let iph: *mut Ipv4Hdr = ptr_at(ctx, ip.l3)?;
-    let inner: *mut Ipv4Hdr = ptr_at(ctx, q.l3)?;
-    let ports: *mut [u8; 4] = ptr_at(ctx, q.l4)?;
-    let icmph: *mut [u8; 4] = ptr_at(ctx, ip.l4)?;
-    // SAFETY: all four bounds checked by ptr_at.
-    unsafe {
-        let field = if outer == End::Dst {
-            &mut (*iph).dst_addr
-        } else {
-            &mut (*iph).src_addr
-        };
-        let old = ne32(field);
-        *field = addr.to_ne_bytes();
-        csum::set(
-            &mut (*iph).check,
-            csum::replace32(csum::get(&(*iph).check), old, addr),
-        );
-        forward::decrement_ttl(iph);
-
-        let field = if outer == End::Dst {
-            &mut (*inner).src_addr
-        } else {
-            &mut (*inner).dst_addr
-        };
-        let old_addr = ne32(field);
-        *field = addr.to_ne_bytes();
-        let old_check = csum::get(&(*inner).check);
-        let new_check = csum::replace32(old_check, old_addr, addr);
-        csum::set(&mut (*inner).check, new_check);
-
-        let p = &mut *ports;
-        let at = if outer == End::Dst { 0 } else { 2 };
-        let old_port = u16::from_ne_bytes([p[at], p[at + 1]]);
-        [p[at], p[at + 1]] = port.to_ne_bytes();
-
-        let h = &mut *icmph;
-        let mut c = ne16(&[h[2], h[3]]);
-        c = csum::replace32(c, old_addr, addr);
-        c = csum::replace16(c, old_check, new_check);
-        c = csum::replace16(c, old_port, port);
-        [h[2], h[3]] = c.to_ne_bytes();
-    }
-    Some(())
+    route::send(ctx, hop)
 }

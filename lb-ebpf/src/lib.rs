@@ -11,10 +11,13 @@
 pub mod cache;
 pub mod csum;
 pub mod datapath;
-pub mod forward;
+pub mod dsr;
+pub mod egress;
 pub mod icmp;
 pub mod maps;
+pub mod nat;
 pub mod parse;
+pub mod route;
 pub mod select;
 pub mod stats;
 pub mod verdict;
