@@ -14,12 +14,11 @@ use lb_common::{
 };
 
 use crate::{
-    dsr,
+    conntrack, dsr,
     maps::{BACKENDS, FLOW_CACHE},
     nat::{self, End},
     parse::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
     route::{self, Hop},
-    select,
     stats::{self, Dir},
     verdict::Verdict,
 };
@@ -64,7 +63,7 @@ pub fn forward(
         return None;
     }
     let be = BACKENDS.get(e.backend)?;
-    if !select::keeps(be, e.epoch) {
+    if !conntrack::keeps(be, e.epoch) {
         return None;
     }
     let hop = Hop {

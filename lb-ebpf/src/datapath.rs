@@ -16,18 +16,16 @@
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::{error, warn};
 use lb_common::{
-    CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatReverse,
-    SERVICE_F_HASH_SRC, SERVICE_F_NAT, Service, ServiceKey,
-    hash::{flow_hash, ports_word, source_hash},
+    CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatReverse, SERVICE_F_NAT,
+    Service, ServiceKey,
 };
 
 use crate::{
-    cache, dsr, icmp,
-    maps::{BACKENDS, NAT_FILTER, NAT_REVERSE, VIP_FILTER, VIPS, in_filter, is_vip, service},
+    cache, conntrack, dsr, icmp, maglev,
+    maps::{BACKENDS, NAT_FILTER, VIP_FILTER, VIPS, in_filter, is_vip, service},
     nat::{self, End},
     parse::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Unparsed, frame_len},
     route::{self, Hop},
-    select,
     stats::{self, Dir},
     verdict::Verdict,
 };
@@ -88,12 +86,10 @@ fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
             return to_service(ctx, ip, &flow, slot, tcp_flags, &svc);
         }
     }
-    if in_filter(&NAT_FILTER, ip.src) {
-        // SAFETY: plain data; a concurrent eviction at worst gives stale values for
-        // this one packet.
-        if let Some(back) = unsafe { NAT_REVERSE.get(flow) } {
-            return nat_reply(ctx, ip, &flow, slot, back);
-        }
+    if in_filter(&NAT_FILTER, ip.src)
+        && let Some(back) = conntrack::nat_reverse(&flow)
+    {
+        return nat_reply(ctx, ip, &flow, slot, back);
     }
     if maybe_vip && VIPS.get_ptr(ip.dst).is_some() {
         Verdict::pass(Counter::PassVipOther)
@@ -115,12 +111,8 @@ fn to_service(
     if ip.ttl <= 1 {
         return Verdict::drop(Counter::DropTtl);
     }
-    let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
-        source_hash(ip.src)
-    } else {
-        flow_hash(ip.src, ip.dst, ports_word(flow.sport, flow.dport), ip.proto)
-    };
-    let chosen = match select::for_packet(ctx, flow, svc, hash, tcp_flags) {
+    let hash = maglev::hash(svc, flow);
+    let chosen = match conntrack::for_packet(ctx, flow, svc, hash, tcp_flags) {
         Ok(c) => c,
         Err(c) => {
             if c == Counter::DropNoBackend
@@ -151,9 +143,7 @@ fn to_service(
                 backend: chosen.index,
                 service: svc.id,
             };
-            if NAT_REVERSE.insert(reverse, back, 0).is_err() {
-                stats::count(Counter::FlowInsertFailed);
-            }
+            conntrack::insert_nat_reverse(reverse, back);
         }
         let hop = match route::next_hop(ctx, ip, ip.src, be.addr) {
             Ok(hop) => hop,

@@ -13,18 +13,15 @@
 //!   are translated back to come from the VIP, like any other reply.
 //! - Other ICMP to a VIP address: passed (`pass_vip_other`); to anything else: passed.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    Counter, FlowKey, SERVICE_F_HASH_SRC, SERVICE_F_NAT, ServiceKey,
-    hash::{flow_hash, ports_word, source_hash},
-};
+use lb_common::{Counter, FlowKey, SERVICE_F_NAT, ServiceKey};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    csum, dsr,
-    maps::{NAT_REVERSE, is_nat_source, is_vip, service},
+    conntrack, csum, dsr, maglev,
+    maps::{is_nat_source, is_vip, service},
     nat::{self, End},
     parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ptr_at},
-    route, select,
+    route,
     stats::{self, Dir},
     verdict::Verdict,
 };
@@ -135,17 +132,8 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     }
     // The flow, as the client sent it.
     let flow = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
-        source_hash(flow.src)
-    } else {
-        flow_hash(
-            flow.src,
-            flow.dst,
-            ports_word(flow.sport, flow.dport),
-            flow.proto,
-        )
-    };
-    let (index, be) = match select::peek(&flow, &svc, hash) {
+    let hash = maglev::hash(&svc, &flow);
+    let (index, be) = match conntrack::peek(&flow, &svc, hash) {
         Ok(chosen) => chosen,
         Err(c) => return Verdict::drop(c),
     };
@@ -166,8 +154,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
 #[inline(always)]
 fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     let reverse = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    // SAFETY: plain data (see datapath::l4).
-    let Some(back) = (unsafe { NAT_REVERSE.get(reverse) }) else {
+    let Some(back) = conntrack::nat_reverse(&reverse) else {
         return Verdict::pass(Counter::PassNotVip);
     };
     if ip.ttl <= 1 {

@@ -9,15 +9,16 @@
 #![no_std]
 
 pub mod cache;
+pub mod conntrack;
 pub mod csum;
 pub mod datapath;
 pub mod dsr;
 pub mod egress;
 pub mod icmp;
+pub mod maglev;
 pub mod maps;
 pub mod nat;
 pub mod parse;
 pub mod route;
-pub mod select;
 pub mod stats;
 pub mod verdict;
