@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::{
-    cache, conntrack, dsr, icmp, maglev,
+    conntrack, dsr, flow_cache, icmp, maglev,
     maps::{BACKENDS, NAT_FILTER, VIP_FILTER, VIPS, in_filter, is_vip, service},
     nat::{self, End},
     parse::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Unparsed, frame_len},
@@ -68,8 +68,8 @@ fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
         return Verdict::malformed(ip.dst, Counter::DropL4Header);
     };
     let flow = FlowKey::new(ip.src, ip.dst, ports.sport, ports.dport, ip.proto);
-    let slot = cache::slot(&flow);
-    if let Some(v) = cache::forward(ctx, ip, &flow, slot, tcp_flags) {
+    let slot = flow_cache::slot(&flow);
+    if let Some(v) = flow_cache::forward(ctx, ip, &flow, slot, tcp_flags) {
         return v;
     }
     let maybe_vip = in_filter(&VIP_FILTER, ip.dst);
@@ -131,7 +131,7 @@ fn to_service(
     };
     let be = chosen.backend;
     if !chosen.cacheable {
-        cache::forget(slot);
+        flow_cache::forget(slot);
     }
     let v = if svc.flags & SERVICE_F_NAT != 0 {
         if chosen.new_flow {
@@ -153,7 +153,7 @@ fn to_service(
             return Verdict::drop(Counter::DropInternal);
         }
         if chosen.cacheable && hop.resolved {
-            cache::fill(
+            flow_cache::fill(
                 slot,
                 flow,
                 CACHE_NAT_FORWARD,
@@ -168,7 +168,7 @@ fn to_service(
     } else {
         let v = dsr::forward(ctx, ip, be);
         if chosen.cacheable && v.forwarded() {
-            cache::fill(
+            flow_cache::fill(
                 slot,
                 flow,
                 CACHE_DSR,
@@ -210,7 +210,7 @@ fn nat_reply(ctx: &XdpContext, ip: &Ip, flow: &FlowKey, slot: u32, back: &NatRev
     if hop.resolved
         && let Some(be) = BACKENDS.get(backend)
     {
-        cache::fill(
+        flow_cache::fill(
             slot,
             flow,
             CACHE_NAT_REPLY,

@@ -8,12 +8,12 @@
 //! cache of the fast path), and `datapath` (the pipeline).
 #![no_std]
 
-pub mod cache;
 pub mod conntrack;
 pub mod csum;
 pub mod datapath;
 pub mod dsr;
 pub mod egress;
+pub mod flow_cache;
 pub mod icmp;
 pub mod maglev;
 pub mod maps;
