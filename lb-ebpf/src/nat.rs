@@ -35,13 +35,14 @@ unsafe fn decrement_ttl(iph: *mut Ipv4Hdr) {
     }
 }
 
-/// Sets the address at `end` of the IPv4 header at `iph` to `addr`, decrements the TTL,
-/// updates the header checksum, and returns the address it replaced.
+/// The IPv4 header part of every NAT rewrite: sets the address at `end` of the header at
+/// `iph` to `addr`, decrements the TTL, updates the header checksum, and returns the
+/// address it replaced.
 ///
 /// # Safety
 /// `iph` must point at a whole IPv4 header inside the packet (from `ptr_at`).
 #[inline(always)]
-unsafe fn route_as(iph: *mut Ipv4Hdr, end: End, addr: u32) -> u32 {
+unsafe fn rewrite_ipv4(iph: *mut Ipv4Hdr, end: End, addr: u32) -> u32 {
     // SAFETY: the caller's contract.
     unsafe {
         let field = match end {
@@ -68,7 +69,7 @@ pub fn rewrite_tcp_udp(ctx: &XdpContext, ip: &Ip, end: End, addr: u32, port: u16
     // SAFETY: bounds checked by ptr_at; the L4 header was validated by the caller and
     // is re-checked by ptr_at below.
     unsafe {
-        let old_addr = route_as(iph, end, addr);
+        let old_addr = rewrite_ipv4(iph, end, addr);
 
         // Ports: source at +0, destination at +2, in both TCP and UDP.
         let port_off = ip.l4 + if end == End::Src { 0 } else { 2 };
@@ -115,7 +116,7 @@ pub fn rewrite_icmp_error(
     let icmph: *mut [u8; 4] = ptr_at(ctx, ip.l4)?;
     // SAFETY: all four bounds checked by ptr_at.
     unsafe {
-        route_as(iph, outer, addr);
+        rewrite_ipv4(iph, outer, addr);
 
         let field = if outer == End::Dst {
             &mut (*inner).src_addr
