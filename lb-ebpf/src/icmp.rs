@@ -13,20 +13,17 @@
 //!   are translated back to come from the VIP, like any other reply.
 //! - Other ICMP to a VIP address: passed (`pass_vip_other`); to anything else: passed.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    Counter, FlowKey, SERVICE_F_HASH_SRC, SERVICE_F_NAT, ServiceKey,
-    hash::{flow_hash, ports_word, source_hash},
-};
+use lb_common::{Counter, FlowKey, SERVICE_F_NAT, ServiceKey};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    csum,
-    datapath::{Verdict, is_nat_source, is_vip, malformed},
-    forward::{self, End},
-    maps::{NAT_REVERSE, service},
-    packet::{IPPROTO_TCP, IPPROTO_UDP, Ip, ne16, ne32, ptr_at},
-    select,
+    conntrack, csum, dsr, maglev,
+    maps::{is_nat_source, is_vip, service},
+    nat::{self, End},
+    parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ptr_at},
+    route,
     stats::{self, Dir},
+    verdict::Verdict,
 };
 
 const ECHO_REPLY: u8 = 0;
@@ -38,14 +35,10 @@ const REPLY_TTL: u8 = 64;
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip) -> Verdict {
-    let Some(hdr) = ptr_at::<[u8; 8]>(ctx, ip.l4) else {
-        return malformed(ip.dst, Counter::DropIcmpHeader);
+    let Some(kind) = parse::icmp_type(ctx, ip) else {
+        return Verdict::malformed(ip.dst, Counter::DropIcmpHeader);
     };
-    if ip.tot_len - (ip.l4 - ip.l3) < 8 {
-        return malformed(ip.dst, Counter::DropIcmpHeader);
-    }
-    // SAFETY: bounds checked by ptr_at.
-    match unsafe { (*hdr)[0] } {
+    match kind {
         ECHO_REQUEST => echo(ctx, ip),
         DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM => error(ctx, ip),
         _ if is_vip(ip.dst) => Verdict::pass(Counter::PassVipOther),
@@ -90,52 +83,10 @@ fn echo(ctx: &XdpContext, ip: &Ip) -> Verdict {
     Verdict::tx()
 }
 
-/// The packet an ICMP error quotes.
-struct Quoted {
-    /// Offset of the quoted IPv4 header.
-    l3: usize,
-    /// Offset of its TCP/UDP ports.
-    l4: usize,
-    src: u32,
-    dst: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-}
-
-#[inline(always)]
-fn quoted(ctx: &XdpContext, ip: &Ip) -> Option<Quoted> {
-    let l3 = ip.l4 + 8;
-    let inner: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-    // SAFETY: bounds checked by ptr_at.
-    let h = unsafe { &*inner };
-    let ihl = ((h.vihl & 0x0f) as usize) << 2;
-    if h.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return None;
-    }
-    let l4 = l3 + ihl;
-    // The quoted ports must lie inside the ICMP packet, not just inside the frame.
-    if l4 + 4 > ip.l3 + ip.tot_len {
-        return None;
-    }
-    let ports: *const [u8; 4] = ptr_at(ctx, l4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { &*ports };
-    Some(Quoted {
-        l3,
-        l4,
-        src: ne32(&h.src_addr),
-        dst: ne32(&h.dst_addr),
-        sport: u16::from_ne_bytes([p[0], p[1]]),
-        dport: u16::from_ne_bytes([p[2], p[3]]),
-        proto: h.proto,
-    })
-}
-
 #[inline(always)]
 fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
     let to_vip = is_vip(ip.dst);
-    let Some(q) = quoted(ctx, ip) else {
+    let Some(q) = parse::icmp_quoted(ctx, ip) else {
         return if to_vip {
             Verdict::drop(Counter::DropIcmpHeader)
         } else {
@@ -181,17 +132,8 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     }
     // The flow, as the client sent it.
     let flow = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    let hash = if svc.flags & SERVICE_F_HASH_SRC != 0 {
-        source_hash(flow.src)
-    } else {
-        flow_hash(
-            flow.src,
-            flow.dst,
-            ports_word(flow.sport, flow.dport),
-            flow.proto,
-        )
-    };
-    let (index, be) = match select::peek(&flow, &svc, hash) {
+    let hash = maglev::hash(&svc, &flow);
+    let (index, be) = match conntrack::peek(&flow, &svc, hash) {
         Ok(chosen) => chosen,
         Err(c) => return Verdict::drop(c),
     };
@@ -199,17 +141,11 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
         let (addr, port) = (be.addr, be.port);
         translate(ctx, ip, ip.src, addr, End::Dst, q, addr, port)
     } else {
-        forward::dsr(ctx, ip, be)
+        dsr::forward(ctx, ip, be)
     };
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToBackend);
-        stats::traffic(
-            svc.id,
-            index,
-            crate::packet::frame_len(ctx) as u64,
-            Dir::In,
-            false,
-        );
+        stats::traffic(svc.id, index, frame_len(ctx) as u64, Dir::In, false);
     }
     v
 }
@@ -218,8 +154,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
 #[inline(always)]
 fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     let reverse = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    // SAFETY: plain data (see datapath::l4).
-    let Some(back) = (unsafe { NAT_REVERSE.get(reverse) }) else {
+    let Some(back) = conntrack::nat_reverse(&reverse) else {
         return Verdict::pass(Counter::PassNotVip);
     };
     if ip.ttl <= 1 {
@@ -229,18 +164,13 @@ fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
     let v = translate(ctx, ip, vip, ip.dst, End::Src, q, vip, vport);
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToClient);
-        stats::traffic(
-            service,
-            backend,
-            crate::packet::frame_len(ctx) as u64,
-            Dir::Out,
-            false,
-        );
+        stats::traffic(service, backend, frame_len(ctx) as u64, Dir::Out, false);
     }
     v
 }
 
-/// Routes a translated ICMP error from `src` to `dst` and rewrites it (see `rewrite`).
+/// Routes a translated ICMP error from `src` to `dst` and rewrites it (see
+/// [`nat::rewrite_icmp_error`]).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -256,65 +186,12 @@ fn translate(
     addr: u32,
     port: u16,
 ) -> Verdict {
-    let hop = match forward::next_hop(ctx, ip, src, dst) {
+    let hop = match route::next_hop(ctx, ip, src, dst) {
         Ok(hop) => hop,
         Err(v) => return v,
     };
-    if rewrite(ctx, ip, outer, q, addr, port).is_none() {
+    if nat::rewrite_icmp_error(ctx, ip, outer, q, addr, port).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }
-    forward::send(ctx, hop)
-}
-
-/// NAT translation of an ICMP error. `outer` is the end of the outer header that
-/// changes to `addr` (Dst: towards the backend, Src: towards the client); the quoted
-/// packet changes at the opposite end (its source was the VIP, or its destination the
-/// backend) to `addr:port`. The outer TTL is decremented; the outer IPv4, quoted IPv4
-/// and ICMP checksums are updated incrementally. The quoted TCP/UDP checksum is left
-/// as quoted: receivers do not check it, and routers often cut it off.
-#[inline(always)]
-fn rewrite(ctx: &XdpContext, ip: &Ip, outer: End, q: &Quoted, addr: u32, port: u16) -> Option<()> {
-    let iph: *mut Ipv4Hdr = ptr_at(ctx, ip.l3)?;
-    let inner: *mut Ipv4Hdr = ptr_at(ctx, q.l3)?;
-    let ports: *mut [u8; 4] = ptr_at(ctx, q.l4)?;
-    let icmph: *mut [u8; 4] = ptr_at(ctx, ip.l4)?;
-    // SAFETY: all four bounds checked by ptr_at.
-    unsafe {
-        let field = if outer == End::Dst {
-            &mut (*iph).dst_addr
-        } else {
-            &mut (*iph).src_addr
-        };
-        let old = ne32(field);
-        *field = addr.to_ne_bytes();
-        csum::set(
-            &mut (*iph).check,
-            csum::replace32(csum::get(&(*iph).check), old, addr),
-        );
-        forward::decrement_ttl(iph);
-
-        let field = if outer == End::Dst {
-            &mut (*inner).src_addr
-        } else {
-            &mut (*inner).dst_addr
-        };
-        let old_addr = ne32(field);
-        *field = addr.to_ne_bytes();
-        let old_check = csum::get(&(*inner).check);
-        let new_check = csum::replace32(old_check, old_addr, addr);
-        csum::set(&mut (*inner).check, new_check);
-
-        let p = &mut *ports;
-        let at = if outer == End::Dst { 0 } else { 2 };
-        let old_port = u16::from_ne_bytes([p[at], p[at + 1]]);
-        [p[at], p[at + 1]] = port.to_ne_bytes();
-
-        let h = &mut *icmph;
-        let mut c = ne16(&[h[2], h[3]]);
-        c = csum::replace32(c, old_addr, addr);
-        c = csum::replace16(c, old_check, new_check);
-        c = csum::replace16(c, old_port, port);
-        [h[2], h[3]] = c.to_ne_bytes();
-    }
-    Some(())
+    route::send(ctx, hop)
 }

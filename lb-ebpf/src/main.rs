@@ -6,7 +6,7 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
-    lb_ebpf::datapath::run(&ctx)
+    lb_ebpf::pipeline::run(&ctx)
 }
 
 #[cfg(not(test))]

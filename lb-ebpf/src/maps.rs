@@ -95,3 +95,15 @@ pub fn in_filter(filter: &Array<u64, { FILTER_WORDS as usize }>, addr: u32) -> b
     let (word, bit) = filter_bit(addr);
     filter.get(word).is_some_and(|w| w & bit != 0)
 }
+
+/// Whether `addr` is a VIP (the bitmap prefilter spares a hash lookup for others).
+#[inline(always)]
+pub fn is_vip(addr: u32) -> bool {
+    in_filter(&VIP_FILTER, addr) && VIPS.get_ptr(addr).is_some()
+}
+
+/// Whether `addr` is the address of a NAT backend.
+#[inline(always)]
+pub fn is_nat_source(addr: u32) -> bool {
+    in_filter(&NAT_FILTER, addr) && NAT_SOURCES.get_ptr(addr).is_some()
+}

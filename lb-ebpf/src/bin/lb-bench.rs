@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{FlowKey, ServiceKey};
-use lb_ebpf::packet::ptr_at;
+use lb_ebpf::parse::ptr_at;
 
 /// Bytes restored before each round (frames are padded to this size).
 const FRAME: usize = 64;
@@ -38,7 +38,7 @@ static BENCH_ROUND: PerCpuArray<u32, 1> = PerCpuArray::new();
 /// The production pipeline, unchanged.
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
-    lb_ebpf::datapath::run(&ctx)
+    lb_ebpf::pipeline::run(&ctx)
 }
 
 /// The floor: swap the MACs and send the frame back.
@@ -60,7 +60,7 @@ pub fn lb_restore(ctx: XdpContext) -> u32 {
     if restore(&ctx).is_none() {
         return xdp_action::XDP_ABORTED;
     }
-    lb_ebpf::datapath::run(&ctx)
+    lb_ebpf::pipeline::run(&ctx)
 }
 
 #[xdp]
@@ -76,7 +76,7 @@ pub fn lb_newflow(ctx: XdpContext) -> u32 {
     if restore(&ctx).and_then(|()| new_flow(&ctx)).is_none() {
         return xdp_action::XDP_ABORTED;
     }
-    lb_ebpf::datapath::run(&ctx)
+    lb_ebpf::pipeline::run(&ctx)
 }
 
 #[inline(always)]

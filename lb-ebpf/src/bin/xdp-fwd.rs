@@ -31,7 +31,7 @@ type Head = [u8; 38];
 #[inline(always)]
 fn head(ctx: &XdpContext) -> Option<*mut Head> {
     // SAFETY: ctx.ctx points at the program's xdp_md for the whole run. Volatile loads
-    // keep LLVM from dropping the bounds check the verifier needs (see lb_ebpf::packet).
+    // keep LLVM from dropping the bounds check the verifier needs (see lb_ebpf::parse).
     let (start, end) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize,

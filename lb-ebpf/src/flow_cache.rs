@@ -14,12 +14,13 @@ use lb_common::{
 };
 
 use crate::{
-    datapath::Verdict,
-    forward::{self, End, Hop},
+    conntrack, dsr,
     maps::{BACKENDS, FLOW_CACHE},
-    packet::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
-    select,
+    nat::{self, End},
+    parse::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
+    route::{self, Hop},
     stats::{self, Dir},
+    verdict::Verdict,
 };
 
 /// Index of a flow's cache slot: a cheap multiplicative hash of the 5-tuple.
@@ -62,7 +63,7 @@ pub fn forward(
         return None;
     }
     let be = BACKENDS.get(e.backend)?;
-    if !select::keeps(be, e.epoch) {
+    if !conntrack::keeps(be, e.epoch) {
         return None;
     }
     let hop = Hop {
@@ -73,14 +74,14 @@ pub fn forward(
     };
     let bytes = frame_len(ctx) as u64;
     let v = match e.kind {
-        CACHE_DSR if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => forward::dsr(ctx, ip, be),
+        CACHE_DSR if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => dsr::forward(ctx, ip, be),
         CACHE_NAT_FORWARD if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
-            forward::rewrite(ctx, ip, End::Dst, be.addr, be.port)?;
-            forward::send(ctx, hop)
+            nat::rewrite_tcp_udp(ctx, ip, End::Dst, be.addr, be.port)?;
+            route::send(ctx, hop)
         }
         CACHE_NAT_REPLY => {
-            forward::rewrite(ctx, ip, End::Src, e.addr, e.port)?;
-            let v = forward::send(ctx, hop);
+            nat::rewrite_tcp_udp(ctx, ip, End::Src, e.addr, e.port)?;
+            let v = route::send(ctx, hop);
             stats::count(Counter::NatReply);
             stats::traffic(e.service, e.backend, bytes, Dir::Out, false);
             return Some(v);

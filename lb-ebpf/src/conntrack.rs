@@ -1,5 +1,7 @@
-//! Choosing a backend: the connection table first, the service's Maglev table for new
-//! flows.
+//! The connection tables: `CONNTRACK` pins each client flow to a backend (with its TCP
+//! state bits); a flow it does not know takes the backend of the service's Maglev table
+//! (see `maglev`) and is inserted. `NAT_REVERSE` maps a NAT backend's replies back to
+//! their client flow.
 //!
 //! Re-pick rule: a flow keeps its backend while that backend's index is live, not
 //! flagged `BACKEND_F_REPICK` (admin state maint, or health down) and still holds the
@@ -12,13 +14,14 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::Xd
 use aya_log_ebpf::warn;
 use lb_common::{
     BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
-    FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NO_BACKEND, Service, TABLE_CHUNK, table_index,
+    FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NatReverse, Service,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, TABLES},
-    packet::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    stats::count,
+    maglev,
+    maps::{BACKENDS, CONNTRACK, NAT_REVERSE},
+    parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::{self, count},
 };
 
 /// The backend a packet goes to.
@@ -43,31 +46,6 @@ fn settled(state: u32, tcp: bool) -> bool {
 #[inline(always)]
 pub fn keeps(be: &Backend, epoch: u32) -> bool {
     be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) == BACKEND_F_LIVE && be.epoch == epoch
-}
-
-/// The backend in the slot `hash` selects in the service's Maglev table.
-#[inline(always)]
-pub fn from_table(svc: &Service, hash: u32) -> Result<(u32, &'static Backend), Counter> {
-    if svc.table_size == 0 {
-        return Err(Counter::DropNoBackend);
-    }
-    let slot = hash % svc.table_size;
-    let chunk = TABLES
-        .get_value(
-            table_index(svc.id, svc.table_gen),
-            &(slot / TABLE_CHUNK as u32),
-        )
-        .ok_or(Counter::DropNoBackend)?;
-    let index = chunk[slot as usize & (TABLE_CHUNK - 1)];
-    if index == NO_BACKEND {
-        return Err(Counter::DropNoBackend);
-    }
-    let be = BACKENDS.get(index).ok_or(Counter::DropInternal)?;
-    if be.flags & (BACKEND_F_LIVE | BACKEND_F_REPICK) != BACKEND_F_LIVE {
-        // Only between a flag change and the table flip that follows it.
-        return Err(Counter::DropNoBackend);
-    }
-    Ok((index, be))
 }
 
 /// `FLOW_*` bits a client's packet contributes.
@@ -127,7 +105,7 @@ pub fn for_packet<'a>(
                 cacheable: settled(state, tcp),
             });
         }
-        let (index, be) = from_table(svc, hash)?;
+        let (index, be) = maglev::backend(svc, hash)?;
         f.backend = index;
         f.epoch = be.epoch;
         f.service = svc.id;
@@ -145,7 +123,7 @@ pub fn for_packet<'a>(
             cacheable: settled(bits, tcp),
         });
     }
-    let (index, be) = from_table(svc, hash)?;
+    let (index, be) = maglev::backend(svc, hash)?;
     if tcp_flags & TCP_RST != 0 {
         count(Counter::FlowRstNoEntry);
         return Ok(Chosen {
@@ -163,7 +141,7 @@ pub fn for_packet<'a>(
         last_seen: now,
     };
     let inserted = CONNTRACK.insert(key, flow, BPF_ANY as u64).is_ok();
-    if !inserted && let Some(n) = crate::stats::rare(Counter::FlowInsertFailed) {
+    if !inserted && let Some(n) = stats::rare(Counter::FlowInsertFailed) {
         warn!(
             ctx,
             "connection-table insert failed ({} times so far on this CPU)", n
@@ -195,5 +173,22 @@ pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Ba
             return Ok((f.backend, be));
         }
     }
-    from_table(svc, hash)
+    maglev::backend(svc, hash)
+}
+
+/// The NAT reverse entry of a backend's packet `key` (backend -> client), if any.
+#[inline(always)]
+pub fn nat_reverse(key: &FlowKey) -> Option<&'static NatReverse> {
+    // SAFETY: plain data; a concurrent eviction at worst gives stale values for this one
+    // packet.
+    unsafe { NAT_REVERSE.get(key) }
+}
+
+/// Remembers that the backend's packets `key` (backend -> client) are replies to translate
+/// back as `back` says.
+#[inline(always)]
+pub fn insert_nat_reverse(key: FlowKey, back: NatReverse) {
+    if NAT_REVERSE.insert(key, back, 0).is_err() {
+        count(Counter::FlowInsertFailed);
+    }
 }
