@@ -4,16 +4,9 @@
 //! `_bytes`, labels are `vip`, `port`, `proto` and `backend` only — never a client
 //! address. Datapath outcomes and events are one metric each (`lb_datapath_tx_total`,
 //! `lb_datapath_drop_fragment_total`, ...), so no other label is needed.
-use std::{fmt::Write as _, sync::Arc};
+use std::fmt::Write as _;
 
-use hyper::StatusCode;
 use lb_common::Counter;
-
-use super::{
-    Context,
-    http::{self, Reply},
-    views,
-};
 
 /// One sample of everything exported.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -215,48 +208,6 @@ pub fn render(s: &Sample) -> String {
         }
     }
     out
-}
-
-/// Serves `GET /metrics` (and HEAD) on `listener` until the task is aborted; any other
-/// path is 404.
-pub async fn serve(listener: tokio::net::TcpListener, ctx: Context) {
-    if let Ok(addr) = listener.local_addr() {
-        log::info!("metrics on http://{addr}/metrics");
-    }
-    http::serve(listener, Arc::new(Metrics { ctx })).await;
-}
-
-/// The metrics endpoint's one page.
-struct Metrics {
-    ctx: Context,
-}
-
-impl http::Routes for Metrics {
-    fn get<'a>(&'a self, path: &'a str, _query: Option<&'a str>) -> http::ReplyFuture<'a> {
-        Box::pin(async move {
-            if path != "/metrics" {
-                let body = "only GET /metrics is served\n";
-                return Reply::new(StatusCode::NOT_FOUND, http::TEXT, body);
-            }
-            let ctx = self.ctx.clone();
-            let snap = tokio::task::spawn_blocking(move || {
-                let snap = ctx.snapshot();
-                let now = views::Readings::read(&ctx.counters, &snap)?;
-                anyhow::Ok(views::metrics(&snap, &ctx.conn_counts(), &now))
-            })
-            .await;
-            let error = StatusCode::INTERNAL_SERVER_ERROR;
-            match snap {
-                Ok(Ok(s)) => Reply::new(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    render(&s),
-                ),
-                Ok(Err(e)) => Reply::new(error, http::TEXT, format!("{e:#}\n")),
-                Err(e) => Reply::new(error, http::TEXT, format!("{e}\n")),
-            }
-        })
-    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod neighbours;
 pub mod sweeper;
 pub mod views;
+pub mod web;
 pub mod writer;
 
 use self::{
@@ -523,7 +524,7 @@ fn serve(
         if let Some(listener) = metrics {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tasks.push(tokio::spawn(metrics::serve(listener, ctx.clone())));
+            tasks.push(tokio::spawn(web::serve(listener, ctx.clone())));
         }
         let stop = loop {
             tokio::select! {
