@@ -216,17 +216,7 @@ impl<M: Maps> Controller<M> {
         neighbours: Neighbours,
     ) -> Result<Self, ChangeError> {
         let runtime = Runtime::from_config(config, Health::Up)?;
-        let mut c = Controller {
-            maps,
-            runtime: Runtime::new(config.conntrack.clone()),
-            applied: Image::default(),
-            neighbours: Neighbours::new(),
-            health: BTreeMap::new(),
-            config_path: config_path.to_string(),
-        };
-        c.merge_neighbours(neighbours);
-        c.commit(runtime)?;
-        Ok(c)
+        Self::start(maps, Image::default(), runtime, config_path, neighbours)
     }
 
     /// Takes over the maps of a datapath that outlived its daemon (`pinned`, as read
@@ -241,10 +231,27 @@ impl<M: Maps> Controller<M> {
         pinned: &Pinned,
     ) -> Result<Self, ChangeError> {
         let runtime = Runtime::adopt(config, pinned)?;
+        Self::start(
+            maps,
+            Image::from_pinned(pinned),
+            runtime,
+            config_path,
+            neighbours,
+        )
+    }
+
+    /// A controller over maps holding `applied`, bringing them to `runtime`.
+    fn start(
+        maps: M,
+        applied: Image,
+        runtime: Runtime,
+        config_path: &str,
+        neighbours: Neighbours,
+    ) -> Result<Self, ChangeError> {
         let mut c = Controller {
             maps,
-            runtime: Runtime::new(config.conntrack.clone()),
-            applied: Image::from_pinned(pinned),
+            runtime: Runtime::new(runtime.conntrack.clone()),
+            applied,
             neighbours: Neighbours::new(),
             health: BTreeMap::new(),
             config_path: config_path.to_string(),

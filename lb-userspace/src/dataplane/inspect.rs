@@ -48,18 +48,6 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
 
-/// Reads an entry of a hash map; a missing key is `None`.
-fn lookup<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    key: &K,
-) -> Result<Option<V>, MapError> {
-    match map.get(key, 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 impl Inspector {
     /// Opens the maps of the loaded XDP program with this id (the id `ip -d link show`
     /// prints as `prog/xdp id N`).
@@ -102,7 +90,7 @@ impl Inspector {
 
     /// The `SERVICES` record of a service, if the datapath has one.
     pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
-        lookup(&self.services, key).context("reading SERVICES")
+        super::maps::get_if_present(&self.services, key).context("reading SERVICES")
     }
 
     /// Every `SERVICES` entry, sorted by key.
