@@ -95,6 +95,12 @@ fn lists_client_port(conns: &Value, port: u16) -> bool {
 }
 
 fn crash_and_adoption(mode: Mode, prefix: &str) {
+    stop_and_adoption(mode, prefix, libc::SIGKILL);
+}
+
+/// The daemon goes (`signal`: SIGKILL, or SIGUSR2, which leaves the datapath on
+/// purpose); the datapath forwards on; a new daemon adopts it.
+fn stop_and_adoption(mode: Mode, prefix: &str, signal: i32) {
     let mut r = Running::start(mode, prefix, QUICK_CHECK, false);
     let progs = r.prog_ids();
     assert!(progs.iter().all(|p| *p != 0), "{progs:?}");
@@ -104,12 +110,21 @@ fn crash_and_adoption(mode: Mode, prefix: &str) {
     assert!(lists_client_port(&connections(&r), port));
 
     // kill -9: nothing of the daemon runs, the datapath keeps forwarding.
-    r.lab.signal(r.lb_pid, libc::SIGKILL);
-    r.lab
+    r.lab.signal(r.lb_pid, signal);
+    let status = r
+        .lab
         .wait_exit(r.lb_pid, Duration::from_secs(10))
-        .expect("lb exits on SIGKILL");
+        .expect("lb exits");
+    if signal == libc::SIGUSR2 {
+        assert!(status.success(), "SIGUSR2 is a clean exit: {status}");
+        assert!(
+            r.log().contains("stopped, leaving the datapath running"),
+            "{}",
+            r.log()
+        );
+    }
     sleep(Duration::from_secs(5));
-    let answered = traffic.assert_clean("5 s after kill -9", answered);
+    let answered = traffic.assert_clean("5 s after the daemon went", answered);
     let (serving, line) = r.status();
     assert!(!serving, "lb status after kill -9: {line}");
     assert!(line.contains("no daemon answers"), "{line}");
@@ -144,6 +159,11 @@ fn dsr_kill_9_keeps_forwarding_and_a_restart_adopts() {
 #[test]
 fn nat_kill_9_keeps_forwarding_and_a_restart_adopts() {
     crash_and_adoption(Mode::Nat, "lcn1");
+}
+
+#[test]
+fn dsr_sigusr2_leaves_the_datapath_for_the_next_lb_run() {
+    stop_and_adoption(Mode::Dsr, "lcd4", libc::SIGUSR2);
 }
 
 /// The benchmark object: its `lb` program is the same datapath in another object, so

@@ -190,6 +190,8 @@ pub enum Stop {
     Detach,
     /// A new daemon took over: leave the datapath running.
     Handover,
+    /// SIGUSR2: exit, leaving the datapath running (the next `lb run` adopts it).
+    Leave,
 }
 
 /// The XDP object to run and its SHA-256: the embedded one, or the file `LB_XDP_OBJECT`
@@ -311,13 +313,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // Signals are caught from here on: one that arrives while the daemon starts (the
     // neighbour lookups can take a second) waits for the start to finish, then stops or
     // reloads it properly instead of killing it half-attached.
-    let (mut int, mut term, mut hup) = {
+    let (mut int, mut term, mut hup, mut usr2) = {
         use tokio::signal::unix::{SignalKind, signal};
         let _guard = rt.enter();
         (
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
             signal(SignalKind::hangup())?,
+            signal(SignalKind::user_defined2())?,
         )
     };
     // The control socket first: taken over from the daemon being replaced, or bound
@@ -378,7 +381,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         listener_fd,
         metrics,
         &opts,
-        (&mut int, &mut term, &mut hup),
+        (&mut int, &mut term, &mut hup, &mut usr2),
     )?;
     match stop {
         Stop::Detach => {
@@ -390,6 +393,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
             std::mem::forget(socket_file);
             drop(pins);
             log::info!("handed over; stopped (the datapath keeps running)");
+        }
+        Stop::Leave => {
+            drop(pins);
+            log::info!(
+                "stopped, leaving the datapath running in {} (the next lb run adopts it; `lb detach` removes it)",
+                opts.pin_dir.display()
+            );
         }
     }
     Ok(())
@@ -469,6 +479,7 @@ type Signals<'a> = (
     &'a mut tokio::signal::unix::Signal,
     &'a mut tokio::signal::unix::Signal,
     &'a mut tokio::signal::unix::Signal,
+    &'a mut tokio::signal::unix::Signal,
 );
 
 /// Serves until a stop: the controller's thread, the sweeper, the control socket, the
@@ -490,7 +501,7 @@ fn serve(
     listener_fd: std::os::fd::OwnedFd,
     metrics: Option<std::net::TcpListener>,
     opts: &RunOptions,
-    (int, term, hup): Signals<'_>,
+    (int, term, hup, usr2): Signals<'_>,
 ) -> Result<Stop> {
     let (publish, snapshots) = watch::channel(Arc::new(ctl.snapshot()));
     let ifaces = opts.ifaces.clone();
@@ -531,6 +542,11 @@ fn serve(
                 _ = int.recv() => { log::info!("SIGINT: stopping"); break Stop::Detach; }
                 _ = term.recv() => { log::info!("SIGTERM: stopping"); break Stop::Detach; }
                 Some(stop) = stop_rx.recv() => break stop,
+                _ = usr2.recv() => {
+                    log::info!("SIGUSR2: stopping, leaving the datapath running");
+                    lifecycle.stopping();
+                    break Stop::Leave;
+                }
                 _ = hup.recv() => {
                     // SIGHUP reloads the configuration file, as with HAProxy and keepalived.
                     let resp = control::reload(&ctx).await;
