@@ -147,7 +147,7 @@ impl Lab {
 struct View {
     services: Vec<(lb_common::ServiceKey, Service)>,
     vips: Vec<(u32, u32)>,
-    nat_sources: Vec<(u32, u32)>,
+    nat_backends: Vec<(lb_common::NatBackendKey, lb_common::NatBackend)>,
     /// Records ever written, by index.
     backends: BTreeMap<u32, Backend>,
     /// Each service's table (its first `table_size` slots), by service id.
@@ -171,7 +171,7 @@ fn view(insp: &Inspector) -> View {
     View {
         services,
         vips: insp.vips().expect("reading VIPS"),
-        nat_sources: insp.nat_sources().expect("reading NAT_SOURCES"),
+        nat_backends: insp.nat_backends().expect("reading NAT_BACKENDS"),
         backends,
         tables,
     }
@@ -500,8 +500,23 @@ fn nat_and_persistent_services_reach_the_datapath_with_their_flags() {
         want.sort_unstable();
         want
     });
-    assert_eq!(v.nat_sources, {
-        let mut want = vec![(ne("10.9.0.11"), 1), (ne("10.9.0.12"), 1)];
+    // Their replies are translated back to the service's VIP:port.
+    let translated: Vec<_> = v
+        .nat_backends
+        .iter()
+        .map(|(k, b)| {
+            (
+                (k.addr, u16::from_be(k.port), k.proto),
+                (b.vip, u16::from_be(b.vport), b.service),
+            )
+        })
+        .collect();
+    assert_eq!(translated, {
+        let back = (ne("10.100.0.20"), 8080, s.id);
+        let mut want = vec![
+            ((ne("10.9.0.11"), 80, 6), back),
+            ((ne("10.9.0.12"), 81, 6), back),
+        ];
         want.sort_unstable();
         want
     });

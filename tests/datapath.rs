@@ -11,8 +11,8 @@ mod support;
 use std::collections::BTreeMap;
 
 use lb_common::{
-    BACKEND_F_LIVE, Backend, Counter, FlowKey, NO_BACKEND, SERVICE_F_HASH_SRC, SERVICE_F_NAT,
-    Service, ServiceKey,
+    BACKEND_F_LIVE, Backend, Counter, Flow, FlowKey, HALF_OPEN_TIMEOUT_S, NO_BACKEND, NatBackend,
+    NatBackendKey, SERVICE_F_HASH_SRC, SERVICE_F_NAT, Service, ServiceKey, Timeouts,
     hash::{flow_hash, ports_word, source_hash},
 };
 use lb_userspace::dataplane::{Dataplane, Limits};
@@ -35,6 +35,13 @@ const CLIENT: &str = "198.51.100.7";
 const DSR_VIP: &str = "10.100.0.10";
 const NAT_VIP: &str = "10.100.0.20";
 const TABLE: u32 = 251;
+/// The connection table's timeouts (the defaults of the configuration).
+const TIMEOUTS: Timeouts = Timeouts {
+    tcp_s: 900,
+    tcp_fin_s: 120,
+    udp_s: 300,
+    half_open_s: HALF_OPEN_TIMEOUT_S,
+};
 
 /// MAC of a DSR backend (client-side L2).
 fn dsr_mac(last: u8) -> Mac {
@@ -124,6 +131,8 @@ impl Fixture {
             conntrack_entries: 4096,
         })
         .expect("load the XDP object");
+        let mut dp = dp;
+        dp.set_timeouts(TIMEOUTS).unwrap();
         let mut f = Fixture {
             dp,
             cli,
@@ -238,7 +247,23 @@ impl Fixture {
         for (index, be) in backends {
             self.dp.set_backend(*index, *be).unwrap();
             if flags & SERVICE_F_NAT != 0 {
-                self.dp.set_nat_source(be.addr, 1).unwrap();
+                self.dp
+                    .set_nat_backend(
+                        NatBackendKey {
+                            addr: be.addr,
+                            port: be.port,
+                            proto,
+                            _pad: 0,
+                        },
+                        Some(NatBackend {
+                            vip: key.vip,
+                            vport: key.port,
+                            _pad: 0,
+                            backend: *index,
+                            service: id,
+                        }),
+                    )
+                    .unwrap();
             }
         }
         let indexes: Vec<u32> = backends.iter().map(|(i, _)| *i).collect();
@@ -502,16 +527,24 @@ fn packet_cases() {
         from_client(syn.clone()).bytes(),
         XDP_TX,
         Some(Frame::new(LB_CLI_MAC, be.mac, syn.clone()).bytes()),
-        &[(Tx, 1), (FlowNew, 1)],
+        &[(Tx, 1), (FlowSyn, 1)],
     ));
     let ack = ipv4(CLIENT, DSR_VIP, tcp(40000, 80, ACK | PSH));
     cases.push(case(
-        "dsr established flow: connection-table hit",
+        "dsr handshake's ACK: the SYN's backend, a connection-table entry made",
         cli,
         from_client(ack.clone()).bytes(),
         XDP_TX,
         Some(Frame::new(LB_CLI_MAC, be.mac, ack.clone()).bytes()),
-        &[(Tx, 1), (FlowHit, 1)],
+        &[(Tx, 1), (FlowNew, 1)],
+    ));
+    cases.push(case(
+        "dsr established flow: served from the flow cache",
+        cli,
+        from_client(ack.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, be.mac, ack.clone()).bytes()),
+        &[(Tx, 1), (FlowCacheHit, 1)],
     ));
     let q = ipv4(CLIENT, DSR_VIP, udp(5353, 53, b"query"));
     cases.push(case(
@@ -529,7 +562,7 @@ fn packet_cases() {
         from_client(r.clone()).bytes(),
         XDP_REDIRECT,
         Some(Frame::new(LB_SRV_MAC, dsr_mac(0x31), r).bytes()),
-        &[(Redirect, 1), (FlowNew, 1)],
+        &[(Redirect, 1), (FlowSyn, 1)],
     ));
     for (p1, p2) in [(1000u16, 2000u16), (3000, 4000)] {
         let idx = f.pick("persist", CLIENT, p1, 443);
@@ -543,7 +576,7 @@ fn packet_cases() {
                 from_client(s.clone()).bytes(),
                 XDP_TX,
                 Some(Frame::new(LB_CLI_MAC, mac, s).bytes()),
-                &[(Tx, 1), (FlowNew, 1)],
+                &[(Tx, 1), (FlowSyn, 1)],
             ));
         }
     }
@@ -563,7 +596,7 @@ fn packet_cases() {
         from_client(s).bytes(),
         XDP_DROP,
         None,
-        &[(DropNoMac, 1), (FlowNew, 1)],
+        &[(DropNoMac, 1), (FlowSyn, 1)],
     ));
     let rst = ipv4(CLIENT, DSR_VIP, tcp(45000, 80, RST));
     let be_rst = f.backend(f.pick("dsr_web", CLIENT, 45000, 80));
@@ -586,7 +619,7 @@ fn packet_cases() {
         from_client(syn.clone()).bytes(),
         XDP_REDIRECT,
         Some(Frame::new(LB_SRV_MAC, nat_mac(&rip), nat_dst(&syn, &rip, 80)).bytes()),
-        &[(Redirect, 1), (FlowNew, 1)],
+        &[(Redirect, 1), (FlowSyn, 1)],
     ));
     let reply = ipv4(&rip, CLIENT, tcp(80, 40001, SYN | ACK));
     cases.push(case(
@@ -597,14 +630,39 @@ fn packet_cases() {
         Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080)).bytes()),
         &[(Redirect, 1), (NatReply, 1)],
     ));
+    let unseen = ipv4(&rip, CLIENT, tcp(80, 47000, ACK | PSH));
+    cases.push(case(
+        "nat return of a connection this node never saw (a failover): translated",
+        srv,
+        from_backend(unseen.clone()).bytes(),
+        XDP_REDIRECT,
+        Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&unseen, NAT_VIP, 8080)).bytes()),
+        &[(Redirect, 1), (NatReply, 1)],
+    ));
+    cases.push(case(
+        "a NAT backend's packet to this host (a health check's reply): untranslated",
+        srv,
+        from_backend(ipv4(&rip, "10.1.0.1", tcp(80, 33000, SYN | ACK))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNatLocal, 1)],
+    ));
+    cases.push(case(
+        "a NAT backend's packet from another port: not a reply",
+        srv,
+        from_backend(ipv4(&rip, CLIENT, tcp(22, 40001, ACK))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
     let ack = ipv4(CLIENT, NAT_VIP, tcp(40001, 8080, ACK));
     cases.push(case(
-        "nat established flow",
+        "nat handshake's ACK: the SYN's backend, a connection-table entry made",
         cli,
         from_client(ack.clone()).bytes(),
         XDP_REDIRECT,
         Some(Frame::new(LB_SRV_MAC, nat_mac(&rip), nat_dst(&ack, &rip, 80)).bytes()),
-        &[(Redirect, 1), (FlowHit, 1)],
+        &[(Redirect, 1), (FlowNew, 1)],
     ));
     let s = ipv4("192.0.2.100", "10.100.0.90", tcp(40000, 80, SYN));
     cases.push(case(
@@ -620,7 +678,7 @@ fn packet_cases() {
             )
             .bytes(),
         ),
-        &[(Tx, 1), (FlowNew, 1)],
+        &[(Tx, 1), (FlowSyn, 1)],
     ));
     let mut q = ipv4(
         CLIENT,
@@ -681,7 +739,7 @@ fn packet_cases() {
         from_client(s).bytes(),
         XDP_PASS,
         Some(unresolved),
-        &[(PassNoNeigh, 1), (FlowNew, 1)],
+        &[(PassNoNeigh, 1), (FlowSyn, 1)],
     ));
 
     // ---- ICMP ----
@@ -938,7 +996,7 @@ fn packet_cases() {
         from_client(opts.clone()).bytes(),
         XDP_TX,
         Some(Frame::new(LB_CLI_MAC, opt_be.mac, opts).bytes()),
-        &[(Tx, 1), (FlowNew, 1)],
+        &[(Tx, 1), (FlowSyn, 1)],
     ));
     let mut opts = ipv4(CLIENT, NAT_VIP, tcp(41002, 8080, SYN));
     opts.options = vec![1, 1, 1, 0];
@@ -950,7 +1008,7 @@ fn packet_cases() {
         from_client(opts.clone()).bytes(),
         XDP_REDIRECT,
         Some(Frame::new(LB_SRV_MAC, nat_mac(&opt_rip), nat_dst(&opts, &opt_rip, 80)).bytes()),
-        &[(Redirect, 1), (FlowNew, 1)],
+        &[(Redirect, 1), (FlowSyn, 1)],
     ));
     let mut tagged = good.clone();
     tagged.vlans = vec![100];
@@ -960,7 +1018,7 @@ fn packet_cases() {
         tagged.bytes(),
         XDP_TX,
         Some(tagged.clone().with_macs(LB_CLI_MAC, good_be.mac).bytes()),
-        &[(Tx, 1), (FlowNew, 1)],
+        &[(Tx, 1), (FlowSyn, 1)],
     ));
     let mut tagged_nat = from_client(ipv4(CLIENT, NAT_VIP, tcp(41003, 8080, SYN)));
     tagged_nat.vlans = vec![100];
@@ -970,7 +1028,7 @@ fn packet_cases() {
         tagged_nat.bytes(),
         XDP_DROP,
         None,
-        &[(DropVlanUnsupported, 1), (FlowNew, 1)],
+        &[(DropVlanUnsupported, 1), (FlowSyn, 1)],
     ));
     tagged.vlans = vec![100, 200];
     cases.push(case(
@@ -991,7 +1049,7 @@ fn packet_cases() {
         padded,
         XDP_TX,
         Some(padded_out),
-        &[(Tx, 1), (FlowHit, 1)],
+        &[(Tx, 1), (FlowSyn, 1)],
     ));
     let mut b = good.bytes()[..14 + 20 + 10].to_vec();
     b[16..18].copy_from_slice(&30u16.to_be_bytes());
@@ -1088,7 +1146,7 @@ fn packet_cases() {
         f.check(c);
     }
 
-    // The RST created no entry; the DSR and NAT flows did, and NAT left a reverse entry.
+    // The RST created no entry; the DSR flow's handshake did.
     let key = |src: &str, dst: &str, sport: u16, dport: u16, proto| {
         FlowKey::new(ne(src), ne(dst), sport.to_be(), dport.to_be(), proto)
     };
@@ -1103,11 +1161,6 @@ fn packet_cases() {
             .unwrap()
             .is_some()
     );
-    let rev =
-        f.dp.nat_reverse(&key(&rip, CLIENT, 80, 40001, TCP))
-            .unwrap()
-            .expect("NAT reverse entry");
-    assert_eq!((rev.vip, rev.vport), (ne(NAT_VIP), 8080u16.to_be()));
 }
 
 /// Runs a frame and returns (action, output, counter deltas by name).
@@ -1145,11 +1198,11 @@ fn flows_keep_their_backend_until_it_goes() {
     let mac_of = |f: &Fixture, i: u32| f.backend(i).mac;
     let web = f.services["dsr_web"].backends.clone();
 
-    // Flow A starts on the backend the table gives it.
+    // Flow A starts on the backend the table gives it (a half-open slot holds it).
     let a = f.pick("dsr_web", CLIENT, 50000, 80);
     assert_eq!(
         send(&f, 50000, SYN),
-        (mac_of(&f, a), vec![("tx", 1), ("flow_new", 1)])
+        (mac_of(&f, a), vec![("tx", 1), ("flow_syn", 1)])
     );
     let stats_before = f.dp.backend_stats(a).unwrap();
 
@@ -1163,8 +1216,8 @@ fn flows_keep_their_backend_until_it_goes() {
     );
     assert_eq!(
         send(&f, 50000, ACK),
-        (mac_of(&f, a), vec![("tx", 1), ("flow_hit", 1)]),
-        "established flow keeps its backend"
+        (mac_of(&f, a), vec![("tx", 1), ("flow_new", 1)]),
+        "the handshake completes on its SYN's backend, which the entry now pins"
     );
     assert_eq!(
         send(&f, 50001, SYN).0,
@@ -1227,7 +1280,7 @@ fn flows_keep_their_backend_until_it_goes() {
     assert_eq!(send(&f, 50002, SYN).0, mac_of(&f, a));
     assert_eq!(
         send(&f, 50002, FIN | ACK).1,
-        vec![("tx", 1), ("flow_hit", 1)]
+        vec![("tx", 1), ("flow_new", 1)]
     );
     f.set_table(0, &[b]);
     gone.flags = BACKEND_F_LIVE;
@@ -1580,9 +1633,9 @@ fn flow_cache_serves_settled_flows_only() {
         TCP,
     );
 
-    assert_eq!(run(&f, &dsr(SYN), cli).2, vec![("tx", 1), ("flow_new", 1)]);
-    // Handshake not complete: the ACK takes the full path (and marks it established).
-    assert_eq!(run(&f, &dsr(ACK), cli).2, vec![("tx", 1), ("flow_hit", 1)]);
+    assert_eq!(run(&f, &dsr(SYN), cli).2, vec![("tx", 1), ("flow_syn", 1)]);
+    // Handshake not complete: the ACK takes the full path (and makes the entry).
+    assert_eq!(run(&f, &dsr(ACK), cli).2, vec![("tx", 1), ("flow_new", 1)]);
     assert_ne!(
         f.dp.flow(&key).unwrap().unwrap().state & lb_common::FLOW_ESTABLISHED,
         0
@@ -1644,20 +1697,23 @@ fn flow_cache_serves_settled_flows_only() {
     let rip_idx = f.pick("nat_web", CLIENT, 53000, 8080);
     let rip = std::net::Ipv4Addr::from(f.backend(rip_idx).addr.to_ne_bytes()).to_string();
     run(&f, &nat(SYN), cli);
-    let reply = from_backend(ipv4(&rip, CLIENT, tcp(80, 53000, SYN | ACK))).bytes();
+    let reply = |flags| from_backend(ipv4(&rip, CLIENT, tcp(80, 53000, flags))).bytes();
     assert_eq!(
-        run(&f, &reply, srv).2,
+        run(&f, &reply(SYN | ACK), srv).2,
         vec![("redirect", 1), ("nat_reply", 1)]
     );
-    f.dp.remove_nat_reverse(&FlowKey::new(
-        ne(&rip),
-        ne(CLIENT),
-        80u16.to_be(),
-        53000u16.to_be(),
-        TCP,
-    ))
-    .unwrap();
-    let (action, out, moved) = run(&f, &reply, srv);
+    // A SYN|ACK is not cached (SYN, FIN and RST always take the full path); this ACK is.
+    run(&f, &reply(ACK), srv);
+    // With the translation gone from NAT_BACKENDS, only the cache can translate it.
+    let nat_key = NatBackendKey {
+        addr: ne(&rip),
+        port: 80u16.to_be(),
+        proto: TCP,
+        _pad: 0,
+    };
+    let saved = f.dp.nat_backend(&nat_key).unwrap();
+    f.dp.set_nat_backend(nat_key, None).unwrap();
+    let (action, out, moved) = run(&f, &reply(ACK | PSH), srv);
     assert_eq!(
         (action, moved),
         (XDP_REDIRECT, vec![("redirect", 1), ("nat_reply", 1)])
@@ -1667,4 +1723,281 @@ fn flow_cache_serves_settled_flows_only() {
         addr(NAT_VIP),
         "translated from the cache"
     );
+    // A FIN is not: it takes the full path, which no longer knows the backend.
+    assert_eq!(run(&f, &reply(FIN | ACK), srv).2, vec![("pass_not_vip", 1)]);
+    f.dp.set_nat_backend(nat_key, saved).unwrap();
+}
+
+/// The flow cache gives a packet what the full path would: each case is a packet the
+/// cache once handled differently (and a test that failed then).
+#[test]
+fn flow_cache_and_full_path_agree() {
+    let f = Fixture::new();
+    let (cli, srv) = (f.cli, f.srv);
+
+    // A DSR flow whose backend is behind another interface, settled and cached...
+    let redir = |flags| from_client(ipv4(CLIENT, "10.100.0.60", tcp(54000, 80, flags)));
+    run(&f, &redir(SYN).bytes(), cli);
+    run(&f, &redir(ACK).bytes(), cli);
+    assert_eq!(
+        run(&f, &redir(ACK).bytes(), cli).2,
+        vec![("redirect", 1), ("flow_cache_hit", 1)]
+    );
+    // ...then a VLAN-tagged packet of it: dropped (no redirect with a tag), and counted
+    // as the drop only: not as a cache hit, not as the backend's traffic.
+    let before = f.dp.backend_stats(50).unwrap();
+    let mut tagged = redir(ACK | PSH);
+    tagged.vlans = vec![100];
+    assert_eq!(
+        run(&f, &tagged.bytes(), cli).2,
+        vec![("drop_vlan_unsupported", 1)]
+    );
+    let after = f.dp.backend_stats(50).unwrap();
+    assert_eq!((after.packets, after.bytes), (before.packets, before.bytes));
+
+    // A NAT flow, settled and cached...
+    let nat = |flags| from_client(ipv4(CLIENT, NAT_VIP, tcp(54001, 8080, flags)));
+    run(&f, &nat(SYN).bytes(), cli);
+    run(&f, &nat(ACK).bytes(), cli);
+    assert_eq!(
+        run(&f, &nat(ACK).bytes(), cli).2,
+        vec![("redirect", 1), ("flow_cache_hit", 1)]
+    );
+    // ...then a VLAN-tagged packet of it: NAT refuses tags on the full path, and so on
+    // the fast one.
+    let mut tagged = nat(ACK | PSH);
+    tagged.vlans = vec![100];
+    let (action, _, moved) = run(&f, &tagged.bytes(), cli);
+    assert_eq!(
+        (action, moved),
+        (
+            XDP_DROP,
+            vec![("drop_vlan_unsupported", 1), ("flow_hit", 1)]
+        )
+    );
+    // A NAT reply carrying SYN, FIN or RST never comes from the cache (the cached
+    // translation is taken away to tell).
+    let idx = f.pick("nat_web", CLIENT, 54001, 8080);
+    let rip = std::net::Ipv4Addr::from(f.backend(idx).addr.to_ne_bytes()).to_string();
+    let reply = |flags| from_backend(ipv4(&rip, CLIENT, tcp(80, 54001, flags))).bytes();
+    run(&f, &reply(ACK), srv);
+    assert_eq!(
+        run(&f, &reply(ACK), srv).2,
+        vec![("redirect", 1), ("nat_reply", 1)]
+    );
+    let mut f = f;
+    let nat_key = NatBackendKey {
+        addr: ne(&rip),
+        port: 80u16.to_be(),
+        proto: TCP,
+        _pad: 0,
+    };
+    f.dp.set_nat_backend(nat_key, None).unwrap();
+    for flags in [RST, FIN | ACK, SYN | ACK] {
+        assert_eq!(
+            run(&f, &reply(flags), srv).2,
+            vec![("pass_not_vip", 1)],
+            "flags {flags:#x}"
+        );
+    }
+}
+
+/// The seconds of the datapath's clock (`bpf_ktime_get_coarse_ns`).
+fn now_s() -> u32 {
+    // SAFETY: clock_gettime writes a timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// SYNs never make connection-table entries: a flood of them (twice the table) leaves
+/// every established connection in place, and a table change then moves none of them;
+/// handshakes in flight complete on their SYN's backend.
+#[test]
+fn syn_floods_evict_nothing() {
+    let mut f = Fixture::new();
+    let cli = f.cli;
+    let web = f.services["dsr_web"].backends.clone();
+    let (a, b) = (web[0], web[1]);
+    f.set_table(0, &[a]);
+    let pkt = |src: &str, sport: u16, flags: u8| {
+        from_client(ipv4(src, DSR_VIP, tcp(sport, 80, flags))).bytes()
+    };
+    // 100 established connections on a.
+    for port in 20000..20100 {
+        run(&f, &pkt(CLIENT, port, SYN), cli);
+        run(&f, &pkt(CLIENT, port, ACK), cli);
+    }
+    assert_eq!(f.dp.flows().unwrap().len(), 100);
+    // A handshake in flight: its SYN went to a.
+    assert_eq!(
+        dmac(&run(&f, &pkt(CLIENT, 30000, SYN), cli).1),
+        f.backend(a).mac
+    );
+
+    // The flood: 2 x 4096 SYNs from random sources.
+    let mut x: u32 = 0x1234_5678;
+    let before = f.counters();
+    for _ in 0..2 * 4096 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let src = std::net::Ipv4Addr::from(0x0a00_0000 | (x >> 8)).to_string();
+        run(&f, &pkt(&src, (x & 0xffff) as u16 | 1024, SYN), cli);
+    }
+    let after = f.counters();
+    let syns = after[Counter::FlowSyn as usize] - before[Counter::FlowSyn as usize];
+    assert_eq!(syns, 2 * 4096);
+    assert_eq!(
+        f.dp.flows().unwrap().len(),
+        100,
+        "the flood made no entry and evicted none"
+    );
+
+    // The table changes: every slot moves to b. Established connections stay on a (from
+    // the connection table, or from the flow cache, which only ever holds what the
+    // table decided).
+    f.set_table(0, &[b]);
+    for port in 20000..20100 {
+        let (_, out, moved) = run(&f, &pkt(CLIENT, port, ACK | PSH), cli);
+        assert_eq!(dmac(&out), f.backend(a).mac, "port {port} kept its backend");
+        assert!(
+            moved == vec![("tx", 1), ("flow_hit", 1)]
+                || moved == vec![("tx", 1), ("flow_cache_hit", 1)],
+            "port {port}: {moved:?}"
+        );
+    }
+    // The handshake in flight completes on a (unless the flood overwrote its half-open
+    // slot: then it goes where the table says, like a flow whose SYN another node saw).
+    let (_, out, moved) = run(&f, &pkt(CLIENT, 30000, ACK), cli);
+    assert_eq!(moved, vec![("tx", 1), ("flow_new", 1)]);
+    assert!([f.backend(a).mac, f.backend(b).mac].contains(&dmac(&out)));
+    // A new one follows the table, and so does its retransmitted SYN and its ACK even if
+    // the table changes again meanwhile.
+    assert_eq!(
+        dmac(&run(&f, &pkt(CLIENT, 30001, SYN), cli).1),
+        f.backend(b).mac
+    );
+    f.set_table(0, &[a]);
+    assert_eq!(
+        dmac(&run(&f, &pkt(CLIENT, 30001, SYN), cli).1),
+        f.backend(b).mac
+    );
+    assert_eq!(
+        dmac(&run(&f, &pkt(CLIENT, 30001, ACK), cli).1),
+        f.backend(b).mac
+    );
+}
+
+/// An entry idle past its timeout is treated as gone by the datapath itself: the next
+/// packet is placed afresh (`flow_expired`), without waiting for the control plane.
+#[test]
+fn idle_entries_expire_in_the_datapath() {
+    let mut f = Fixture::new();
+    let cli = f.cli;
+    let web = f.services["dsr_web"].backends.clone();
+    let (a, b) = (web[0], web[1]);
+    f.set_table(0, &[b]);
+    let key = |port: u16, proto| {
+        FlowKey::new(ne(CLIENT), ne(DSR_VIP), port.to_be(), 80u16.to_be(), proto)
+    };
+    let pinned = |idle: u32, state| Flow {
+        backend: a,
+        epoch: f.backend(a).epoch,
+        state,
+        last_seen: now_s() - idle,
+    };
+    let est = lb_common::FLOW_ESTABLISHED;
+    for (port, flow, expired) in [
+        (21000, pinned(TIMEOUTS.tcp_s - 5, est), false),
+        (21001, pinned(TIMEOUTS.tcp_s + 1, est), true),
+        (
+            21002,
+            pinned(TIMEOUTS.tcp_fin_s + 1, est | lb_common::FLOW_FIN),
+            true,
+        ),
+        (
+            21003,
+            pinned(TIMEOUTS.tcp_fin_s - 5, est | lb_common::FLOW_FIN),
+            false,
+        ),
+    ] {
+        f.dp.insert_flow(key(port, TCP), flow).unwrap();
+        let (_, out, moved) = run(
+            &f,
+            &from_client(ipv4(CLIENT, DSR_VIP, tcp(port, 80, ACK))).bytes(),
+            cli,
+        );
+        if expired {
+            assert_eq!(
+                (dmac(&out), moved),
+                (f.backend(b).mac, vec![("tx", 1), ("flow_expired", 1)]),
+                "port {port}"
+            );
+            let now = f.dp.flow(&key(port, TCP)).unwrap().unwrap();
+            assert_eq!((now.backend, now.state), (b, est), "rewritten afresh");
+        } else {
+            assert_eq!(
+                (dmac(&out), moved),
+                (f.backend(a).mac, vec![("tx", 1), ("flow_hit", 1)]),
+                "port {port}"
+            );
+        }
+    }
+    // UDP, from the DSR UDP service's timeout.
+    f.dp.insert_flow(
+        FlowKey::new(
+            ne(CLIENT),
+            ne(DSR_VIP),
+            21004u16.to_be(),
+            53u16.to_be(),
+            UDP,
+        ),
+        Flow {
+            backend: 90,
+            epoch: f.backend(90).epoch,
+            state: 0,
+            last_seen: now_s() - TIMEOUTS.udp_s - 1,
+        },
+    )
+    .unwrap();
+    let (_, _, moved) = run(
+        &f,
+        &from_client(ipv4(CLIENT, DSR_VIP, udp(21004, 53, b"q"))).bytes(),
+        cli,
+    );
+    assert_eq!(moved, vec![("tx", 1), ("flow_expired", 1)]);
+
+    // A half-open slot older than its timeout no longer holds the SYN's backend.
+    f.dp.set_timeouts(Timeouts {
+        half_open_s: 1,
+        ..TIMEOUTS
+    })
+    .unwrap();
+    f.set_table(0, &[a]);
+    assert_eq!(
+        dmac(
+            &run(
+                &f,
+                &from_client(ipv4(CLIENT, DSR_VIP, tcp(21005, 80, SYN))).bytes(),
+                cli
+            )
+            .1
+        ),
+        f.backend(a).mac
+    );
+    f.set_table(0, &[b]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(
+        dmac(
+            &run(
+                &f,
+                &from_client(ipv4(CLIENT, DSR_VIP, tcp(21005, 80, ACK))).bytes(),
+                cli
+            )
+            .1
+        ),
+        f.backend(b).mac,
+        "the ACK of a handshake older than the half-open timeout follows the table"
+    );
+    f.dp.set_timeouts(TIMEOUTS).unwrap();
 }

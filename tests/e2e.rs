@@ -70,22 +70,95 @@ fn backend_addr(r: &Running, name: &str) -> String {
     format!("{}:{port}", r.lab.backends[i].addr)
 }
 
+/// The Maglev slot of a TCP connection to the lab's web service, and the backend index
+/// the live table gives that slot (read from the datapath's maps).
+fn slot_owner(r: &Running, client: std::net::SocketAddrV4) -> (u32, u32) {
+    use lb_common::hash::{flow_hash, ports_word};
+    let ne = |a: std::net::Ipv4Addr| u32::from_ne_bytes(a.octets());
+    let vip: std::net::Ipv4Addr = r.lab.vip().parse().unwrap();
+    let prog = r.prog_ids()[0];
+    let insp = lb_userspace::dataplane::inspect::Inspector::for_program(prog).expect("inspector");
+    let (_, svc) = insp
+        .services()
+        .expect("SERVICES")
+        .into_iter()
+        .find(|(k, _)| k.vip == ne(vip) && u16::from_be(k.port) == 80 && k.proto == 6)
+        .expect("the web service's record");
+    let hash = flow_hash(
+        ne(*client.ip()),
+        ne(vip),
+        ports_word(client.port().to_be(), 80u16.to_be()),
+        6,
+    );
+    let slot = hash % svc.table_size;
+    let table = insp
+        .table(&svc, svc.table_size)
+        .expect("TABLES")
+        .expect("a table");
+    (slot, table[slot as usize])
+}
+
+/// The connection table keeps a connection on its backend when the Maglev table moves
+/// the connection's own slot elsewhere: backends are added (secondary addresses of the
+/// backends that do not serve it) until the slot changes hands, and the download goes
+/// on to the end. Without the connection table it breaks (its packets follow the
+/// table to a backend that knows nothing of it).
 fn long_lived_connection_survives_table_changes(mode: Mode, prefix: &str) {
     let r = Running::start(mode, prefix, QUICK_CHECK, false);
-    let stream = r.stream();
+    // Slower than the lab's rate (about 12 s): time to move the slot while it runs.
+    // From a port of its own, so its slot is known without asking lb.
+    let client: std::net::SocketAddrV4 = match mode {
+        Mode::Dsr => "10.0.0.2:47123",
+        Mode::Nat => "10.0.1.2:47123",
+    }
+    .parse()
+    .unwrap();
+    let stream = r.stream_with(&["--limit-rate", "700K", "--local-port", "47123"]);
     let serving = stream.backend();
-    let other = ["b1", "b2", "b3"]
-        .into_iter()
-        .find(|b| *b != serving)
-        .expect("another backend");
-    // Remove an unrelated backend, then add it back: two different Maglev tables.
-    run_ok(&r, &["backend", "del", &web(&r), &backend_addr(&r, other)]);
-    sleep(Duration::from_millis(500));
-    run_ok(&r, &["backend", "add", &web(&r), &backend_addr(&r, other)]);
+    let (slot, owner) = slot_owner(&r, client);
+    let others: Vec<usize> = (0..r.lab.backends.len())
+        .filter(|i| r.lab.backends[*i].name != serving)
+        .collect();
+    let port = match mode {
+        Mode::Dsr => 80,
+        Mode::Nat => support::lab::ALT_PORT,
+    };
+    let mut added = 0;
+    while slot_owner(&r, client).1 == owner {
+        assert!(
+            added < 8,
+            "{}: slot {slot} still owned by backend index {owner} after {added} backends were added",
+            mode_name(mode)
+        );
+        let host = &r.lab.backends[others[added % others.len()]];
+        let o = host.addr.octets();
+        let extra = std::net::Ipv4Addr::new(o[0], o[1], o[2], 100 + added as u8);
+        support::lab::must(&mut r.lab.exec(
+            &host.ns,
+            &["ip", "addr", "add", &format!("{extra}/24"), "dev", "eth0"],
+        ));
+        // A heavy one takes nearly every slot (the others keep their top preferences
+        // only): one or two adds move the connection's slot.
+        run_ok(
+            &r,
+            &[
+                "backend",
+                "add",
+                &web(&r),
+                &format!("{extra}:{port}"),
+                "--weight",
+                "65535",
+            ],
+        );
+        added += 1;
+    }
+    // Past the flow cache's resync (1 s at HZ=250, 2.5 s at HZ=100): later packets are
+    // decided by the connection table.
+    sleep(Duration::from_secs(3));
     assert_eq!(
         stream.finish(),
         support::lab::BIG_BYTES as u64,
-        "{}: the stream must complete",
+        "{}: the stream must complete after its slot moved ({added} backends added)",
         mode_name(mode)
     );
 }

@@ -56,6 +56,9 @@ counters! {
     PassVipOther = "pass_vip_other", outcome;
     /// NAT: next-hop MAC unknown; the translated packet goes to the kernel to forward.
     PassNoNeigh = "pass_no_neigh", outcome;
+    /// A packet from a NAT backend's address:port addressed to this host (a health
+    /// check's reply): not a balanced connection's, passed untranslated.
+    PassNatLocal = "pass_nat_local", outcome;
     // ---- outcomes: forwarded ----
     /// Sent back out of the ingress interface (XDP_TX).
     Tx = "tx", outcome;
@@ -93,8 +96,13 @@ counters! {
     FlowHit = "flow_hit", event;
     /// A packet of a known flow forwarded from the per-CPU flow cache (fast path).
     FlowCacheHit = "flow_cache_hit", event;
-    /// A new flow got a backend from the Maglev table and an entry.
+    /// A new flow got a backend and a connection-table entry (UDP: its first packet;
+    /// TCP: the first packet after the SYN, which completes the handshake).
     FlowNew = "flow_new", event;
+    /// A TCP SYN got a backend and a half-open slot, no connection-table entry.
+    FlowSyn = "flow_syn", event;
+    /// A connection-table entry idle past its timeout: its packet was placed afresh.
+    FlowExpired = "flow_expired", event;
     /// A flow's backend was removed, down or in maintenance: it chose again.
     FlowRepick = "flow_repick", event;
     /// A TCP RST for an unknown flow: forwarded, no entry created.

@@ -5,10 +5,11 @@
 //! | `SERVICES` | hash | [`ServiceKey`] -> [`Service`] |
 //! | `TABLES` | array of maps | [`table_index`]\(service id, generation) -> inner array of [`TableChunk`] (a Maglev table) |
 //! | `BACKENDS` | array | backend index -> [`Backend`] |
-//! | `CONNTRACK` | LRU hash (per-CPU LRU lists) | [`FlowKey`] (client -> VIP) -> [`Flow`] |
-//! | `NAT_REVERSE` | LRU hash (per-CPU LRU lists) | [`FlowKey`] (backend -> client) -> [`NatReverse`] |
+//! | `CONNTRACK` | LRU hash (one LRU for all CPUs) | [`FlowKey`] (client -> VIP) -> [`Flow`] |
+//! | `HALF_OPEN` | array | slot of a [`FlowKey`] -> [`HalfOpen`] (a TCP SYN's backend) |
+//! | `NAT_BACKENDS` | hash | [`NatBackendKey`] (a NAT backend) -> [`NatBackend`] (its replies' VIP:port) |
+//! | `TIMEOUTS` | array (1) | [`Timeouts`] |
 //! | `VIPS` | hash | VIP address -> number of services on it |
-//! | `NAT_SOURCES` | hash | backend address -> number of NAT backends on it |
 //! | `STATS` | per-CPU array | [`Counter`](crate::Counter) -> packets |
 //! | `SERVICE_STATS` | per-CPU array | service id -> [`TrafficStats`] |
 //! | `BACKEND_STATS` | per-CPU array | backend index -> [`TrafficStats`] |
@@ -17,9 +18,10 @@ pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_TABLES: &str = "TABLES";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
-pub const MAP_NAT_REVERSE: &str = "NAT_REVERSE";
+pub const MAP_HALF_OPEN: &str = "HALF_OPEN";
+pub const MAP_NAT_BACKENDS: &str = "NAT_BACKENDS";
+pub const MAP_TIMEOUTS: &str = "TIMEOUTS";
 pub const MAP_VIPS: &str = "VIPS";
-pub const MAP_NAT_SOURCES: &str = "NAT_SOURCES";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
@@ -43,9 +45,9 @@ pub const fn table_index(id: u32, generation: u32) -> u32 {
 pub const MAX_VIPS: u32 = 1024;
 /// Backend indexes are `0..MAX_BACKENDS`; one per (service, backend) pair.
 pub const MAX_BACKENDS: u32 = 65536;
-/// Distinct backend addresses of NAT services.
-pub const MAX_NAT_SOURCES: u32 = 65536;
-/// Default size of `CONNTRACK` and of `NAT_REVERSE` (configurable at start).
+/// Entries of `NAT_BACKENDS` (one per NAT backend address:port/protocol).
+pub const MAX_NAT_BACKENDS: u32 = MAX_BACKENDS;
+/// Default size of `CONNTRACK` (configurable at start).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
 
 /// Maglev table sizes a service may use: primes, as Cilium offers them, plus 65537
@@ -62,10 +64,6 @@ pub const TABLE_CHUNK: usize = 16;
 /// A table slot holding this value has no backend (the service drops new flows).
 pub const NO_BACKEND: u32 = u32::MAX;
 
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists for the connection tables (as Katran keeps
-/// per-CPU LRUs), without splitting the table itself, so NAT return traffic arriving
-/// on another CPU still finds its flow.
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// `BPF_F_MMAPABLE`: userspace writes a whole Maglev table through mmap.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `BPF_F_INNER_MAP`: inner tables of different sizes fit the same outer map.
@@ -144,7 +142,7 @@ pub const BACKEND_F_LIVE: u16 = 1 << 0;
 /// Flows pinned to this backend choose again (admin state maint, or health down).
 pub const BACKEND_F_REPICK: u16 = 1 << 1;
 
-/// Key of `CONNTRACK` (client -> VIP direction) and `NAT_REVERSE` (backend -> client).
+/// Key of `CONNTRACK` and of `HALF_OPEN` slots: a client -> VIP flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FlowKey {
@@ -180,7 +178,9 @@ impl FlowKey {
     }
 }
 
-/// Value of `CONNTRACK`.
+/// Value of `CONNTRACK`: the backend a flow is pinned to. 16 bytes, so an entry costs
+/// the kernel under 100 bytes (see docs/BENCHMARKS.md). The service is the one the key's
+/// destination names.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
@@ -188,13 +188,18 @@ pub struct Flow {
     pub backend: u32,
     /// [`Backend::epoch`] at the time the flow was pinned.
     pub epoch: u32,
-    /// Service id.
-    pub service: u32,
     /// `FLOW_*` bits seen on the client's packets.
     pub state: u32,
-    /// Last packet, in `CLOCK_MONOTONIC` nanoseconds (coarse clock), refreshed at most
-    /// once per [`FLOW_TOUCH_NS`].
-    pub last_seen: u64,
+    /// Last client packet, in whole seconds of `CLOCK_MONOTONIC` (the coarse clock:
+    /// [`coarse_seconds`]); rewritten at most once a second.
+    pub last_seen: u32,
+}
+
+/// Seconds of the coarse monotonic clock, as `Flow::last_seen` and the half-open slots
+/// keep them (`bpf_ktime_get_coarse_ns` in the datapath).
+#[inline(always)]
+pub const fn coarse_seconds(ns: u64) -> u32 {
+    (ns / 1_000_000_000) as u32
 }
 
 pub const FLOW_SYN: u32 = 1 << 0;
@@ -202,14 +207,80 @@ pub const FLOW_SYN: u32 = 1 << 0;
 pub const FLOW_ESTABLISHED: u32 = 1 << 1;
 pub const FLOW_FIN: u32 = 1 << 2;
 pub const FLOW_RST: u32 = 1 << 3;
-/// `last_seen` is rewritten only when it is older than this, to keep the hot path from
-/// writing the entry's cache line on every packet.
-pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
-/// Value of `NAT_REVERSE`: how to translate a backend's reply back.
+/// Value of `TIMEOUTS` (one entry): how long an idle entry stays valid, in seconds. The
+/// datapath treats an entry idle for longer as gone (its packet is placed afresh), so
+/// ageing does not wait for the control plane's scan.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NatReverse {
+pub struct Timeouts {
+    /// TCP past its handshake, no FIN or RST seen.
+    pub tcp_s: u32,
+    /// TCP opening or closing.
+    pub tcp_fin_s: u32,
+    /// UDP.
+    pub udp_s: u32,
+    /// A half-open slot (SYN seen, no ACK yet).
+    pub half_open_s: u32,
+}
+
+/// How long a SYN's half-open slot holds its backend for the ACK that completes the
+/// handshake (the SYN retransmits of a slow client included).
+pub const HALF_OPEN_TIMEOUT_S: u32 = 30;
+
+/// Slots of `HALF_OPEN` (a power of two).
+pub const HALF_OPEN_SLOTS: u32 = 1 << 17;
+
+/// A slot of `HALF_OPEN`: the backend a TCP SYN was sent to, kept for the ACK that
+/// completes the handshake, which creates the flow's `CONNTRACK` entry. SYNs never
+/// create connection-table entries, so a SYN flood cannot evict an established
+/// connection: it only overwrites slots. A slot is written by whichever CPU sees the
+/// SYN and read by the one that sees the ACK; `check` guards against a read that meets a
+/// concurrent write (see [`half_open_check`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HalfOpen {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub epoch: u32,
+    /// When the SYN was seen, [`coarse_seconds`].
+    pub born: u32,
+    /// [`half_open_check`] of the fields above.
+    pub check: u32,
+}
+
+/// The check word of a half-open slot: a mix of every other field.
+#[inline(always)]
+pub const fn half_open_check(key: &FlowKey, backend: u32, epoch: u32, born: u32) -> u32 {
+    let ports = key.sport as u32 | ((key.dport as u32) << 16);
+    let x = key.src
+        ^ key.dst.rotate_left(7)
+        ^ ports.rotate_left(13)
+        ^ (key.proto as u32).rotate_left(21)
+        ^ backend.rotate_left(3)
+        ^ epoch.rotate_left(17)
+        ^ born.rotate_left(27);
+    x.wrapping_mul(0x9e37_79b1) | 1
+}
+
+/// Key of `NAT_BACKENDS`: a NAT backend's address, port and protocol, as its replies
+/// carry them (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NatBackendKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `NAT_BACKENDS`: how to translate a NAT backend's replies back to the
+/// client: the source becomes VIP:port. Derived from the configuration, not from any
+/// connection (a backend address:port belongs to one NAT service), so replies of a
+/// connection this node never saw are translated too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatBackend {
     /// The VIP (new source address), network byte order.
     pub vip: u32,
     /// The service port (new source port), network byte order.
@@ -243,8 +314,12 @@ const _: () = {
     assert!(core::mem::size_of::<TableChunk>() == 64);
     assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 16);
-    assert!(core::mem::size_of::<Flow>() == 24);
-    assert!(core::mem::size_of::<NatReverse>() == 16);
+    assert!(core::mem::size_of::<Flow>() == 16);
+    assert!(core::mem::size_of::<Timeouts>() == 16);
+    assert!(core::mem::size_of::<HalfOpen>() == 32);
+    assert!(HALF_OPEN_SLOTS.is_power_of_two());
+    assert!(core::mem::size_of::<NatBackendKey>() == 8);
+    assert!(core::mem::size_of::<NatBackend>() == 16);
     assert!(core::mem::size_of::<TrafficStats>() == 40);
 };
 
@@ -258,7 +333,10 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for NatBackend {}
+    unsafe impl aya::Pod for NatBackendKey {}
+    unsafe impl aya::Pod for HalfOpen {}
+    unsafe impl aya::Pod for Timeouts {}
     unsafe impl aya::Pod for TrafficStats {}
 }
 
@@ -341,7 +419,7 @@ pub struct CachedFlow {
 pub const FILTER_WORDS: u32 = 4096;
 
 /// Where an address sits in an address filter: (word index, bit mask). A bit set
-/// means "maybe": the hash maps (`VIPS`, `NAT_SOURCES`) decide; a bit clear means
+/// means "maybe": the hash maps (`VIPS`, `NAT_BACKENDS`) decide; a bit clear means
 /// "certainly not", which lets traffic for other hosts skip every hash lookup.
 #[inline(always)]
 pub const fn filter_bit(addr: u32) -> (u32, u64) {

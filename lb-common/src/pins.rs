@@ -16,7 +16,9 @@ pub const PIN_MAGIC: u64 = u64::from_be_bytes(*b"lb-pins!");
 /// The layout of the pinned maps: their set, names, key and value types and meaning.
 /// Bump it with any incompatible change of a pinned map (a new field in `Backend`, a new
 /// key type for `CONNTRACK`, ...): a daemon adopts only pins of its own version.
-pub const PIN_LAYOUT_VERSION: u32 = 1;
+/// 2: `Flow` of 16 bytes, `HALF_OPEN`, `NAT_BACKENDS` and `TIMEOUTS`; no `NAT_REVERSE`,
+/// no `NAT_SOURCES`.
+pub const PIN_LAYOUT_VERSION: u32 = 2;
 
 /// Pin name prefix of an XDP link: `link_<interface>`.
 pub const PIN_LINK_PREFIX: &str = "link_";
@@ -24,14 +26,15 @@ pub const PIN_LINK_PREFIX: &str = "link_";
 /// The maps that are pinned (and so survive the daemon), besides [`MAP_PIN_META`]: every
 /// map whose content matters across restarts. Scratch state (the per-CPU flow cache,
 /// constants) is created afresh with each program.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     crate::MAP_SERVICES,
     crate::MAP_TABLES,
     crate::MAP_BACKENDS,
     crate::MAP_CONNTRACK,
-    crate::MAP_NAT_REVERSE,
+    crate::MAP_HALF_OPEN,
+    crate::MAP_NAT_BACKENDS,
+    crate::MAP_TIMEOUTS,
     crate::MAP_VIPS,
-    crate::MAP_NAT_SOURCES,
     crate::MAP_VIP_FILTER,
     crate::MAP_NAT_FILTER,
     crate::MAP_STATS,

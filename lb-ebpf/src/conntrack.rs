@@ -1,25 +1,40 @@
-//! The connection tables: `CONNTRACK` pins each client flow to a backend (with its TCP
+//! The connection table: `CONNTRACK` pins each client flow to a backend (with its TCP
 //! state bits); a flow it does not know takes the backend of the service's Maglev table
-//! (see `maglev`) and is inserted. `NAT_REVERSE` maps a NAT backend's replies back to
-//! their client flow.
+//! (see `maglev`).
+//!
+//! When an entry is created:
+//! - UDP: at the flow's first packet.
+//! - TCP: **not at the SYN**. A SYN takes its backend from the table and leaves it in a
+//!   `HALF_OPEN` slot (an array: no insert, nothing evicted); the first packet without
+//!   SYN (the client's ACK that completes the handshake) creates the entry with the
+//!   slot's backend. So a flood of spoofed SYNs overwrites half-open slots but never
+//!   pushes an established connection out of the table, and a handshake in flight while
+//!   the table changes still completes on the backend its SYN went to. A TCP packet
+//!   that finds neither (its SYN was not seen here: a failover, a slot overwritten by a
+//!   flood) takes the table's backend and creates the entry.
 //!
 //! Re-pick rule: a flow keeps its backend while that backend's index is live, not
-//! flagged `BACKEND_F_REPICK` (admin state maint, or health down) and still holds the
-//! epoch the flow was pinned under (the index was not given to another backend). If any
-//! of these fails, the flow takes the backend the current Maglev table gives it and its
-//! entry is rewritten. A TCP SYN (without ACK) on an entry that saw FIN or RST is a new
-//! connection reusing the port, and is placed afresh too. Draining backends and
+//! flagged `BACKEND_F_REPICK` (admin state maint, health down, DSR neighbour lost) and
+//! still holds the epoch the flow was pinned under (the index was not given to another
+//! backend). If any of these fails, the flow takes the backend the current Maglev table
+//! gives it and its entry is rewritten. A TCP SYN on an entry that saw FIN or RST is a
+//! new connection reusing the port, and is placed afresh too. Draining backends and
 //! weight-0 backends keep their flows: they only lose their table slots.
+//!
+//! Ageing: an entry idle for longer than its timeout (`TIMEOUTS`, written by the control
+//! plane) is treated as gone: its packet is placed afresh and the entry rewritten. The
+//! control plane's scan only counts and tidies; correctness never waits for it.
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{
     BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
-    FLOW_SYN, FLOW_TOUCH_NS, Flow, FlowKey, NatReverse, Service,
+    FLOW_SYN, Flow, FlowKey, HALF_OPEN_SLOTS, HalfOpen, Service, Timeouts, coarse_seconds,
+    half_open_check,
 };
 
 use crate::{
     maglev,
-    maps::{BACKENDS, CONNTRACK, NAT_REVERSE},
+    maps::{BACKENDS, CONNTRACK, HALF_OPEN, TIMEOUTS},
     parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{self, count},
 };
@@ -28,7 +43,7 @@ use crate::{
 pub struct Chosen<'a> {
     pub index: u32,
     pub backend: &'a Backend,
-    /// The packet started (or re-placed) a flow.
+    /// The packet started (or re-placed) a connection: counted as a new one.
     pub new_flow: bool,
     /// The flow's state is settled (UDP, or TCP past its handshake and not closing), so
     /// its next packets may use the flow cache.
@@ -66,6 +81,75 @@ fn state_bits(tcp_flags: u8) -> u32 {
     bits
 }
 
+/// Whether an entry last seen at `last_seen` (seconds) in `state` is past its timeout at
+/// `now` (seconds). Without timeouts (a datapath no control plane configured yet),
+/// nothing expires.
+#[inline(always)]
+fn expired(t: Option<&Timeouts>, state: u32, tcp: bool, last_seen: u32, now: u32) -> bool {
+    let Some(t) = t else {
+        return false;
+    };
+    let timeout = if !tcp {
+        t.udp_s
+    } else if state & (FLOW_ESTABLISHED | FLOW_FIN | FLOW_RST) == FLOW_ESTABLISHED {
+        t.tcp_s
+    } else {
+        t.tcp_fin_s
+    };
+    timeout != 0 && now.wrapping_sub(last_seen) >= timeout
+}
+
+/// Index of a flow's half-open slot (a hash of the 5-tuple, not the flow cache's).
+#[inline(always)]
+fn half_open_slot(key: &FlowKey) -> u32 {
+    let ports = u32::from(key.sport) | (u32::from(key.dport) << 16);
+    let x = (key.src.rotate_left(5) ^ key.dst ^ ports.rotate_left(19) ^ u32::from(key.proto))
+        .wrapping_mul(0x85eb_ca6b);
+    (x >> 15) & (HALF_OPEN_SLOTS - 1)
+}
+
+/// The backend a SYN of `key` was given, if its slot still holds it (not overwritten,
+/// not torn by a concurrent write, not older than the half-open timeout, backend still
+/// keeps it).
+#[inline(always)]
+fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'static Backend)> {
+    let h = HALF_OPEN.get(half_open_slot(key))?;
+    let k = &h.key;
+    if k.sport != key.sport
+        || k.src != key.src
+        || k.dport != key.dport
+        || k.dst != key.dst
+        || k.proto != key.proto
+        || h.check != half_open_check(k, h.backend, h.epoch, h.born)
+        || t.is_some_and(|t| now.wrapping_sub(h.born) >= t.half_open_s)
+    {
+        return None;
+    }
+    let be = BACKENDS.get(h.backend)?;
+    keeps(be, h.epoch).then_some((h.backend, be))
+}
+
+/// Leaves a SYN's backend in its half-open slot.
+#[inline(always)]
+fn remember_syn(key: &FlowKey, index: u32, epoch: u32, now: u32) {
+    let Some(h) = HALF_OPEN.get_ptr_mut(half_open_slot(key)) else {
+        return;
+    };
+    // SAFETY: a slot of a plain array; another CPU may write it at the same time, which
+    // `check` makes a reader detect.
+    let h: &mut HalfOpen = unsafe { &mut *h };
+    h.check = 0;
+    h.key.src = key.src;
+    h.key.dst = key.dst;
+    h.key.sport = key.sport;
+    h.key.dport = key.dport;
+    h.key.proto = key.proto;
+    h.backend = index;
+    h.epoch = epoch;
+    h.born = now;
+    h.check = half_open_check(key, index, epoch, now);
+}
+
 /// Finds (or creates) the flow of a client packet and returns its backend.
 /// `tcp_flags` is 0 for UDP.
 #[inline(always)]
@@ -78,15 +162,18 @@ pub fn for_packet<'a>(
 ) -> Result<Chosen<'a>, Counter> {
     let tcp = key.proto == IPPROTO_TCP;
     // SAFETY: the helper only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = coarse_seconds(unsafe { bpf_ktime_get_coarse_ns() });
+    let timeouts = TIMEOUTS.get(0);
     let bits = state_bits(tcp_flags);
+    let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(f) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a live LRU entry; a concurrent eviction can only make us update a
         // recycled entry's fields, which the next packet of that flow repairs.
         let f = unsafe { &mut *f };
-        let reopened =
-            tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && f.state & (FLOW_FIN | FLOW_RST) != 0;
+        let reopened = syn && f.state & (FLOW_FIN | FLOW_RST) != 0;
+        let stale = expired(timeouts, f.state, tcp, f.last_seen, now);
         if !reopened
+            && !stale
             && let Some(be) = BACKENDS.get(f.backend)
             && keeps(be, f.epoch)
         {
@@ -94,7 +181,7 @@ pub fn for_packet<'a>(
             if state != f.state {
                 f.state = state;
             }
-            if now.wrapping_sub(f.last_seen) >= FLOW_TOUCH_NS {
+            if f.last_seen != now {
                 f.last_seen = now;
             }
             count(Counter::FlowHit);
@@ -105,14 +192,20 @@ pub fn for_packet<'a>(
                 cacheable: settled(state, tcp),
             });
         }
+        // Re-placed: a new connection on the port, an expired entry, or a backend that
+        // cannot keep it.
         let (index, be) = maglev::backend(svc, hash)?;
         f.backend = index;
         f.epoch = be.epoch;
-        f.service = svc.id;
         f.state = bits;
         f.last_seen = now;
+        if syn {
+            remember_syn(key, index, be.epoch, now);
+        }
         count(if reopened {
             Counter::FlowNew
+        } else if stale {
+            Counter::FlowExpired
         } else {
             Counter::FlowRepick
         });
@@ -123,7 +216,33 @@ pub fn for_packet<'a>(
             cacheable: settled(bits, tcp),
         });
     }
-    let (index, be) = maglev::backend(svc, hash)?;
+    if syn {
+        // A retransmitted SYN finds its slot; a new one takes the table's backend.
+        let (index, be) = match half_open(key, timeouts, now) {
+            Some(chosen) => chosen,
+            None => {
+                let (index, be) = maglev::backend(svc, hash)?;
+                remember_syn(key, index, be.epoch, now);
+                (index, be)
+            }
+        };
+        count(Counter::FlowSyn);
+        return Ok(Chosen {
+            index,
+            backend: be,
+            new_flow: true,
+            cacheable: false,
+        });
+    }
+    // The handshake's ACK takes its SYN's backend; a flow whose SYN was not seen here
+    // takes the table's.
+    let (index, be, seen_syn) = match tcp.then(|| half_open(key, timeouts, now)).flatten() {
+        Some((index, be)) => (index, be, true),
+        None => {
+            let (index, be) = maglev::backend(svc, hash)?;
+            (index, be, false)
+        }
+    };
     if tcp_flags & TCP_RST != 0 {
         count(Counter::FlowRstNoEntry);
         return Ok(Chosen {
@@ -136,7 +255,6 @@ pub fn for_packet<'a>(
     let flow = Flow {
         backend: index,
         epoch: be.epoch,
-        service: svc.id,
         state: bits,
         last_seen: now,
     };
@@ -155,7 +273,8 @@ pub fn for_packet<'a>(
     Ok(Chosen {
         index,
         backend: be,
-        new_flow: true,
+        // Its SYN was counted as the new connection already.
+        new_flow: !seen_syn,
         cacheable: inserted && settled(bits, tcp),
     })
 }
@@ -174,21 +293,4 @@ pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Ba
         }
     }
     maglev::backend(svc, hash)
-}
-
-/// The NAT reverse entry of a backend's packet `key` (backend -> client), if any.
-#[inline(always)]
-pub fn nat_reverse(key: &FlowKey) -> Option<&'static NatReverse> {
-    // SAFETY: plain data; a concurrent eviction at worst gives stale values for this one
-    // packet.
-    unsafe { NAT_REVERSE.get(key) }
-}
-
-/// Remembers that the backend's packets `key` (backend -> client) are replies to translate
-/// back as `back` says.
-#[inline(always)]
-pub fn insert_nat_reverse(key: FlowKey, back: NatReverse) {
-    if NAT_REVERSE.insert(key, back, 0).is_err() {
-        count(Counter::FlowInsertFailed);
-    }
 }

@@ -5,8 +5,10 @@
 //! flows avoid them all: the per-CPU `FLOW_CACHE` (an array, whose lookups the verifier
 //! inlines) remembers what the full path decided; `bpf_jiffies64` (inlined too) dates
 //! it. A hit is used only when the backend's record still lets the flow stay (the same
-//! rule as the connection table's), the TCP packet carries no SYN/FIN/RST, and the entry
-//! is younger than `FLOW_CACHE_SYNC_JIFFIES`; otherwise the full path runs and refills.
+//! rule as the connection table's), the TCP packet carries no SYN/FIN/RST, a NAT entry's
+//! packet carries no VLAN tag (the full path refuses those), and the entry is younger
+//! than `FLOW_CACHE_SYNC_JIFFIES`; otherwise the full path runs and refills. Only
+//! packets it forwards count as hits and as traffic.
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use lb_common::{
     Backend, CACHE_DSR, CACHE_EMPTY, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, CachedFlow, Counter,
@@ -73,23 +75,32 @@ pub fn forward(
         dmac: e.dmac,
     };
     let bytes = frame_len(ctx) as u64;
-    let v = match e.kind {
-        CACHE_DSR if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => dsr::forward(ctx, ip, be),
-        CACHE_NAT_FORWARD if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
+    // What the full path would refuse or must see, it gets: a SYN, FIN or RST changes the
+    // flow's state; NAT does not forward VLAN-tagged packets.
+    if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || (ip.vlan && e.kind != CACHE_DSR) {
+        return None;
+    }
+    let (v, dir) = match e.kind {
+        CACHE_DSR => (dsr::forward(ctx, ip, be), Dir::In),
+        CACHE_NAT_FORWARD => {
             nat::rewrite_tcp_udp(ctx, ip, End::Dst, be.addr, be.port)?;
-            route::send(ctx, hop)
+            (route::send(ctx, hop), Dir::In)
         }
         CACHE_NAT_REPLY => {
             nat::rewrite_tcp_udp(ctx, ip, End::Src, e.addr, e.port)?;
-            let v = route::send(ctx, hop);
-            stats::count(Counter::NatReply);
-            stats::traffic(e.service, e.backend, bytes, Dir::Out, false);
-            return Some(v);
+            (route::send(ctx, hop), Dir::Out)
         }
         _ => return None,
     };
-    stats::count(Counter::FlowCacheHit);
-    stats::traffic(e.service, e.backend, bytes, Dir::In, false);
+    // Only what was forwarded counts as a hit and as traffic; a drop keeps its counter.
+    if v.forwarded() {
+        if dir == Dir::Out {
+            stats::count(Counter::NatReply);
+        } else {
+            stats::count(Counter::FlowCacheHit);
+        }
+        stats::traffic(e.service, e.backend, bytes, dir, false);
+    }
     Some(v)
 }
 

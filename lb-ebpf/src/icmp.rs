@@ -13,15 +13,15 @@
 //!   are translated back to come from the VIP, like any other reply.
 //! - Other ICMP to a VIP address: passed (`pass_vip_other`); to anything else: passed.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FlowKey, SERVICE_F_NAT, ServiceKey};
+use lb_common::{Counter, FlowKey, NatBackend, SERVICE_F_NAT, ServiceKey};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     conntrack, csum, dsr, maglev,
-    maps::{is_nat_source, is_vip, service},
+    maps::{is_vip, nat_backend, service},
     nat::{self, End},
     parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ptr_at},
-    route,
+    route::{self, Way},
     stats::{self, Dir},
     verdict::Verdict,
 };
@@ -109,8 +109,11 @@ fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
         }
         return error_to_backend(ctx, ip, &q);
     }
-    if q.dst == ip.src && q.src == ip.dst && is_nat_source(ip.src) {
-        return error_to_client(ctx, ip, &q);
+    if q.dst == ip.src
+        && q.src == ip.dst
+        && let Some(back) = nat_backend(q.dst, q.dport, q.proto)
+    {
+        return error_to_client(ctx, ip, &q, &back);
     }
     Verdict::pass(Counter::PassNotVip)
 }
@@ -152,11 +155,7 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
 
 /// NAT: an error a backend sent about a client's packet (quoted client -> backend).
 #[inline(always)]
-fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
-    let reverse = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    let Some(back) = conntrack::nat_reverse(&reverse) else {
-        return Verdict::pass(Counter::PassNotVip);
-    };
+fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted, back: &NatBackend) -> Verdict {
     if ip.ttl <= 1 {
         return Verdict::drop(Counter::DropTtl);
     }
@@ -186,7 +185,11 @@ fn translate(
     addr: u32,
     port: u16,
 ) -> Verdict {
-    let hop = match route::next_hop(ctx, ip, src, dst) {
+    let way = match outer {
+        End::Dst => Way::ToBackend,
+        End::Src => Way::ToClient,
+    };
+    let hop = match route::next_hop(ctx, ip, src, dst, way) {
         Ok(hop) => hop,
         Err(v) => return v,
     };

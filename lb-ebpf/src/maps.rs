@@ -1,21 +1,20 @@
 //! Every map of the datapath. Layouts and sizes live in `lb_common::maps`; the control
-//! plane fills these, the datapath only reads them (except the connection tables and
-//! the statistics, which it writes).
+//! plane fills these, the datapath only reads them (except the connection table, the
+//! half-open slots and the statistics, which it writes).
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    BPF_F_NO_COMMON_LRU, Backend, CachedFlow, Counter, DEFAULT_CONNTRACK_ENTRIES, FILTER_WORDS,
-    FLOW_CACHE_SLOTS, Flow, FlowKey, MAX_BACKENDS, MAX_NAT_SOURCES, MAX_SERVICES, MAX_VIPS,
-    NatReverse, Service, ServiceKey, TABLE_MAP_FLAGS, TABLE_SLOTS, TableChunk, TrafficStats,
-    filter_bit,
+    Backend, CachedFlow, Counter, DEFAULT_CONNTRACK_ENTRIES, FILTER_WORDS, FLOW_CACHE_SLOTS, Flow,
+    FlowKey, HALF_OPEN_SLOTS, HalfOpen, MAX_BACKENDS, MAX_NAT_BACKENDS, MAX_SERVICES, MAX_VIPS,
+    NatBackend, NatBackendKey, Service, ServiceKey, TABLE_MAP_FLAGS, TABLE_SLOTS, TableChunk,
+    Timeouts, TrafficStats, filter_bit,
 };
 
 const SERVICES_N: usize = MAX_SERVICES as usize;
 const BACKENDS_N: usize = MAX_BACKENDS as usize;
 const CONNTRACK_N: usize = DEFAULT_CONNTRACK_ENTRIES as usize;
-const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
 
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, Service, SERVICES_N> = HashMap::new();
@@ -52,21 +51,29 @@ pub static TABLES: ArrayOfMaps<
 #[btf_map]
 pub static BACKENDS: Array<Backend, BACKENDS_N> = Array::new();
 
-/// Client -> VIP flows. Size set by the control plane at load time.
+/// Client -> VIP flows. Size set by the control plane at load time. One LRU for all
+/// CPUs (no `BPF_F_NO_COMMON_LRU`): per-CPU LRU lists would split the preallocated
+/// entries evenly over every possible CPU, so with skewed RSS (or more possible than
+/// online CPUs) the table would fill long before `max_entries`.
 #[btf_map]
-pub static CONNTRACK: LruHashMap<FlowKey, Flow, CONNTRACK_N, LRU_FLAGS> = LruHashMap::new();
+pub static CONNTRACK: LruHashMap<FlowKey, Flow, CONNTRACK_N> = LruHashMap::new();
 
-/// NAT: backend -> client flows, to translate replies back. Sized like `CONNTRACK`.
+/// TCP SYNs' backends until the handshake completes (see `lb_common::HalfOpen`).
 #[btf_map]
-pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse, CONNTRACK_N, LRU_FLAGS> = LruHashMap::new();
+pub static HALF_OPEN: Array<HalfOpen, { HALF_OPEN_SLOTS as usize }> = Array::new();
+
+/// NAT backends -> how to translate their replies (from the configuration).
+#[btf_map]
+pub static NAT_BACKENDS: HashMap<NatBackendKey, NatBackend, { MAX_NAT_BACKENDS as usize }> =
+    HashMap::new();
+
+/// The connection table's timeouts (one entry, written by the control plane).
+#[btf_map]
+pub static TIMEOUTS: Array<Timeouts, 1> = Array::new();
 
 /// VIP addresses (value: number of services on the address).
 #[btf_map]
 pub static VIPS: HashMap<u32, u32, { MAX_VIPS as usize }> = HashMap::new();
-
-/// Addresses of NAT backends: only packets from these are looked up in `NAT_REVERSE`.
-#[btf_map]
-pub static NAT_SOURCES: HashMap<u32, u32, { MAX_NAT_SOURCES as usize }> = HashMap::new();
 
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
@@ -85,7 +92,8 @@ pub static FLOW_CACHE: PerCpuArray<CachedFlow, { FLOW_CACHE_SLOTS as usize }> = 
 #[btf_map]
 pub static VIP_FILTER: Array<u64, { FILTER_WORDS as usize }> = Array::new();
 
-/// Bitmap prefilter of NAT backend addresses.
+/// Bitmap prefilter of NAT backend addresses: only packets from these are looked up in
+/// `NAT_BACKENDS`.
 #[btf_map]
 pub static NAT_FILTER: Array<u64, { FILTER_WORDS as usize }> = Array::new();
 
@@ -102,8 +110,20 @@ pub fn is_vip(addr: u32) -> bool {
     in_filter(&VIP_FILTER, addr) && VIPS.get_ptr(addr).is_some()
 }
 
-/// Whether `addr` is the address of a NAT backend.
+/// How to translate back the replies of the NAT backend `addr:port` (`proto`), when
+/// it is one (the bitmap prefilter spares a hash lookup for other sources).
 #[inline(always)]
-pub fn is_nat_source(addr: u32) -> bool {
-    in_filter(&NAT_FILTER, addr) && NAT_SOURCES.get_ptr(addr).is_some()
+pub fn nat_backend(addr: u32, port: u16, proto: u8) -> Option<NatBackend> {
+    if !in_filter(&NAT_FILTER, addr) {
+        return None;
+    }
+    let key = NatBackendKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: plain data, copied out; an update meanwhile gives this one packet either
+    // the old or the new translation.
+    unsafe { NAT_BACKENDS.get(key).copied() }
 }

@@ -16,16 +16,19 @@
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::{error, warn};
 use lb_common::{
-    CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatReverse, SERVICE_F_NAT,
+    CACHE_DSR, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, Counter, FlowKey, NatBackend, SERVICE_F_NAT,
     Service, ServiceKey,
 };
 
 use crate::{
     conntrack, dsr, flow_cache, icmp, maglev,
-    maps::{BACKENDS, NAT_FILTER, VIP_FILTER, VIPS, in_filter, is_vip, service},
+    maps::{BACKENDS, VIP_FILTER, VIPS, in_filter, is_vip, nat_backend, service},
     nat::{self, End},
-    parse::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, Unparsed, frame_len},
-    route::{self, Hop},
+    parse::{
+        self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip, TCP_FIN, TCP_RST, TCP_SYN, Unparsed,
+        frame_len,
+    },
+    route::{self, Hop, Way},
     stats::{self, Dir},
     verdict::Verdict,
 };
@@ -86,10 +89,8 @@ fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
             return to_service(ctx, ip, &flow, slot, tcp_flags, &svc);
         }
     }
-    if in_filter(&NAT_FILTER, ip.src)
-        && let Some(back) = conntrack::nat_reverse(&flow)
-    {
-        return nat_reply(ctx, ip, &flow, slot, back);
+    if let Some(back) = nat_backend(ip.src, ports.sport, ip.proto) {
+        return nat_reply(ctx, ip, &flow, slot, tcp_flags, &back);
     }
     if maybe_vip && VIPS.get_ptr(ip.dst).is_some() {
         Verdict::pass(Counter::PassVipOther)
@@ -134,18 +135,7 @@ fn to_service(
         flow_cache::forget(slot);
     }
     let v = if svc.flags & SERVICE_F_NAT != 0 {
-        if chosen.new_flow {
-            let reverse = FlowKey::new(be.addr, ip.src, be.port, flow.sport, ip.proto);
-            let back = NatReverse {
-                vip: ip.dst,
-                vport: flow.dport,
-                _pad: 0,
-                backend: chosen.index,
-                service: svc.id,
-            };
-            conntrack::insert_nat_reverse(reverse, back);
-        }
-        let hop = match route::next_hop(ctx, ip, ip.src, be.addr) {
+        let hop = match route::next_hop(ctx, ip, ip.src, be.addr, Way::ToBackend) {
             Ok(hop) => hop,
             Err(v) => return v,
         };
@@ -193,14 +183,23 @@ fn to_service(
     v
 }
 
-/// A NAT backend's reply: translate the source back to VIP:port, cache the decision.
+/// A NAT backend's reply: translate the source back to VIP:port (as the configuration
+/// says: no per-connection state, so replies of connections another node placed are
+/// translated too), cache the decision.
 #[inline(always)]
-fn nat_reply(ctx: &XdpContext, ip: &Ip, flow: &FlowKey, slot: u32, back: &NatReverse) -> Verdict {
+fn nat_reply(
+    ctx: &XdpContext,
+    ip: &Ip,
+    flow: &FlowKey,
+    slot: u32,
+    tcp_flags: u8,
+    back: &NatBackend,
+) -> Verdict {
     if ip.ttl <= 1 {
         return Verdict::drop(Counter::DropTtl);
     }
     let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
-    let hop = match route::next_hop(ctx, ip, vip, ip.dst) {
+    let hop = match route::next_hop(ctx, ip, vip, ip.dst, Way::ToClient) {
         Ok(hop) => hop,
         Err(v) => return v,
     };
@@ -208,6 +207,7 @@ fn nat_reply(ctx: &XdpContext, ip: &Ip, flow: &FlowKey, slot: u32, back: &NatRev
         return Verdict::drop(Counter::DropInternal);
     }
     if hop.resolved
+        && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && let Some(be) = BACKENDS.get(backend)
     {
         flow_cache::fill(

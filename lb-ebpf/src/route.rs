@@ -5,8 +5,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -46,12 +46,24 @@ impl Hop {
     };
 }
 
+/// Which way a translated packet goes, for what a local destination means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Client -> backend: a backend on this host is a misconfiguration (dropped,
+    /// `drop_no_route`).
+    ToBackend,
+    /// Backend -> client: a packet from a NAT backend addressed to this host is not a
+    /// balanced connection's reply (a health check's, say): passed untranslated
+    /// (`pass_nat_local`).
+    ToClient,
+}
+
 /// The next hop from `src` to `dst` (the addresses the packet will carry), as the
-/// kernel's FIB sees it from the ingress interface. `Err` means drop, and nothing
-/// should be rewritten. An unresolved hop means: rewrite the packet and hand it to the
+/// kernel's FIB sees it from the ingress interface. `Err` means the verdict to give the
+/// packet untouched. An unresolved hop means: rewrite the packet and hand it to the
 /// kernel, which resolves the neighbour and forwards it.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32) -> Result<Hop, Verdict> {
+pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32, way: Way) -> Result<Hop, Verdict> {
     if ip.vlan {
         return Err(Verdict::drop(Counter::DropVlanUnsupported));
     }
@@ -94,6 +106,9 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32) -> Result<Hop, Ve
                 );
             }
             Err(Verdict::drop(Counter::DropMtu))
+        }
+        BPF_FIB_LKUP_RET_NOT_FWDED if way == Way::ToClient => {
+            Err(Verdict::pass(Counter::PassNatLocal))
         }
         _ => {
             if let Some(n) = stats::rare(Counter::DropNoRoute) {

@@ -1,16 +1,18 @@
-//! `cargo xtask bench control`: how long control requests take while the daemon sweeps a
-//! full connection table, for two builds side by side in one run: the daemon before the
-//! control plane lost its global lock (commit 341a9ec, built by xtask; `LB_BASELINE`
-//! names its binary) and this build.
+//! `cargo xtask bench control`: what the control plane costs with a large connection
+//! table, for two builds side by side in one run: the daemon before the control plane
+//! lost its global lock and its whole-table sweeps (commit 341a9ec, built by xtask;
+//! `LB_BASELINE` names its binary) and this build.
 //!
-//! For each build: `lb run` in a namespace of its own with one NAT service, a connection
-//! table of `LB_BENCH_ENTRIES` entries (1,000,000 by default) and `ageing_interval_s` 1,
-//! so a sweep of the whole table starts every second; the table is filled from
-//! userspace with live, established entries of that service (none ages out, every sweep
-//! reads them all), half from each CPU (the table's LRU lists are per CPU). Then, for
-//! `SECONDS`: one `list` request every 20 ms and one `backend_set` every 500 ms, each
-//! timed on one connection from send to the whole response line. Figures: median, 99th
-//! percentile and maximum in ms, and the daemon's CPU seconds over the window.
+//! For each table (`LB_BENCH_TABLES`, `FILL/MAX_ENTRIES,...`; by default 10 % and 100 %
+//! of 1M, and 10M) and each build: `lb run` in a namespace of its own with one NAT
+//! service, `conntrack.max_entries` MAX_ENTRIES and the default `ageing_interval_s` (5);
+//! the table is filled from userspace with FILL live, established entries of that
+//! service (none ages out), half from each CPU. Then:
+//! - how long until `lb service list` counts every kept entry as an active connection
+//!   (the counts of a complete walk of the table), at most `COUNT_WAIT`;
+//! - for `SECONDS`: one `list` request every 20 ms and one `backend_set` every 500 ms,
+//!   each timed on one connection from send to the whole response line: median, 99th
+//!   percentile and maximum in ms, and the daemon's CPU time per minute.
 //!
 //! Not a test: figures go into docs/BENCHMARKS.md with the command.
 use std::{
@@ -28,7 +30,23 @@ use lb_common::{BACKEND_F_LIVE, FLOW_ESTABLISHED, Flow, FlowKey, MAP_CONNTRACK};
 use lb_userspace::dataplane::{batch, inspect::Inspector};
 use serde_json::Value;
 
-const SECONDS: u64 = 15;
+const SECONDS: u64 = 30;
+/// How long to wait for the counts to cover the whole table.
+const COUNT_WAIT: Duration = Duration::from_secs(150);
+
+/// `Flow` as the build before 341a9ec's successor wrote it (24 bytes, with the service
+/// and nanoseconds), to fill the baseline's table.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OldFlow {
+    backend: u32,
+    epoch: u32,
+    service: u32,
+    state: u32,
+    last_seen: u64,
+}
+// SAFETY: plain data without padding.
+unsafe impl aya::Pod for OldFlow {}
 const VIP: &str = "10.100.0.20";
 const SERVICE: &str = "10.100.0.20:80/tcp";
 
@@ -38,10 +56,17 @@ fn main() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the control benchmark needs root (BPF, namespaces)"
     );
-    let entries: u32 = match std::env::var("LB_BENCH_ENTRIES") {
-        Ok(v) => v.parse().context("LB_BENCH_ENTRIES")?,
-        Err(_) => 1_000_000,
-    };
+    let tables = std::env::var("LB_BENCH_TABLES")
+        .unwrap_or_else(|_| "100000/1000000,1000000/1000000,10000000/10000000".into());
+    let tables: Vec<(u32, u32)> = tables
+        .split(',')
+        .map(|t| {
+            let (fill, max) = t
+                .split_once('/')
+                .context("LB_BENCH_TABLES: write FILL/MAX_ENTRIES,...")?;
+            Ok((fill.trim().parse()?, max.trim().parse()?))
+        })
+        .collect::<Result<_>>()?;
     let mut builds: Vec<(String, PathBuf)> = Vec::new();
     if let Ok(b) = std::env::var("LB_BASELINE") {
         builds.push(("341a9ec (one lock)".into(), b.into()));
@@ -50,29 +75,43 @@ fn main() -> Result<()> {
     }
     builds.push(("this build".into(), env!("CARGO_BIN_EXE_lb").into()));
     println!(
-        "Control requests during sweeps of a full connection table: {entries} entries, a sweep every second, {SECONDS} s per build"
+        "Control plane with a large connection table: ageing_interval_s 5, {SECONDS} s of requests per build and table"
     );
     println!(
-        "{:<20} {:>9} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>9}",
-        "build", "entries", "list", "p99", "max", "change", "p99", "max", "daemon"
+        "{:<20} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}",
+        "build",
+        "max",
+        "entries",
+        "counted",
+        "list",
+        "p99",
+        "max",
+        "change",
+        "p99",
+        "max",
+        "daemon"
     );
     println!(
-        "{:<20} {:>9} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>9}",
-        "", "kept", "p50 ms", "ms", "ms", "p50 ms", "ms", "ms", "CPU s"
+        "{:<20} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}",
+        "", "entries", "kept", "after s", "p50 ms", "ms", "ms", "p50 ms", "ms", "ms", "CPU s/min"
     );
-    for (label, bin) in builds {
-        let f = measure(&bin, entries)?;
-        println!(
-            "{label:<20} {:>9} {:>7.2} {:>7.2} {:>7.2} {:>9.2} {:>7.2} {:>7.2} {:>9.2}",
-            f.kept,
-            f.list.percentile(50),
-            f.list.percentile(99),
-            f.list.percentile(100),
-            f.change.percentile(50),
-            f.change.percentile(99),
-            f.change.percentile(100),
-            f.cpu_s
-        );
+    for (fill, max) in tables {
+        for (label, bin) in &builds {
+            let f = measure(bin, fill, max)?;
+            println!(
+                "{label:<20} {max:>9} {:>9} {:>8} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>7.2} {:>9.2}",
+                f.kept,
+                f.counted_after
+                    .map_or("never".to_string(), |d| format!("{:.0}", d.as_secs_f64())),
+                f.list.percentile(50),
+                f.list.percentile(99),
+                f.list.percentile(100),
+                f.change.percentile(50),
+                f.change.percentile(99),
+                f.change.percentile(100),
+                f.cpu_s * 60.0 / SECONDS as f64
+            );
+        }
     }
     Ok(())
 }
@@ -93,6 +132,8 @@ impl Latencies {
 
 struct Figures {
     kept: usize,
+    /// When `list` counted every kept entry (from the end of the fill).
+    counted_after: Option<Duration>,
     list: Latencies,
     change: Latencies,
     cpu_s: f64,
@@ -174,7 +215,7 @@ fn start(bin: &Path, ns: &Netns, entries: u32) -> Result<Daemon> {
     std::fs::write(
         &config,
         serde_json::json!({
-            "conntrack": {"max_entries": entries, "ageing_interval_s": 1},
+            "conntrack": {"max_entries": entries},
             "services": [{"vip": VIP, "port": 80, "forwarding": "nat", "table_size": 251,
                 "health_check": {"kind": "none"},
                 "backends": [{"address": "10.1.0.11"}, {"address": "10.1.0.12"}]}]
@@ -300,7 +341,7 @@ fn pin(cpu: usize) -> Result<()> {
 }
 
 /// Fills the connection table with `entries` established flows of the service, from
-/// every online CPU in turn.
+/// every online CPU in turn; returns how many it kept.
 fn fill(ns: &Netns, entries: u32) -> Result<usize> {
     let insp = Inspector::for_program(prog_id(ns)?)?;
     let key =
@@ -318,10 +359,18 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
+    // The baseline's entries are 24 bytes (with the service, in nanoseconds).
+    let old = map.info()?.value_size() as usize == size_of::<OldFlow>();
     let vip = u32::from_ne_bytes(VIP.parse::<Ipv4Addr>()?.octets());
     let cpus = std::thread::available_parallelism()?.get().min(2);
     let per_cpu = entries as usize / cpus;
     let flow = Flow {
+        backend: index,
+        epoch: be.epoch,
+        state: FLOW_ESTABLISHED,
+        last_seen: lb_common::coarse_seconds(now),
+    };
+    let old_flow = OldFlow {
         backend: index,
         epoch: be.epoch,
         service: svc.id,
@@ -347,8 +396,12 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
                         )
                     })
                     .collect();
-                let values = vec![flow; keys.len()];
-                batch::update(fd, &keys, &values).context("filling CONNTRACK")?;
+                if old {
+                    batch::update(fd, &keys, &vec![old_flow; keys.len()])
+                } else {
+                    batch::update(fd, &keys, &vec![flow; keys.len()])
+                }
+                .context("filling CONNTRACK")?;
                 Ok(())
             }));
         }
@@ -357,8 +410,18 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         }
         Ok(())
     })?;
-    let kept: Vec<(FlowKey, Flow)> = batch::dump(fd)?;
-    Ok(kept.len())
+    let mut walk = batch::Walk::default();
+    let mut kept = 0;
+    if old {
+        while let Some(b) = walk.next::<FlowKey, OldFlow>(fd, 65536)? {
+            kept += b.len();
+        }
+    } else {
+        while let Some(b) = walk.next::<FlowKey, Flow>(fd, 65536)? {
+            kept += b.len();
+        }
+    }
+    Ok(kept)
 }
 
 /// CPU seconds (user + system) the process has used.
@@ -377,13 +440,33 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / hz)
 }
 
-fn measure(bin: &Path, entries: u32) -> Result<Figures> {
+/// Active connections `list` shows in all.
+fn counted(v: &Value) -> u64 {
+    v["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["backends"].as_array().into_iter().flatten())
+        .map(|b| b["active_conns"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn measure(bin: &Path, fill_entries: u32, max_entries: u32) -> Result<Figures> {
     let ns = Netns::new()?;
-    let daemon = start(bin, &ns, entries)?;
-    let kept = fill(&ns, entries)?;
-    // Let the first sweep of the full table start.
-    std::thread::sleep(Duration::from_millis(1500));
+    let daemon = start(bin, &ns, max_entries)?;
+    let kept = fill(&ns, fill_entries)?;
+    let filled = Instant::now();
     let mut client = Client::connect(&daemon.socket)?;
+    let counted_after = loop {
+        let (v, _) = client.call(r#"{"op":"list"}"#)?;
+        if counted(&v) >= kept as u64 {
+            break Some(filled.elapsed());
+        }
+        if filled.elapsed() > COUNT_WAIT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let (mut list, mut change) = (Vec::new(), Vec::new());
     let cpu0 = cpu_seconds(daemon.child.id())?;
     let start = Instant::now();
@@ -405,6 +488,7 @@ fn measure(bin: &Path, entries: u32) -> Result<Figures> {
     drop(daemon);
     Ok(Figures {
         kept,
+        counted_after,
         list: Latencies(list),
         change: Latencies(change),
         cpu_s,

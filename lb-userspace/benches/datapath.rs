@@ -16,7 +16,8 @@ use anyhow::{Context as _, Result, ensure};
 use aya::maps::Array;
 use frame::{ACK, Frame, SYN, TCP, addr, ipv4, tcp};
 use lb_common::{
-    BACKEND_F_LIVE, Backend, Counter, DEFAULT_TABLE_SIZE, SERVICE_F_NAT, Service, ServiceKey,
+    BACKEND_F_LIVE, Backend, Counter, DEFAULT_TABLE_SIZE, NatBackend, NatBackendKey, SERVICE_F_NAT,
+    Service, ServiceKey,
 };
 use lb_userspace::dataplane::{Dataplane, Limits};
 
@@ -197,7 +198,21 @@ fn setup() -> Result<Bench> {
                 ..Default::default()
             },
         )?;
-        dp.set_nat_source(ne(a), 1)?;
+        dp.set_nat_backend(
+            NatBackendKey {
+                addr: ne(a),
+                port: 80u16.to_be(),
+                proto: TCP,
+                _pad: 0,
+            },
+            Some(NatBackend {
+                vip: ne("10.100.0.20"),
+                vport: 8080u16.to_be(),
+                _pad: 0,
+                backend: *i,
+                service: 1,
+            }),
+        )?;
     }
     for (id, vip, port, flags, backends) in [
         (0u32, "10.100.0.10", 80u16, 0u32, &dsr),

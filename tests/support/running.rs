@@ -303,6 +303,11 @@ impl Stream {
 impl Running {
     /// Starts downloading `/big` from the VIP (about 4 s at the lab's rate limit).
     pub fn stream(&self) -> Stream {
+        self.stream_with(&[])
+    }
+
+    /// [`Running::stream`] with more arguments for curl (e.g. `--limit-rate`).
+    pub fn stream_with(&self, extra: &[&str]) -> Stream {
         let headers = self
             .lab
             .dir
@@ -325,8 +330,11 @@ impl Running {
                     "/dev/null",
                     "-w",
                     "%{size_download}",
-                    &url,
-                ],
+                ]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .chain([url.as_str()])
+                .collect::<Vec<_>>(),
             )
             .stdout(std::process::Stdio::piped())
             .spawn()

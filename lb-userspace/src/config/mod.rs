@@ -5,7 +5,7 @@
 //! validated whole: the first problem found is reported with the field's path
 //! (`services[0].backends[2].weight`) and what to do about it, and nothing is applied.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -465,6 +465,7 @@ impl Config {
             ));
         }
         let mut seen = BTreeSet::new();
+        let mut nat_owners = BTreeMap::new();
         let mut backends = 0usize;
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -477,6 +478,22 @@ impl Config {
                         s.key()
                     ),
                 ));
+            }
+            if s.forwarding == Forwarding::Nat {
+                for (j, b) in s.backends.iter().enumerate() {
+                    let addr = b.socket_addr(s.port);
+                    if let Some(owner) = nat_owners.insert((addr, s.protocol), s.key())
+                        && owner != s.key()
+                    {
+                        return Err(err(
+                            format!("{at}.backends[{j}]"),
+                            format!(
+                                "backend {addr}/{} already serves NAT service {owner}: a NAT backend's address:port can serve one NAT service only (its replies are translated back to that service's VIP:port); give it another port",
+                                s.protocol.as_str()
+                            ),
+                        ));
+                    }
+                }
             }
             backends += s.backends.len();
         }
@@ -1026,6 +1043,30 @@ mod tests {
         Config::parse(r#"{"services": [{"vip": "10.1.1.1", "port": 53}, {"vip": "10.1.1.1", "port": 53, "protocol": "udp"}]}"#).unwrap();
         let e = reject(r#"{"conntrack": {"max_entries": 10}}"#);
         assert_eq!(e.field, "conntrack.max_entries");
+    }
+
+    #[test]
+    fn a_nat_backend_serves_one_nat_service() {
+        let e = reject(
+            r#"{"services": [
+                {"vip": "10.1.1.1", "port": 80, "forwarding": "nat", "backends": [{"address": "10.0.0.1"}]},
+                {"vip": "10.1.1.2", "port": 8080, "forwarding": "nat", "backends": [{"address": "10.0.0.2", "port": 8080}, {"address": "10.0.0.1", "port": 80}]}
+            ]}"#,
+        );
+        assert_eq!(e.field, "services[1].backends[1]");
+        assert!(e.reason.contains("10.0.0.1:80/tcp"), "{e}");
+        assert!(e.reason.contains("10.1.1.1:80/tcp"), "{e}");
+        assert!(e.reason.contains("another port"), "{e}");
+        // Another port, another protocol, or a DSR service may share the address.
+        Config::parse(
+            r#"{"services": [
+                {"vip": "10.1.1.1", "port": 80, "forwarding": "nat", "backends": [{"address": "10.0.0.1"}]},
+                {"vip": "10.1.1.2", "port": 81, "forwarding": "nat", "backends": [{"address": "10.0.0.1"}]},
+                {"vip": "10.1.1.1", "port": 80, "protocol": "udp", "forwarding": "nat", "backends": [{"address": "10.0.0.1"}]},
+                {"vip": "10.1.1.3", "port": 80, "backends": [{"address": "10.0.0.1"}]}
+            ]}"#,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -20,12 +20,13 @@ use tokio::{
 use super::{
     Context,
     controller::{Change, new_dsr_addresses},
-    sweeper::monotonic_coarse_ns,
-    views::{self, ConnFilter, Readings},
+    sweeper::now_seconds,
+    views::{self, ConnFilter, ConnsView, Readings},
 };
 use crate::{
     api::{MAX_LINE, Request, Response},
     config::Config,
+    dataplane::batch::Walk,
 };
 
 /// Binds the control socket at `path` (mode 0600, directory 0700 when lb creates it).
@@ -234,14 +235,18 @@ pub async fn handle(ctx: &Context, req: Request) -> Response {
             let ctx = ctx.clone();
             return blocking(move || {
                 let snap = ctx.snapshot();
-                let now = monotonic_coarse_ns();
-                let flows = ctx.conn_table.flows()?;
                 let filter = ConnFilter {
                     service,
                     backend,
                     limit,
                 };
-                Ok(Response::ok(&views::conns(&snap, &flows, now, filter)))
+                // In batches: memory stays bounded whatever the table's size.
+                let mut view = ConnsView::new(&snap, now_seconds(), filter);
+                let mut walk = Walk::default();
+                while let Some(batch) = ctx.conn_table.walk(&mut walk, 4096)? {
+                    view.add(&batch);
+                }
+                Ok(Response::ok(&view.finish()))
             })
             .await;
         }
@@ -286,10 +291,7 @@ async fn make(ctx: &Context, change: Change) -> Result<(), String> {
             .map_err(|e| format!("{e:#}"))?
     };
     match ctx.writer.change(change, found).await {
-        Ok(Ok(changed)) => {
-            ctx.sweeper.forget(changed.removed_services);
-            Ok(())
-        }
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(stopped) => Err(stopped.to_string()),
     }

@@ -360,13 +360,21 @@ impl<M: Maps> Controller<M> {
         self.neighbours.extend(found);
     }
 
-    /// Warns about DSR backends that newly cannot get traffic.
+    /// Warns about DSR backends that newly cannot get traffic (their flows re-pick), and
+    /// says when one that could not is reached again.
     fn log_problems(&self, found: &Neighbours) {
         for (a, r) in found {
-            if self.neighbours.get(a) != Some(r)
-                && let Err(why) = r
-            {
-                log::warn!("DSR backend {a} gets no traffic: {why}");
+            let before = self.neighbours.get(a);
+            if before == Some(r) {
+                continue;
+            }
+            match r {
+                Err(why) => log::warn!("DSR backend {a} gets no traffic: {why}"),
+                Ok(n) if matches!(before, Some(Err(_))) => log::info!(
+                    "DSR backend {a} is reachable again (MAC {}): it gets traffic again",
+                    crate::net::neighbour::format_mac(&n.mac)
+                ),
+                Ok(_) => {}
             }
         }
     }

@@ -17,7 +17,7 @@ use lb_common::{Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, Flow, FlowKey, Tr
 use super::{
     controller::Snapshot,
     metrics,
-    sweeper::{ConnCount, ConnCounts},
+    sweeper::{ConnCount, ConnCounts, Judge, flow_service},
 };
 use crate::{
     api::{
@@ -291,61 +291,89 @@ fn conn_state(k: &FlowKey, f: &Flow) -> ConnState {
     }
 }
 
-/// `lb conns`: the entries of `flows` (read at `now_ns`, the datapath's clock) that
-/// belong to a running service and pass the filter.
-pub fn conns(snap: &Snapshot, flows: &[(FlowKey, Flow)], now_ns: u64, filter: ConnFilter) -> Conns {
-    // index -> (epoch, backend); a flow whose epoch differs belongs to a backend that
-    // was removed (the index may already serve another one).
-    let by_index: BTreeMap<u32, (u32, SocketAddrV4)> = snap
-        .runtime
-        .services()
-        .flat_map(|s| s.backends.iter().map(|(a, b)| (b.index, (b.epoch, *a))))
-        .collect();
-    let by_id: BTreeMap<u32, ServiceKey> = snap
-        .runtime
-        .services()
-        .map(|s| (s.id, s.config.key()))
-        .collect();
-    let mut rows = Vec::new();
-    let mut total = 0usize;
-    for (k, f) in flows {
-        let Some(svc) = by_id.get(&f.service) else {
-            continue;
-        };
-        let be = match by_index.get(&f.backend) {
-            Some((epoch, be)) if *epoch == f.epoch => Some(*be),
-            _ => None,
-        };
-        if filter.service.is_some_and(|s| s != *svc) {
-            continue;
+/// `lb conns`, built batch by batch as the connection table is walked: the entries
+/// that belong to a running service, are not past their timeout (the datapath treats
+/// those as gone) and pass the filter.
+pub struct ConnsView {
+    judge: Judge,
+    now_s: u32,
+    filter: ConnFilter,
+    /// index -> (epoch, backend); a flow whose epoch differs belongs to a backend that
+    /// was removed (the index may already serve another one).
+    by_index: BTreeMap<u32, (u32, SocketAddrV4)>,
+    rows: Vec<ConnEntry>,
+    total: usize,
+}
+
+impl ConnsView {
+    /// `now_s` is the datapath's clock in seconds (`sweeper::now_seconds`).
+    pub fn new(snap: &Snapshot, now_s: u32, filter: ConnFilter) -> Self {
+        ConnsView {
+            judge: Judge::new(snap),
+            now_s,
+            filter,
+            by_index: snap
+                .runtime
+                .services()
+                .flat_map(|s| s.backends.iter().map(|(a, b)| (b.index, (b.epoch, *a))))
+                .collect(),
+            rows: Vec::new(),
+            total: 0,
         }
-        if let Some(b) = filter.backend
-            && !be.is_some_and(|be| b.address == *be.ip() && b.port.is_none_or(|p| p == be.port()))
-        {
-            continue;
-        }
-        total += 1;
-        if rows.len() >= filter.limit {
-            continue;
-        }
-        rows.push(ConnEntry {
-            protocol: if k.proto == Protocol::Tcp.number() {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
-            },
-            client: SocketAddrV4::new(Ipv4Addr::from(k.src.to_ne_bytes()), u16::from_be(k.sport)),
-            service: *svc,
-            backend: be,
-            state: conn_state(k, f),
-            idle_s: now_ns.saturating_sub(f.last_seen) / 1_000_000_000,
-        });
     }
-    Conns {
-        truncated: total > rows.len(),
-        conns: rows,
-        total,
+
+    pub fn add(&mut self, flows: &[(FlowKey, Flow)]) {
+        for (k, f) in flows {
+            let svc = flow_service(k);
+            if !self.judge.serves(k) || self.judge.expired(k, f, self.now_s) {
+                continue;
+            }
+            let be = match self.by_index.get(&f.backend) {
+                Some((epoch, be)) if *epoch == f.epoch => Some(*be),
+                _ => None,
+            };
+            if self.filter.service.is_some_and(|s| s != svc) {
+                continue;
+            }
+            if let Some(b) = self.filter.backend
+                && !be.is_some_and(|be| {
+                    b.address == *be.ip() && b.port.is_none_or(|p| p == be.port())
+                })
+            {
+                continue;
+            }
+            self.total += 1;
+            if self.rows.len() >= self.filter.limit {
+                continue;
+            }
+            self.rows.push(ConnEntry {
+                protocol: svc.protocol,
+                client: SocketAddrV4::new(
+                    Ipv4Addr::from(k.src.to_ne_bytes()),
+                    u16::from_be(k.sport),
+                ),
+                service: svc,
+                backend: be,
+                state: conn_state(k, f),
+                idle_s: u64::from(self.now_s.saturating_sub(f.last_seen)),
+            });
+        }
     }
+
+    pub fn finish(self) -> Conns {
+        Conns {
+            truncated: self.total > self.rows.len(),
+            conns: self.rows,
+            total: self.total,
+        }
+    }
+}
+
+/// `lb conns` over entries read at once (see [`ConnsView`]).
+pub fn conns(snap: &Snapshot, flows: &[(FlowKey, Flow)], now_s: u32, filter: ConnFilter) -> Conns {
+    let mut view = ConnsView::new(snap, now_s, filter);
+    view.add(flows);
+    view.finish()
 }
 
 /// Everything the metrics endpoint exports.
@@ -572,9 +600,8 @@ mod tests {
                 Flow {
                     backend: b11.index,
                     epoch,
-                    service: web.id,
                     state,
-                    last_seen: 1_000_000_000,
+                    last_seen: 9_997,
                 },
             )
         };
@@ -583,10 +610,15 @@ mod tests {
             flow(1001, b11.epoch, FLOW_ESTABLISHED | FLOW_FIN),
             flow(1002, b11.epoch + 1, 0),
         ];
+        // Past its timeout (the datapath treats it as gone), and of no running service.
+        let mut expired = flow(1003, b11.epoch, FLOW_ESTABLISHED);
+        expired.1.last_seen = 10_000 - snap.runtime.conntrack.tcp_timeout_s;
+        let mut elsewhere = flow(1004, b11.epoch, FLOW_ESTABLISHED);
+        elsewhere.0.dport = 81u16.to_be();
         let all = conns(
             &snap,
-            &flows,
-            4_000_000_000,
+            &[flows.clone(), vec![expired, elsewhere]].concat(),
+            10_000,
             ConnFilter {
                 limit: 100,
                 ..Default::default()
@@ -607,7 +639,7 @@ mod tests {
         let by_backend = conns(
             &snap,
             &flows,
-            4_000_000_000,
+            10_000,
             ConnFilter {
                 backend: Some("10.0.0.11".parse().unwrap()),
                 limit: 1,
@@ -625,7 +657,7 @@ mod tests {
         let other = conns(
             &snap,
             &flows,
-            0,
+            10_000,
             ConnFilter {
                 service: Some("10.100.0.20:53/udp".parse().unwrap()),
                 limit: 100,

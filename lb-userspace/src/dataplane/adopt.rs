@@ -31,7 +31,8 @@ impl Dataplane {
         let mut p = Pinned {
             services: entries(&self.services, "SERVICES")?,
             vips: entries(&self.vips, "VIPS")?,
-            nat_sources: entries(&self.nat_sources, "NAT_SOURCES")?,
+            nat_backends: entries(&self.nat_backends, "NAT_BACKENDS")?,
+            timeouts: self.timeouts.get(&0, 0).context("reading TIMEOUTS")?,
             ..Default::default()
         };
         for (i, be) in self.backends.iter().enumerate() {
@@ -75,8 +76,9 @@ impl Dataplane {
         for addr in p.vips.keys() {
             self.vip_filter.adopt(*addr);
         }
-        for addr in p.nat_sources.keys() {
-            self.nat_filter.adopt(*addr);
+        for key in p.nat_backends.keys() {
+            self.nat_filter.adopt(key.addr);
+            self.nat_keys.insert(*key);
         }
         Ok(p)
     }

@@ -45,42 +45,74 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 /// Every entry of a hash-type map (a snapshot taken bucket by bucket; entries added or
 /// removed meanwhile may or may not appear).
 pub fn dump<K: Pod, V: Pod>(fd: RawFd) -> io::Result<Vec<(K, V)>> {
-    let mut chunk = 4096usize;
     let mut out = Vec::new();
-    let mut token: u32 = 0;
-    let mut first = true;
-    loop {
-        let mut keys: Vec<K> = Vec::with_capacity(chunk);
-        let mut values: Vec<V> = Vec::with_capacity(chunk);
-        let mut next: u32 = 0;
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const token) as u64 },
-            out_batch: (&raw mut next) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd as u32,
-            ..Default::default()
-        };
-        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // Entries are filled on success and on the final ENOENT alike.
-        let filled = (attr.count as usize).min(chunk);
-        // SAFETY: the kernel wrote `filled` (<= chunk) whole keys and values.
-        unsafe {
-            keys.set_len(filled);
-            values.set_len(filled);
+    let mut walk = Walk::default();
+    while let Some(batch) = walk.next(fd, 4096)? {
+        out.extend(batch);
+    }
+    Ok(out)
+}
+
+/// A walk over a hash-type map, one batch at a time, that can pause between batches for
+/// as long as it likes (it resumes at the bucket it stopped at). Entries added or
+/// removed meanwhile may or may not appear; none appears twice unless it is re-added.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Walk {
+    /// Where the next batch starts (the kernel's bucket token), after the first.
+    token: Option<u32>,
+    done: bool,
+}
+
+impl Walk {
+    /// The next entries (about `chunk`; a batch ends at a bucket's end, so it may hold
+    /// fewer, even none), or `None` once the walk has passed the map's end.
+    pub fn next<K: Pod, V: Pod>(
+        &mut self,
+        fd: RawFd,
+        chunk: usize,
+    ) -> io::Result<Option<Vec<(K, V)>>> {
+        if self.done {
+            return Ok(None);
         }
-        out.extend(keys.into_iter().zip(values));
-        match r {
-            Ok(()) => {
-                token = next;
-                first = false;
+        let mut chunk = chunk.max(1);
+        loop {
+            let mut keys: Vec<K> = Vec::with_capacity(chunk);
+            let mut values: Vec<V> = Vec::with_capacity(chunk);
+            let token = self.token.unwrap_or(0);
+            let mut next: u32 = 0;
+            let mut attr = BatchAttr {
+                in_batch: if self.token.is_some() {
+                    (&raw const token) as u64
+                } else {
+                    0
+                },
+                out_batch: (&raw mut next) as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: chunk as u32,
+                map_fd: fd as u32,
+                ..Default::default()
+            };
+            let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            // Entries are filled on success and on the final ENOENT alike.
+            let filled = (attr.count as usize).min(chunk);
+            // SAFETY: the kernel wrote `filled` (<= chunk) whole keys and values.
+            unsafe {
+                keys.set_len(filled);
+                values.set_len(filled);
             }
-            // The end of the map.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            // One bucket holds more entries than fit: retry it with room for them.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && filled == 0 => chunk *= 2,
-            Err(e) => return Err(e),
+            match r {
+                Ok(()) => self.token = Some(next),
+                // The end of the map.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.done = true,
+                // One bucket holds more entries than fit: retry it with room for them.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && filled == 0 => {
+                    chunk *= 2;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            return Ok(Some(keys.into_iter().zip(values).collect()));
         }
     }
 }

@@ -1,64 +1,55 @@
-//! The connection tables (`CONNTRACK`, `NAT_REVERSE`) seen from userspace: whole-table
-//! reads and deletes in batches (for the sweeper and `lb conns`), single entries (for
-//! tests and tools). A [`ConnTable`] has file descriptors of its own, so the sweeper and
-//! the readers work beside the controller.
+//! The connection table (`CONNTRACK`) seen from userspace: walks and deletes in batches
+//! (for the sweeper and `lb conns`), single entries (for tests and tools). A
+//! [`ConnTable`] has a file descriptor of its own, so the sweeper and the readers work
+//! beside the controller.
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use super::error::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{Flow, FlowKey, NatReverse};
+use lb_common::{Flow, FlowKey};
 
 use super::{
-    batch,
+    batch::{self, Walk},
     maps::{get_if_present, remove_if_present, second_handle},
 };
 
 pub struct ConnTable {
     conntrack: HashMap<MapData, FlowKey, Flow>,
-    nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
 }
 
 impl ConnTable {
-    pub(super) fn new(
-        conntrack: HashMap<MapData, FlowKey, Flow>,
-        nat_reverse: HashMap<MapData, FlowKey, NatReverse>,
-    ) -> Self {
-        ConnTable {
-            conntrack,
-            nat_reverse,
-        }
+    pub(super) fn new(conntrack: HashMap<MapData, FlowKey, Flow>) -> Self {
+        ConnTable { conntrack }
     }
 
-    /// Another handle on the same maps.
+    /// Another handle on the same map.
     pub fn try_clone(&self) -> Result<Self> {
         Ok(ConnTable {
             conntrack: second_handle(&self.conntrack, Map::LruHashMap)?,
-            nat_reverse: second_handle(&self.nat_reverse, Map::LruHashMap)?,
         })
     }
 
-    fn conntrack_fd(&self) -> i32 {
+    fn fd(&self) -> i32 {
         aya::maps::IterableMap::map(&self.conntrack)
             .fd()
             .as_fd()
             .as_raw_fd()
     }
 
-    fn nat_reverse_fd(&self) -> i32 {
-        aya::maps::IterableMap::map(&self.nat_reverse)
-            .fd()
-            .as_fd()
-            .as_raw_fd()
+    /// Every connection-table entry (a snapshot; entries may come and go meanwhile).
+    /// Whole-table reads are for tests and tools: the daemon walks in batches.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        batch::dump(self.fd()).context("reading CONNTRACK")
     }
 
-    /// Every connection-table entry (a snapshot; entries may come and go meanwhile).
-    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        batch::dump(self.conntrack_fd()).context("reading CONNTRACK")
+    /// The next batch of about `chunk` entries of `walk` (see [`Walk`]), `None` at the end.
+    pub fn walk(&self, walk: &mut Walk, chunk: usize) -> Result<Option<Vec<(FlowKey, Flow)>>> {
+        walk.next(self.fd(), chunk).context("reading CONNTRACK")
     }
 
     /// Deletes connection-table entries (missing ones are fine).
     pub fn remove_flows(&self, keys: &[FlowKey]) -> Result<()> {
-        batch::delete(self.conntrack_fd(), keys).context("deleting from CONNTRACK")
+        batch::delete(self.fd(), keys).context("deleting from CONNTRACK")
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
@@ -75,21 +66,8 @@ impl ConnTable {
         remove_if_present(&mut self.conntrack, key).context("removing from CONNTRACK")
     }
 
-    /// Every NAT reverse entry (a snapshot).
-    pub fn nat_reverse_entries(&self) -> Result<Vec<(FlowKey, NatReverse)>> {
-        batch::dump(self.nat_reverse_fd()).context("reading NAT_REVERSE")
-    }
-
-    /// Deletes NAT reverse entries (missing ones are fine).
-    pub fn remove_nat_reverses(&self, keys: &[FlowKey]) -> Result<()> {
-        batch::delete(self.nat_reverse_fd(), keys).context("deleting from NAT_REVERSE")
-    }
-
-    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
-        get_if_present(&self.nat_reverse, key).context("reading NAT_REVERSE")
-    }
-
-    pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
-        remove_if_present(&mut self.nat_reverse, key).context("removing from NAT_REVERSE")
+    /// Writes many entries at once (benchmarks and tests fill the table with it).
+    pub fn insert_flows(&self, keys: &[FlowKey], flows: &[Flow]) -> Result<()> {
+        batch::update(self.fd(), keys, flows).context("writing CONNTRACK")
     }
 }

@@ -16,8 +16,8 @@ use aya::{
     programs::loaded_programs,
 };
 use lb_common::{
-    Backend, Counter, MAP_BACKENDS, MAP_NAT_SOURCES, MAP_SERVICES, MAP_STATS, MAP_TABLES, MAP_VIPS,
-    Service, ServiceKey, TABLE_CHUNK, TableChunk, table_index,
+    Backend, Counter, MAP_BACKENDS, MAP_NAT_BACKENDS, MAP_SERVICES, MAP_STATS, MAP_TABLES,
+    MAP_VIPS, NatBackend, NatBackendKey, Service, ServiceKey, TABLE_CHUNK, TableChunk, table_index,
 };
 
 /// The kernel keeps at most 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16, with
@@ -31,7 +31,7 @@ pub struct Inspector {
     tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
     backends: Array<MapData, Backend>,
     vips: HashMap<MapData, u32, u32>,
-    nat_sources: HashMap<MapData, u32, u32>,
+    nat_backends: HashMap<MapData, NatBackendKey, NatBackend>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -78,7 +78,7 @@ impl Inspector {
             tables: open(&mut maps, prog_id, MAP_TABLES)?,
             backends: open(&mut maps, prog_id, MAP_BACKENDS)?,
             vips: open(&mut maps, prog_id, MAP_VIPS)?,
-            nat_sources: open(&mut maps, prog_id, MAP_NAT_SOURCES)?,
+            nat_backends: open(&mut maps, prog_id, MAP_NAT_BACKENDS)?,
             stats: open(&mut maps, prog_id, MAP_STATS)?,
         })
     }
@@ -148,15 +148,14 @@ impl Inspector {
         Ok(out)
     }
 
-    /// `NAT_SOURCES`: (NAT backend address in network order, number of NAT backends on
-    /// it), sorted.
-    pub fn nat_sources(&self) -> Result<Vec<(u32, u32)>> {
+    /// `NAT_BACKENDS`: (NAT backend, how its replies are translated), sorted.
+    pub fn nat_backends(&self) -> Result<Vec<(NatBackendKey, NatBackend)>> {
         let mut out = self
-            .nat_sources
+            .nat_backends
             .iter()
             .collect::<Result<Vec<_>, _>>()
-            .context("reading NAT_SOURCES")?;
-        out.sort_unstable();
+            .context("reading NAT_BACKENDS")?;
+        out.sort_unstable_by_key(|(k, _)| *k);
         Ok(out)
     }
 

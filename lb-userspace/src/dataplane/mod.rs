@@ -25,10 +25,11 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Flow, FlowKey, GRACE_SLOT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_NAT_FILTER, MAP_NAT_REVERSE, MAP_NAT_SOURCES, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
-    MAP_TABLES, MAP_VIP_FILTER, MAP_VIPS, NatReverse, PINNED_MAPS, Service, ServiceKey,
-    TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, TrafficStats, table_index,
+    Backend, Flow, FlowKey, GRACE_SLOT, HalfOpen, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_HALF_OPEN, MAP_NAT_BACKENDS, MAP_NAT_FILTER, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
+    MAP_TABLES, MAP_TIMEOUTS, MAP_VIP_FILTER, MAP_VIPS, NatBackend, NatBackendKey, PINNED_MAPS,
+    Service, ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts, TrafficStats,
+    table_index,
 };
 
 pub mod adopt;
@@ -57,7 +58,7 @@ use self::{
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Entries of `CONNTRACK` and of `NAT_REVERSE`.
+    /// Entries of `CONNTRACK`.
     pub conntrack_entries: u32,
 }
 
@@ -90,7 +91,10 @@ pub struct Dataplane {
     grace: Grace,
     backends: Array<MapData, Backend>,
     vips: HashMap<MapData, u32, u32>,
-    nat_sources: HashMap<MapData, u32, u32>,
+    nat_backends: HashMap<MapData, NatBackendKey, NatBackend>,
+    /// The keys `NAT_BACKENDS` holds (the NAT prefilter has their addresses).
+    nat_keys: std::collections::BTreeSet<NatBackendKey>,
+    timeouts: Array<MapData, Timeouts>,
     vip_filter: AddressFilter,
     nat_filter: AddressFilter,
     counters: Counters,
@@ -121,15 +125,20 @@ impl Attached {
 /// Checks every pinned map is what this binary reads and writes: its kernel type, key
 /// and value sizes, and the connection table's size.
 fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()> {
-    use lb_common::{NatReverse as Nr, TrafficStats as Ts};
-    let expected: [(&str, usize, usize); 12] = [
+    use lb_common::TrafficStats as Ts;
+    let expected: [(&str, usize, usize); 13] = [
         (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<Service>()),
         (MAP_TABLES, 4, 4),
         (MAP_BACKENDS, 4, size_of::<Backend>()),
         (MAP_CONNTRACK, size_of::<FlowKey>(), size_of::<Flow>()),
-        (MAP_NAT_REVERSE, size_of::<FlowKey>(), size_of::<Nr>()),
+        (MAP_HALF_OPEN, 4, size_of::<HalfOpen>()),
+        (
+            MAP_NAT_BACKENDS,
+            size_of::<NatBackendKey>(),
+            size_of::<NatBackend>(),
+        ),
+        (MAP_TIMEOUTS, 4, size_of::<Timeouts>()),
         (MAP_VIPS, 4, 4),
-        (MAP_NAT_SOURCES, 4, 4),
         (MAP_VIP_FILTER, 4, 8),
         (MAP_NAT_FILTER, 4, 8),
         (MAP_STATS, 4, 8),
@@ -216,9 +225,7 @@ impl Dataplane {
             )));
         }
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(MAP_CONNTRACK, limits.conntrack_entries)
-            .map_max_entries(MAP_NAT_REVERSE, limits.conntrack_entries);
+        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_entries);
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
@@ -286,7 +293,9 @@ impl Dataplane {
             grace,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
             vips: take(&mut ebpf, MAP_VIPS)?,
-            nat_sources: take(&mut ebpf, MAP_NAT_SOURCES)?,
+            nat_backends: take(&mut ebpf, MAP_NAT_BACKENDS)?,
+            nat_keys: Default::default(),
+            timeouts: take(&mut ebpf, MAP_TIMEOUTS)?,
             vip_filter: AddressFilter::new(take(&mut ebpf, MAP_VIP_FILTER)?),
             nat_filter: AddressFilter::new(take(&mut ebpf, MAP_NAT_FILTER)?),
             counters: Counters::new(
@@ -294,10 +303,7 @@ impl Dataplane {
                 take(&mut ebpf, MAP_SERVICE_STATS)?,
                 take(&mut ebpf, MAP_BACKEND_STATS)?,
             ),
-            conns: ConnTable::new(
-                take(&mut ebpf, MAP_CONNTRACK)?,
-                take(&mut ebpf, MAP_NAT_REVERSE)?,
-            ),
+            conns: ConnTable::new(take(&mut ebpf, MAP_CONNTRACK)?),
             ebpf,
         })
     }
@@ -614,17 +620,58 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Sets the number of NAT backends on an address (0 removes it), keeping the
-    /// prefilter in step like [`Self::set_vip`].
-    pub fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<()> {
-        if backends > 0 {
-            self.nat_filter.add(addr).context("writing NAT_FILTER")?;
-        }
-        set_count(&mut self.nat_sources, addr, backends).context("writing NAT_SOURCES")?;
-        if backends == 0 {
-            self.nat_filter.remove(addr).context("writing NAT_FILTER")?;
+    /// Sets (or, with `None`, removes) how a NAT backend's replies are translated back.
+    /// The backend's address enters the NAT prefilter before its first entry and leaves
+    /// it after its last, like [`Self::set_vip`].
+    pub fn set_nat_backend(&mut self, key: NatBackendKey, back: Option<NatBackend>) -> Result<()> {
+        let same_addr = |keys: &std::collections::BTreeSet<NatBackendKey>| {
+            keys.range(
+                NatBackendKey {
+                    addr: key.addr,
+                    ..Default::default()
+                }..=NatBackendKey {
+                    addr: key.addr,
+                    port: u16::MAX,
+                    proto: u8::MAX,
+                    _pad: u8::MAX,
+                },
+            )
+            .count()
+        };
+        match back {
+            Some(b) => {
+                if same_addr(&self.nat_keys) == 0 {
+                    self.nat_filter
+                        .add(key.addr)
+                        .context("writing NAT_FILTER")?;
+                }
+                self.nat_backends
+                    .insert(key, b, 0)
+                    .context("writing NAT_BACKENDS")?;
+                self.nat_keys.insert(key);
+            }
+            None => {
+                remove_if_present(&mut self.nat_backends, &key).context("writing NAT_BACKENDS")?;
+                self.nat_keys.remove(&key);
+                if same_addr(&self.nat_keys) == 0 {
+                    self.nat_filter
+                        .remove(key.addr)
+                        .context("writing NAT_FILTER")?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The reply translation of a NAT backend, if it has one (tests and tools).
+    pub fn nat_backend(&self, key: &NatBackendKey) -> Result<Option<NatBackend>> {
+        get_if_present(&self.nat_backends, key).context("reading NAT_BACKENDS")
+    }
+
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
+        self.timeouts
+            .set(0, timeouts, 0)
+            .context("writing TIMEOUTS")
     }
 
     /// Global counters, summed over CPUs, in [`lb_common::Counter::ALL`] order.
@@ -671,24 +718,6 @@ impl Dataplane {
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
         self.conns.remove_flow(key)
     }
-
-    /// Every NAT reverse entry (a snapshot).
-    pub fn nat_reverse_entries(&self) -> Result<Vec<(FlowKey, NatReverse)>> {
-        self.conns.nat_reverse_entries()
-    }
-
-    /// Deletes NAT reverse entries (missing ones are fine).
-    pub fn remove_nat_reverses(&mut self, keys: &[FlowKey]) -> Result<()> {
-        self.conns.remove_nat_reverses(keys)
-    }
-
-    pub fn nat_reverse(&self, key: &FlowKey) -> Result<Option<NatReverse>> {
-        self.conns.nat_reverse(key)
-    }
-
-    pub fn remove_nat_reverse(&mut self, key: &FlowKey) -> Result<()> {
-        self.conns.remove_nat_reverse(key)
-    }
 }
 
 /// The raw fd of a map usable as an inner map.
@@ -718,8 +747,11 @@ impl crate::model::apply::Maps for Dataplane {
     fn set_vip(&mut self, addr: u32, services: u32) -> Result<()> {
         Dataplane::set_vip(self, addr, services)
     }
-    fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<()> {
-        Dataplane::set_nat_source(self, addr, backends)
+    fn set_nat_backend(&mut self, key: NatBackendKey, back: Option<NatBackend>) -> Result<()> {
+        Dataplane::set_nat_backend(self, key, back)
+    }
+    fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
+        Dataplane::set_timeouts(self, timeouts)
     }
     fn reset_backend_stats(&mut self, index: u32) -> Result<()> {
         Dataplane::reset_backend_stats(self, index)

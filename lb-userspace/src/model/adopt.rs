@@ -32,8 +32,10 @@ pub struct Pinned {
     pub tables: BTreeMap<u32, Vec<u32>>,
     /// VIP address (network order) -> services on it.
     pub vips: BTreeMap<u32, u32>,
-    /// NAT backend address (network order) -> NAT backends on it.
-    pub nat_sources: BTreeMap<u32, u32>,
+    /// NAT backends' reply translations.
+    pub nat_backends: BTreeMap<lb_common::NatBackendKey, lb_common::NatBackend>,
+    /// The connection table's timeouts.
+    pub timeouts: lb_common::Timeouts,
 }
 
 fn live(b: &Backend) -> bool {
@@ -96,7 +98,8 @@ impl Image {
                 .map(|(i, b)| (*i, *b))
                 .collect(),
             vips: p.vips.clone(),
-            nat_sources: p.nat_sources.clone(),
+            nat_backends: p.nat_backends.clone(),
+            timeouts: p.timeouts,
         }
     }
 }
@@ -135,7 +138,13 @@ impl Runtime {
                     continue;
                 };
                 kept_indexes.insert(*index);
-                let failed = b.flags & BACKEND_F_REPICK != 0 && cfg.state != AdminState::Maint;
+                // Re-pick marks a backend down, in maintenance, or (DSR) without a
+                // neighbour: only the first is a failed check (the others are looked
+                // at again by the new daemon).
+                let unreachable = !nat && b.mac == [0; 6];
+                let failed = b.flags & BACKEND_F_REPICK != 0
+                    && cfg.state != AdminState::Maint
+                    && !unreachable;
                 backends.insert(
                     addr,
                     BackendState {
@@ -249,7 +258,8 @@ mod tests {
             backends: maps.backends.clone(),
             tables: maps.tables.clone(),
             vips: maps.vips.clone(),
-            nat_sources: maps.nat_sources.clone(),
+            nat_backends: maps.nat_backends.clone(),
+            timeouts: maps.timeouts,
         };
         (r, pinned)
     }

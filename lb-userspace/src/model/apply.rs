@@ -5,18 +5,22 @@
 //! single write):
 //! 1. every service in `SERVICES` has a table, and every slot of it names a backend whose
 //!    record is live and not flagged re-pick;
-//! 2. every service's VIP is in `VIPS`, every NAT service's backend address in
-//!    `NAT_SOURCES` (the prefilters are kept with them by `Dataplane`);
+//! 2. every service's VIP is in `VIPS` and every live NAT backend in `NAT_BACKENDS` (its
+//!    replies are translated back; the prefilters are kept with both by `Dataplane`);
 //! 3. a table never shrinks under a service record that still announces the old size
 //!    (slot = hash % size must stay inside the table).
 //!
-//! Order: (1) counts and backend records that become usable; (2) tables; (3) service
-//! records; then, retiring: (4) service records that go, (5) their counts, (6) backend
-//! records that stop being usable or go, (7) tables of services that went (replaced by
+//! Order: (1) timeouts, counts, NAT reply translations and backend records that become
+//! usable; (2) tables; (3) service records; then, retiring: (4) service records that
+//! go, (5) their counts, (6) backend records that stop being usable or go, then the NAT
+//! reply translations of those that went, (7) tables of services that went (replaced by
 //! empty ones, which frees their memory).
 use std::{collections::BTreeSet, sync::Arc};
 
-use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, Service, ServiceKey};
+use lb_common::{
+    BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, NatBackend, NatBackendKey, Service,
+    ServiceKey, Timeouts,
+};
 
 use crate::model::runtime::Image;
 
@@ -29,7 +33,13 @@ pub trait Maps {
     fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<(), Self::Error>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), Self::Error>;
     fn set_vip(&mut self, addr: u32, services: u32) -> Result<(), Self::Error>;
-    fn set_nat_source(&mut self, addr: u32, backends: u32) -> Result<(), Self::Error>;
+    /// Sets (or, with `None`, removes) how a NAT backend's replies are translated back.
+    fn set_nat_backend(
+        &mut self,
+        key: NatBackendKey,
+        back: Option<NatBackend>,
+    ) -> Result<(), Self::Error>;
+    fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<(), Self::Error>;
     /// Zeroes the statistics of a backend index / service id before it is reused.
     fn reset_backend_stats(&mut self, index: u32) -> Result<(), Self::Error>;
     fn reset_service_stats(&mut self, id: u32) -> Result<(), Self::Error>;
@@ -47,15 +57,19 @@ fn usable(b: &Backend) -> bool {
 /// Brings the datapath from `old` to `new`. On error the datapath may hold a mix of both,
 /// still consistent (every step keeps the invariants); applying `new` again finishes it.
 pub fn apply<M: Maps + ?Sized>(maps: &mut M, old: &Image, new: &Image) -> Result<(), M::Error> {
-    // (1) counts that grow, backend records that become (or stay) usable.
+    // (1) timeouts, counts that grow, NAT reply translations, backend records that
+    // become (or stay) usable.
+    if old.timeouts != new.timeouts {
+        maps.set_timeouts(new.timeouts)?;
+    }
     for (addr, n) in &new.vips {
         if old.vips.get(addr).is_none_or(|o| o < n) {
             maps.set_vip(*addr, *n)?;
         }
     }
-    for (addr, n) in &new.nat_sources {
-        if old.nat_sources.get(addr).is_none_or(|o| o < n) {
-            maps.set_nat_source(*addr, *n)?;
+    for (key, back) in &new.nat_backends {
+        if old.nat_backends.get(key) != Some(back) {
+            maps.set_nat_backend(*key, Some(*back))?;
         }
     }
     for (index, be) in &new.backends {
@@ -115,12 +129,6 @@ pub fn apply<M: Maps + ?Sized>(maps: &mut M, old: &Image, new: &Image) -> Result
             maps.set_vip(*addr, now)?;
         }
     }
-    for (addr, n) in &old.nat_sources {
-        let now = new.nat_sources.get(addr).copied().unwrap_or(0);
-        if now < *n {
-            maps.set_nat_source(*addr, now)?;
-        }
-    }
     // (6) backend records that stop being usable, and those that go.
     for (index, be) in &new.backends {
         if !usable(be) && old.backends.get(index) != Some(be) {
@@ -130,6 +138,11 @@ pub fn apply<M: Maps + ?Sized>(maps: &mut M, old: &Image, new: &Image) -> Result
     for (index, be) in &old.backends {
         if !new.backends.contains_key(index) {
             maps.set_backend(*index, Backend { flags: 0, ..*be })?;
+        }
+    }
+    for key in old.nat_backends.keys() {
+        if !new.nat_backends.contains_key(key) {
+            maps.set_nat_backend(*key, None)?;
         }
     }
     // (7) tables of services that went: an empty table frees the old one's memory.
@@ -165,7 +178,8 @@ pub(crate) mod tests {
         pub tables: BTreeMap<u32, Vec<u32>>,
         pub backends: BTreeMap<u32, Backend>,
         pub vips: BTreeMap<u32, u32>,
-        pub nat_sources: BTreeMap<u32, u32>,
+        pub nat_backends: BTreeMap<NatBackendKey, NatBackend>,
+        pub timeouts: Timeouts,
         pub writes: usize,
         /// The write (counted from 1) that fails, to test rollbacks.
         pub fail_at: Option<usize>,
@@ -224,10 +238,19 @@ pub(crate) mod tests {
                         .values()
                         .filter(|b| b.service == svc.id && b.flags != 0)
                     {
+                        let nb = NatBackendKey {
+                            addr: be.addr,
+                            port: be.port,
+                            proto: key.proto,
+                            _pad: 0,
+                        };
                         assert!(
-                            self.nat_sources.get(&be.addr).is_some_and(|n| *n > 0),
-                            "write {}: NAT backend missing from NAT_SOURCES",
-                            self.writes
+                            self.nat_backends.get(&nb).is_some_and(|b| b.vip == key.vip
+                                && b.vport == key.port
+                                && b.service == svc.id),
+                            "write {}: NAT backend {nb:?} of service {} has no reply translation",
+                            self.writes,
+                            svc.id
                         );
                     }
                 }
@@ -272,13 +295,17 @@ pub(crate) mod tests {
             }
             self.check()
         }
-        fn set_nat_source(&mut self, addr: u32, n: u32) -> Result<()> {
+        fn set_nat_backend(&mut self, key: NatBackendKey, back: Option<NatBackend>) -> Result<()> {
             self.write()?;
-            if n == 0 {
-                self.nat_sources.remove(&addr);
-            } else {
-                self.nat_sources.insert(addr, n);
-            }
+            match back {
+                Some(b) => self.nat_backends.insert(key, b),
+                None => self.nat_backends.remove(&key),
+            };
+            self.check()
+        }
+        fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
+            self.write()?;
+            self.timeouts = timeouts;
             self.check()
         }
         fn reset_backend_stats(&mut self, _: u32) -> Result<()> {
@@ -326,7 +353,8 @@ pub(crate) mod tests {
             apply(&mut maps, &old, &new).unwrap();
             assert_eq!(maps.services, new.services);
             assert_eq!(maps.vips, new.vips);
-            assert_eq!(maps.nat_sources, new.nat_sources);
+            assert_eq!(maps.nat_backends, new.nat_backends);
+            assert_eq!(maps.timeouts, new.timeouts);
             for (id, t) in &new.tables {
                 assert_eq!(&maps.tables[id], t.as_ref());
             }

@@ -19,8 +19,8 @@ use lb_common::{
 
 use crate::{
     config::{
-        AdminState, BackendConfig, Config, ConfigError, ConntrackConfig, Forwarding, ServiceConfig,
-        ServiceKey,
+        AdminState, BackendConfig, Config, ConfigError, ConntrackConfig, Forwarding, Protocol,
+        ServiceConfig, ServiceKey,
     },
     health::Health,
 };
@@ -59,6 +59,15 @@ pub enum OpError {
         "conntrack.max_entries cannot change while running ({from} -> {to}): restart lb to resize the connection table"
     )]
     MaxEntriesChanged { from: u32, to: u32 },
+    #[error(
+        "backend {backend}/{} already serves NAT service {owner}: a NAT backend's address:port can serve one NAT service only (its replies are translated back to that service's VIP:port); give it another port",
+        .protocol.as_str()
+    )]
+    NatBackendShared {
+        backend: SocketAddrV4,
+        protocol: Protocol,
+        owner: ServiceKey,
+    },
 }
 
 /// Where a DSR backend is reached: egress interface and the MACs to write.
@@ -293,6 +302,9 @@ pub struct Runtime {
     services: BTreeMap<ServiceKey, ServiceState>,
     service_ids: IdPool,
     backend_indexes: IdPool,
+    /// The NAT service each NAT backend address:port (per protocol) serves: one at most,
+    /// since its replies are translated back by it.
+    nat_owners: BTreeMap<(SocketAddrV4, Protocol), ServiceKey>,
 }
 
 /// What the datapath's maps should hold (see `apply.rs`).
@@ -303,8 +315,20 @@ pub struct Image {
     pub backends: BTreeMap<u32, lb_common::Backend>,
     /// VIP address (network order) -> number of services on it.
     pub vips: BTreeMap<u32, u32>,
-    /// NAT backend address (network order) -> number of NAT backends on it.
-    pub nat_sources: BTreeMap<u32, u32>,
+    /// NAT backends and how their replies are translated back.
+    pub nat_backends: BTreeMap<lb_common::NatBackendKey, lb_common::NatBackend>,
+    /// The connection table's timeouts.
+    pub timeouts: lb_common::Timeouts,
+}
+
+/// The `NAT_BACKENDS` key of a NAT backend.
+pub fn nat_backend_key(addr: SocketAddrV4, protocol: Protocol) -> lb_common::NatBackendKey {
+    lb_common::NatBackendKey {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        proto: protocol.number(),
+        _pad: 0,
+    }
 }
 
 /// The datapath key of a service.
@@ -325,6 +349,7 @@ impl Runtime {
             services: BTreeMap::new(),
             service_ids: IdPool::new(MAX_SERVICES),
             backend_indexes: IdPool::new(MAX_BACKENDS),
+            nat_owners: BTreeMap::new(),
         }
     }
 
@@ -357,7 +382,13 @@ impl Runtime {
 
     /// Puts a service taken over from a pinned datapath (ids already taken).
     pub(super) fn insert_adopted(&mut self, svc: ServiceState) {
-        self.services.insert(svc.config.key(), svc);
+        let key = svc.config.key();
+        if svc.config.forwarding == Forwarding::Nat {
+            for addr in svc.backends.keys() {
+                self.nat_owners.insert((*addr, key.protocol), key);
+            }
+        }
+        self.services.insert(key, svc);
     }
 
     /// Whether the change built so far freed ids (they wait for [`Runtime::cool`]).
@@ -426,16 +457,32 @@ impl Runtime {
         for k in gone {
             next.remove_service(&k)?;
         }
+        // Everything that goes, goes first, so a NAT backend may move between services
+        // in one reload.
         for s in &config.services {
             let key = s.key();
-            let replace = next
-                .services
-                .get(&key)
-                .is_some_and(|old| old.config.forwarding != s.forwarding);
-            if replace {
+            let Some(old) = next.services.get(&key) else {
+                continue;
+            };
+            if old.config.forwarding != s.forwarding {
                 // DSR <-> NAT is a different service to the datapath: start it afresh.
                 next.remove_service(&key)?;
+                continue;
             }
+            let wanted: BTreeSet<SocketAddrV4> =
+                s.backends.iter().map(|b| b.socket_addr(s.port)).collect();
+            let gone: Vec<SocketAddrV4> = old
+                .backends
+                .keys()
+                .filter(|a| !wanted.contains(a))
+                .copied()
+                .collect();
+            for a in gone {
+                next.remove_backend(&key, a)?;
+            }
+        }
+        for s in &config.services {
+            let key = s.key();
             if !next.services.contains_key(&key) {
                 next.add_service(s.clone(), initial)?;
                 continue;
@@ -445,17 +492,6 @@ impl Runtime {
                 backends: Vec::new(),
                 ..s.clone()
             };
-            let wanted: BTreeSet<SocketAddrV4> =
-                s.backends.iter().map(|b| b.socket_addr(s.port)).collect();
-            let gone: Vec<SocketAddrV4> = svc
-                .backends
-                .keys()
-                .filter(|a| !wanted.contains(a))
-                .copied()
-                .collect();
-            for a in gone {
-                next.remove_backend(&key, a)?;
-            }
             for b in &s.backends {
                 let addr = b.socket_addr(s.port);
                 match next.service_mut(&key)?.backends.get_mut(&addr) {
@@ -479,6 +515,11 @@ impl Runtime {
             return Err(OpError::NoServiceId {
                 waiting: self.service_ids.unavailable(),
             });
+        }
+        if config.forwarding == Forwarding::Nat {
+            for b in &config.backends {
+                self.check_nat_owner(&key, b.socket_addr(key.port))?;
+            }
         }
         if self.backend_indexes.available() < config.backends.len() as u32 {
             return Err(OpError::NoBackendSlots {
@@ -510,8 +551,9 @@ impl Runtime {
         let Some(svc) = self.services.remove(key) else {
             return Err(OpError::NoService(*key));
         };
-        for b in svc.backends.values() {
+        for (addr, b) in &svc.backends {
             self.backend_indexes.give_back(b.index);
+            self.forget_nat_owner(key, *addr);
         }
         self.service_ids.give_back(svc.id);
         Ok(())
@@ -533,6 +575,10 @@ impl Runtime {
                 backend: addr,
             });
         }
+        let nat = svc.config.forwarding == Forwarding::Nat;
+        if nat {
+            self.check_nat_owner(key, addr)?;
+        }
         let Some((index, epoch)) = self.backend_indexes.take() else {
             return Err(OpError::NoBackendSlot {
                 waiting: self.backend_indexes.unavailable(),
@@ -548,7 +594,28 @@ impl Runtime {
                 health: initial,
             },
         );
+        if nat {
+            self.nat_owners.insert((addr, key.protocol), *key);
+        }
         Ok(())
+    }
+
+    fn forget_nat_owner(&mut self, key: &ServiceKey, addr: SocketAddrV4) {
+        if self.nat_owners.get(&(addr, key.protocol)) == Some(key) {
+            self.nat_owners.remove(&(addr, key.protocol));
+        }
+    }
+
+    /// Refuses a NAT backend address:port that another NAT service has already.
+    fn check_nat_owner(&self, key: &ServiceKey, addr: SocketAddrV4) -> Result<(), OpError> {
+        match self.nat_owners.get(&(addr, key.protocol)) {
+            Some(owner) if owner != key => Err(OpError::NatBackendShared {
+                backend: addr,
+                protocol: key.protocol,
+                owner: *owner,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Removes a backend from a service.
@@ -561,6 +628,7 @@ impl Runtime {
             });
         };
         self.backend_indexes.give_back(b.index);
+        self.forget_nat_owner(key, addr);
         Ok(())
     }
 
@@ -609,7 +677,16 @@ impl Runtime {
     /// What the datapath should hold. `neighbours` gives DSR backends' next hops; a DSR
     /// backend without one gets no slot.
     pub fn image(&mut self, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> Image {
-        let mut img = Image::default();
+        let c = &self.conntrack;
+        let mut img = Image {
+            timeouts: lb_common::Timeouts {
+                tcp_s: c.tcp_timeout_s,
+                tcp_fin_s: c.tcp_fin_timeout_s,
+                udp_s: c.udp_timeout_s,
+                half_open_s: lb_common::HALF_OPEN_TIMEOUT_S,
+            },
+            ..Default::default()
+        };
         for (key, svc) in self.services.iter_mut() {
             let nat = svc.config.forwarding == Forwarding::Nat;
             let mut flags = 0;
@@ -635,14 +712,16 @@ impl Runtime {
                 .or_default() += 1;
             for b in svc.backends.values() {
                 let addr = b.config.socket_addr(key.port);
-                // Flows re-pick away from backends in maintenance or down; drained and
-                // weight-0 backends keep theirs.
-                let repick = b.config.state == AdminState::Maint || b.health == Health::Down;
                 let n = if nat {
                     None
                 } else {
                     neighbours(b.config.address)
                 };
+                // Flows re-pick away from backends in maintenance, down, or (DSR) whose
+                // MAC is lost; drained and weight-0 backends keep theirs.
+                let repick = b.config.state == AdminState::Maint
+                    || b.health == Health::Down
+                    || (!nat && n.is_none());
                 img.backends.insert(
                     b.index,
                     lb_common::Backend {
@@ -657,9 +736,16 @@ impl Runtime {
                     },
                 );
                 if nat {
-                    *img.nat_sources
-                        .entry(u32::from_ne_bytes(addr.ip().octets()))
-                        .or_default() += 1;
+                    img.nat_backends.insert(
+                        nat_backend_key(addr, key.protocol),
+                        lb_common::NatBackend {
+                            vip: u32::from_ne_bytes(key.vip.octets()),
+                            vport: key.port.to_be(),
+                            _pad: 0,
+                            backend: b.index,
+                            service: svc.id,
+                        },
+                    );
                 }
             }
         }
@@ -741,8 +827,8 @@ mod tests {
         );
         assert_eq!(img.vips.len(), 2);
         assert_eq!(
-            img.nat_sources.keys().copied().collect::<Vec<_>>(),
-            vec![u32::from_ne_bytes([10, 1, 0, 11])]
+            img.nat_backends.keys().copied().collect::<Vec<_>>(),
+            vec![nat_backend_key(addr("10.1.0.11:80"), Protocol::Tcp)]
         );
     }
 
@@ -827,6 +913,69 @@ mod tests {
             members(&img, id),
             BTreeSet::from([index(&r, "10.100.0.10:80/tcp", "10.0.0.12:80")])
         );
+    }
+
+    #[test]
+    fn a_nat_backend_serves_one_nat_service_and_may_move_in_a_reload() {
+        let nat = |a: &str, b: &str| -> Config {
+            Config::parse(&format!(
+                r#"{{"services": [
+                    {{"vip": "10.100.0.10", "port": 80, "forwarding": "nat", "backends": [{a}]}},
+                    {{"vip": "10.100.0.11", "port": 80, "forwarding": "nat", "backends": [{b}]}}
+                ]}}"#
+            ))
+            .unwrap()
+        };
+        let one = r#"{"address": "10.0.0.1"}"#;
+        let two = r#"{"address": "10.0.0.2"}"#;
+        let mut r = Runtime::from_config(&nat(one, two), Health::Up).unwrap();
+        let (a, b) = (key("10.100.0.10:80/tcp"), key("10.100.0.11:80/tcp"));
+        let before = r.to_config();
+        let cfg: BackendConfig = serde_json::from_str(one).unwrap();
+        let e = r.add_backend(&b, cfg.clone(), Health::Up).unwrap_err();
+        assert_eq!(
+            e,
+            OpError::NatBackendShared {
+                backend: addr("10.0.0.1:80"),
+                protocol: Protocol::Tcp,
+                owner: a
+            }
+        );
+        assert!(e.to_string().contains("another port"), "{e}");
+        let mut svc = nat(one, two).services[0].clone();
+        svc.vip = "10.100.0.12".parse().unwrap();
+        assert!(matches!(
+            r.add_service(svc, Health::Up).unwrap_err(),
+            OpError::NatBackendShared { .. }
+        ));
+        assert_eq!(r.to_config(), before, "refused: nothing changed");
+
+        // The image translates each backend's replies back to its own service.
+        let img = r.image(&neighbours);
+        let back = img.nat_backends[&nat_backend_key(addr("10.0.0.1:80"), Protocol::Tcp)];
+        assert_eq!(back.vip, u32::from_ne_bytes([10, 100, 0, 10]));
+        assert_eq!(back.service, r.service(&a).unwrap().id);
+        assert_eq!(img.nat_backends.len(), 2);
+
+        // A reload may move it: removals go first.
+        r.reload(&nat(two, one), Health::Up).unwrap();
+        let img = r.image(&neighbours);
+        let back = img.nat_backends[&nat_backend_key(addr("10.0.0.1:80"), Protocol::Tcp)];
+        assert_eq!(back.vip, u32::from_ne_bytes([10, 100, 0, 11]));
+        assert_eq!(back.service, r.service(&b).unwrap().id);
+        // And once it left a service, another may take it.
+        r.remove_backend(&b, addr("10.0.0.1:80")).unwrap();
+        r.add_backend(&a, cfg, Health::Up).unwrap();
+    }
+
+    #[test]
+    fn a_dsr_backend_without_a_neighbour_makes_its_flows_repick() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let b = index(&r, "10.100.0.10:80/tcp", "10.0.0.11:80");
+        let img = r.image(&|_| None);
+        assert_eq!(img.backends[&b].flags, BACKEND_F_LIVE | BACKEND_F_REPICK);
+        let img = r.image(&neighbours);
+        assert_eq!(img.backends[&b].flags, BACKEND_F_LIVE);
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //! choice for the backend (`ip route get`, so policy rules count), the interface's MAC
 //! comes from its link, the backend's MAC from the neighbour table. A backend whose MAC
 //! the kernel does not know yet is solicited ([`Netlink::solicit`]: the kernel sends an
-//! ARP request or neighbour solicitation); the next refresh finds it.
+//! ARP request or neighbour solicitation); the next refresh finds it. A stale entry is
+//! solicited too, so the kernel confirms it: the datapath's packets never pass through
+//! the kernel, so without that a backend that went away would keep a stale MAC (and its
+//! slots) forever; with it, the entry fails after the kernel's probes (about 10 s with
+//! the default `delay_first_probe_time` and `ucast_solicit`) and the next refresh takes
+//! the backend out of rotation.
 use std::{collections::BTreeMap, net::IpAddr};
 
 pub use super::mac::{format_mac, parse_mac};
 use super::{
     error::{NetError, chain},
-    netlink::{Link, Netlink, RouteKind},
+    netlink::{Link, NeighbourState, Netlink, RouteKind},
 };
 use crate::model::runtime::Neighbour;
 
@@ -119,11 +124,22 @@ async fn resolve_one(
         ))));
     };
     match nl.neighbour(oif, addr).await {
-        Ok(Some(entry)) => Ok(Ok(Neighbour {
-            ifindex: oif,
-            mac: entry.mac,
-            src_mac,
-        })),
+        Ok(Some(entry)) => {
+            // The datapath's packets bypass the kernel, so nothing else would make it
+            // check a stale entry: ask it to (it probes the neighbour, and marks the
+            // entry failed if it no longer answers, which the next lookup sees).
+            if solicit_missing
+                && entry.state == NeighbourState::Stale
+                && let Err(e) = nl.solicit(oif, addr).await
+            {
+                log::debug!("{}", chain(&e));
+            }
+            Ok(Ok(Neighbour {
+                ifindex: oif,
+                mac: entry.mac,
+                src_mac,
+            }))
+        }
         Ok(None) => {
             if solicit_missing && let Err(e) = nl.solicit(oif, addr).await {
                 log::debug!("{}", chain(&e));
