@@ -465,12 +465,12 @@ fn packet_cases() {
         &[(PassNotIpv4, 1)],
     ));
     cases.push(case(
-        "ipv6 is passed",
+        "ipv6 not for a VIP is passed",
         cli,
         frame::raw_frame(ROUTER_MAC, LB_CLI_MAC, frame::ETH_P_IPV6, &[0x60; 40]),
         XDP_PASS,
         None,
-        &[(PassNotIpv4, 1)],
+        &[(PassNotVip, 1)],
     ));
     cases.push(case(
         "tcp to a non-VIP address (ssh to the host) is passed",

@@ -24,17 +24,20 @@
 //! Ageing: an entry idle for longer than its timeout (`TIMEOUTS`, written by the control
 //! plane) is treated as gone: its packet is placed afresh and the entry rewritten. The
 //! control plane's scan only counts and tidies; correctness never waits for it.
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+//!
+//! Written once for both families (`CONNTRACK`/`HALF_OPEN` and `CONNTRACK6`/`HALF_OPEN6`,
+//! through [`Family`]).
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{
     BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
-    FLOW_SYN, Flow, FlowKey, HALF_OPEN_SLOTS, HalfOpen, Service, Timeouts, coarse_seconds,
-    half_open_check,
+    FLOW_SYN, Flow, FlowKeyOf, HalfOpenOf, Service, Timeouts, coarse_seconds,
 };
 
 use crate::{
+    family::Family,
     maglev,
-    maps::{BACKENDS, CONNTRACK, HALF_OPEN, TIMEOUTS},
+    maps::{Addr, BACKENDS, TIMEOUTS},
     parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{self, count},
 };
@@ -99,28 +102,23 @@ fn expired(t: Option<&Timeouts>, state: u32, tcp: bool, last_seen: u32, now: u32
     timeout != 0 && now.wrapping_sub(last_seen) >= timeout
 }
 
-/// Index of a flow's half-open slot (a hash of the 5-tuple, not the flow cache's).
-#[inline(always)]
-fn half_open_slot(key: &FlowKey) -> u32 {
-    let ports = u32::from(key.sport) | (u32::from(key.dport) << 16);
-    let x = (key.src.rotate_left(5) ^ key.dst ^ ports.rotate_left(19) ^ u32::from(key.proto))
-        .wrapping_mul(0x85eb_ca6b);
-    (x >> 15) & (HALF_OPEN_SLOTS - 1)
-}
-
 /// The backend a SYN of `key` was given, if its slot still holds it (not overwritten,
 /// not torn by a concurrent write, not older than the half-open timeout, backend still
 /// keeps it).
 #[inline(always)]
-fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'static Backend)> {
-    let h = HALF_OPEN.get(half_open_slot(key))?;
+fn half_open<F: Family>(
+    key: &FlowKeyOf<F::A>,
+    t: Option<&Timeouts>,
+    now: u32,
+) -> Option<(u32, &'static Backend)> {
+    let h = F::half_open(F::half_open_slot(key))?;
     let k = &h.key;
     if k.sport != key.sport
-        || k.src != key.src
+        || !k.src.same(&key.src)
         || k.dport != key.dport
-        || k.dst != key.dst
+        || !k.dst.same(&key.dst)
         || k.proto != key.proto
-        || h.check != half_open_check(k, h.backend, h.epoch, h.born)
+        || h.check != F::half_open_check(k, h.backend, h.epoch, h.born)
         || t.is_some_and(|t| now.wrapping_sub(h.born) >= t.half_open_s)
     {
         return None;
@@ -131,13 +129,13 @@ fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'st
 
 /// Leaves a SYN's backend in its half-open slot.
 #[inline(always)]
-fn remember_syn(key: &FlowKey, index: u32, epoch: u32, now: u32) {
-    let Some(h) = HALF_OPEN.get_ptr_mut(half_open_slot(key)) else {
+fn remember_syn<F: Family>(key: &FlowKeyOf<F::A>, index: u32, epoch: u32, now: u32) {
+    let Some(h) = F::half_open_mut(F::half_open_slot(key)) else {
         return;
     };
     // SAFETY: a slot of a plain array; another CPU may write it at the same time, which
     // `check` makes a reader detect.
-    let h: &mut HalfOpen = unsafe { &mut *h };
+    let h: &mut HalfOpenOf<F::A> = unsafe { &mut *h };
     h.check = 0;
     h.key.src = key.src;
     h.key.dst = key.dst;
@@ -147,15 +145,15 @@ fn remember_syn(key: &FlowKey, index: u32, epoch: u32, now: u32) {
     h.backend = index;
     h.epoch = epoch;
     h.born = now;
-    h.check = half_open_check(key, index, epoch, now);
+    h.check = F::half_open_check(key, index, epoch, now);
 }
 
 /// Finds (or creates) the flow of a client packet and returns its backend.
 /// `tcp_flags` is 0 for UDP.
 #[inline(always)]
-pub fn for_packet<'a>(
+pub fn for_packet<'a, F: Family>(
     ctx: &XdpContext,
-    key: &FlowKey,
+    key: &FlowKeyOf<F::A>,
     svc: &Service,
     hash: u32,
     tcp_flags: u8,
@@ -166,7 +164,7 @@ pub fn for_packet<'a>(
     let timeouts = TIMEOUTS.get(0);
     let bits = state_bits(tcp_flags);
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if let Some(f) = CONNTRACK.get_ptr_mut(key) {
+    if let Some(f) = F::ct_get_mut(key) {
         // SAFETY: a live LRU entry; a concurrent eviction can only make us update a
         // recycled entry's fields, which the next packet of that flow repairs.
         let f = unsafe { &mut *f };
@@ -200,7 +198,7 @@ pub fn for_packet<'a>(
         f.state = bits;
         f.last_seen = now;
         if syn {
-            remember_syn(key, index, be.epoch, now);
+            remember_syn::<F>(key, index, be.epoch, now);
         }
         count(if reopened {
             Counter::FlowNew
@@ -218,11 +216,11 @@ pub fn for_packet<'a>(
     }
     if syn {
         // A retransmitted SYN finds its slot; a new one takes the table's backend.
-        let (index, be) = match half_open(key, timeouts, now) {
+        let (index, be) = match half_open::<F>(key, timeouts, now) {
             Some(chosen) => chosen,
             None => {
                 let (index, be) = maglev::backend(svc, hash)?;
-                remember_syn(key, index, be.epoch, now);
+                remember_syn::<F>(key, index, be.epoch, now);
                 (index, be)
             }
         };
@@ -236,7 +234,7 @@ pub fn for_packet<'a>(
     }
     // The handshake's ACK takes its SYN's backend; a flow whose SYN was not seen here
     // takes the table's.
-    let (index, be, seen_syn) = match tcp.then(|| half_open(key, timeouts, now)).flatten() {
+    let (index, be, seen_syn) = match tcp.then(|| half_open::<F>(key, timeouts, now)).flatten() {
         Some((index, be)) => (index, be, true),
         None => {
             let (index, be) = maglev::backend(svc, hash)?;
@@ -258,7 +256,7 @@ pub fn for_packet<'a>(
         state: bits,
         last_seen: now,
     };
-    let inserted = CONNTRACK.insert(key, flow, BPF_ANY as u64).is_ok();
+    let inserted = F::ct_insert(key, flow);
     if !inserted && let Some(n) = stats::rare(Counter::FlowInsertFailed) {
         warn!(
             ctx,
@@ -282,8 +280,12 @@ pub fn for_packet<'a>(
 /// The backend of an existing flow, or the one the table would give it; changes
 /// nothing (for ICMP errors about a flow).
 #[inline(always)]
-pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Backend), Counter> {
-    if let Some(f) = CONNTRACK.get_ptr(key) {
+pub fn peek<F: Family>(
+    key: &FlowKeyOf<F::A>,
+    svc: &Service,
+    hash: u32,
+) -> Result<(u32, &'static Backend), Counter> {
+    if let Some(f) = F::ct_get(key) {
         // SAFETY: read-only look at a live entry.
         let f = unsafe { &*f };
         if let Some(be) = BACKENDS.get(f.backend)

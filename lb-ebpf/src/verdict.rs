@@ -2,7 +2,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::Counter;
 
-use crate::maps::is_vip;
+use crate::maps::Addr;
 
 /// What happens to a packet, and the outcome counter it bumps.
 #[derive(Clone, Copy)]
@@ -43,8 +43,8 @@ impl Verdict {
     /// A packet with a broken header: dropped when it is addressed to a VIP, otherwise
     /// left to the kernel.
     #[inline(always)]
-    pub fn malformed(dst: u32, c: Counter) -> Self {
-        if is_vip(dst) {
+    pub fn malformed<A: Addr>(dst: &A, c: Counter) -> Self {
+        if dst.is_vip() {
             Verdict::drop(c)
         } else {
             Verdict::pass(Counter::PassNotVip)

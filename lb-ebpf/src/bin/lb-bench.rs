@@ -41,6 +41,17 @@ pub fn lb(ctx: XdpContext) -> u32 {
     lb_ebpf::pipeline::run(&ctx)
 }
 
+/// The production IPv6 programs (`lb` tail-calls them).
+#[xdp]
+pub fn lb6(ctx: XdpContext) -> u32 {
+    lb_ebpf::pipeline::run6(&ctx)
+}
+
+#[xdp]
+pub fn lb6_icmp(ctx: XdpContext) -> u32 {
+    lb_ebpf::pipeline::run6_icmp(&ctx)
+}
+
 /// The floor: swap the MACs and send the frame back.
 #[xdp]
 pub fn floor(ctx: XdpContext) -> u32 {

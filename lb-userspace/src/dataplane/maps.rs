@@ -27,7 +27,8 @@ pub(super) fn map_data(map: &Map) -> Option<&MapData> {
         | Map::ArrayOfMaps(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
-        | Map::PerCpuArray(d) => Some(d),
+        | Map::PerCpuArray(d)
+        | Map::ProgramArray(d) => Some(d),
         _ => None,
     }
 }

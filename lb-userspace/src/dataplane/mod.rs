@@ -17,7 +17,7 @@ use std::{
 use self::error::{Context as _, Error, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData},
+    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData, ProgramArray},
     programs::{
         TestRun as _, TestRunOptions, TestRunResult, Xdp,
         links::{FdLink, PinnedLink},
@@ -26,10 +26,10 @@ use aya::{
 };
 use lb_common::{
     Backend, Flow, FlowKey, GRACE_SLOT, HalfOpen, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_HALF_OPEN, MAP_NAT_BACKENDS, MAP_NAT_FILTER, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
-    MAP_TABLES, MAP_TIMEOUTS, MAP_VIP_FILTER, MAP_VIPS, NatBackend, NatBackendKey, PINNED_MAPS,
-    Service, ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts, TrafficStats,
-    table_index,
+    MAP_HALF_OPEN, MAP_NAT_BACKENDS, MAP_NAT_FILTER, MAP_PROGRAMS, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_STATS, MAP_TABLES, MAP_TIMEOUTS, MAP_VIP_FILTER, MAP_VIPS, NatBackend, NatBackendKey,
+    PINNED_MAPS, Service, ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts,
+    TrafficStats, table_index,
 };
 
 pub mod adopt;
@@ -99,6 +99,8 @@ pub struct Dataplane {
     nat_filter: AddressFilter,
     counters: Counters,
     conns: ConnTable,
+    /// The programs `lb` tail-calls (IPv6).
+    tail_calls: ProgramArray<MapData>,
 }
 
 /// How an interface came to run the datapath (see [`Dataplane::attach_pinned`]).
@@ -252,6 +254,10 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
         }
+        let mut tail_calls: ProgramArray<MapData> = take(&mut ebpf, MAP_PROGRAMS)?;
+        if !programs.is_empty() {
+            ebpf::install_tail_programs(&mut ebpf, &mut tail_calls)?;
+        }
         let mut memory = Vec::new();
         for (name, map) in ebpf.maps() {
             if let Some(data) = map_data(map) {
@@ -304,6 +310,7 @@ impl Dataplane {
                 take(&mut ebpf, MAP_BACKEND_STATS)?,
             ),
             conns: ConnTable::new(take(&mut ebpf, MAP_CONNTRACK)?),
+            tail_calls,
             ebpf,
         })
     }
@@ -314,6 +321,8 @@ impl Dataplane {
     }
 
     /// Loads the XDP program into the kernel, unless it is loaded already; returns its id.
+    /// The programs it tail-calls are loaded and installed with it (before it is
+    /// attached, or switched to).
     fn load_program(&mut self) -> Result<u32> {
         let prog = ebpf::program_mut(&mut self.ebpf)?;
         if prog.fd().is_err() {
@@ -324,7 +333,9 @@ impl Dataplane {
                 )
             })?;
         }
-        Ok(prog.info().context("reading the XDP program's info")?.id())
+        let id = prog.info().context("reading the XDP program's info")?.id();
+        ebpf::install_tail_programs(&mut self.ebpf, &mut self.tail_calls)?;
+        Ok(id)
     }
 
     /// Makes `iface` (index `ifindex`) run the datapath through a link pinned in `pins`:

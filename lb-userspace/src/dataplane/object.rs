@@ -26,6 +26,33 @@ pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     <&mut Xdp>::try_from(prog).with_context(|| format!("program {PROGRAM} is not an XDP program"))
 }
 
+/// Loads the programs `lb` tail-calls (`lb_common::TAIL_PROGRAMS`: IPv6, ICMPv6) and
+/// puts them in its program array, so IPv6 packets find them. Objects without them
+/// (an `LB_XDP_OBJECT` of another build) are left as they are.
+pub fn install_tail_programs(
+    ebpf: &mut Ebpf,
+    programs: &mut aya::maps::ProgramArray<aya::maps::MapData>,
+) -> Result<()> {
+    for (slot, name) in lb_common::TAIL_PROGRAMS {
+        let Some(prog) = ebpf.program_mut(name) else {
+            continue;
+        };
+        let prog = <&mut Xdp>::try_from(prog)
+            .with_context(|| format!("program {name} is not an XDP program"))?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
+        }
+        let fd = prog
+            .fd()
+            .with_context(|| format!("the XDP program {name} has no file descriptor"))?;
+        programs
+            .set(slot, fd, 0)
+            .with_context(|| format!("putting the XDP program {name} into PROGRAMS"))?;
+    }
+    Ok(())
+}
+
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
