@@ -1178,6 +1178,7 @@ fn attach_through_netlink(ns: &Netns, object: &[u8], program: &str, iface: &str)
         &[program],
         Limits {
             conntrack_entries: 1024,
+            conntrack6_entries: 1024,
         },
     )
     .expect("loading the program");

@@ -129,6 +129,7 @@ impl Fixture {
         }
         let dp = Dataplane::load(Limits {
             conntrack_entries: 4096,
+            conntrack6_entries: 4096,
         })
         .expect("load the XDP object");
         let mut dp = dp;

@@ -30,9 +30,11 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConntrackConfig {
-    /// Entries of the connection table (and of the NAT reverse table). Read at start;
-    /// changing it needs a restart.
+    /// Entries of the connection table. Read at start; changing it needs a restart.
     pub max_entries: u32,
+    /// Entries of the IPv6 connection table (a table of its own: IPv6 keys are 40 bytes
+    /// against 16). Read at start; changing it needs a restart.
+    pub max_entries_ipv6: u32,
     /// Idle timeout of established TCP connections, seconds (IPVS: 900).
     pub tcp_timeout_s: u32,
     /// Timeout of TCP connections after FIN or RST, seconds (IPVS: 120).
@@ -47,6 +49,7 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         ConntrackConfig {
             max_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+            max_entries_ipv6: lb_common::DEFAULT_CONNTRACK6_ENTRIES,
             tcp_timeout_s: 900,
             tcp_fin_timeout_s: 120,
             udp_timeout_s: 300,
@@ -432,11 +435,16 @@ impl Config {
     /// Checks everything the types cannot: value ranges, references, duplicates, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.conntrack;
-        if c.max_entries < 1024 {
-            return Err(err(
-                "conntrack.max_entries",
-                format!("{} is too small: use at least 1024", c.max_entries),
-            ));
+        for (name, v) in [
+            ("max_entries", c.max_entries),
+            ("max_entries_ipv6", c.max_entries_ipv6),
+        ] {
+            if v < 1024 {
+                return Err(err(
+                    format!("conntrack.{name}"),
+                    format!("{v} is too small: use at least 1024"),
+                ));
+            }
         }
         for (name, v) in [
             ("tcp_timeout_s", c.tcp_timeout_s),

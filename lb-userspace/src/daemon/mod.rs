@@ -427,6 +427,7 @@ fn start(
         &object,
         Limits {
             conntrack_entries: config.conntrack.max_entries,
+            conntrack6_entries: config.conntrack.max_entries_ipv6,
         },
         pins,
     )?;

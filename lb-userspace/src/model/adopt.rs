@@ -36,6 +36,14 @@ pub struct Pinned {
     pub nat_backends: BTreeMap<lb_common::NatBackendKey, lb_common::NatBackend>,
     /// The connection table's timeouts.
     pub timeouts: lb_common::Timeouts,
+    /// IPv6 service records, by key.
+    pub services6: BTreeMap<lb_common::ServiceKey6, lb_common::Service6>,
+    /// IPv6 VIPs -> services on them.
+    pub vips6: BTreeMap<lb_common::Addr6, u32>,
+    /// IPv6 NAT backends' reply translations.
+    pub nat_backends6: BTreeMap<lb_common::NatBackendKey6, lb_common::NatBackend6>,
+    /// The addresses of the IPv6 backends among `backends`.
+    pub backend_addrs6: BTreeMap<u32, lb_common::Addr6>,
 }
 
 fn live(b: &Backend) -> bool {
@@ -260,6 +268,7 @@ mod tests {
             vips: maps.vips.clone(),
             nat_backends: maps.nat_backends.clone(),
             timeouts: maps.timeouts,
+            ..Default::default()
         };
         (r, pinned)
     }

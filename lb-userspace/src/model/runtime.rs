@@ -56,9 +56,13 @@ pub enum OpError {
     #[error("no free backend slot: lb runs at most {MAX_BACKENDS} backends in all{}", cooling_hint(*.waiting))]
     NoBackendSlot { waiting: usize },
     #[error(
-        "conntrack.max_entries cannot change while running ({from} -> {to}): restart lb to resize the connection table"
+        "conntrack.{setting} cannot change while running ({from} -> {to}): restart lb to resize the connection table"
     )]
-    MaxEntriesChanged { from: u32, to: u32 },
+    MaxEntriesChanged {
+        setting: &'static str,
+        from: u32,
+        to: u32,
+    },
     #[error(
         "backend {backend}/{} already serves NAT service {owner}: a NAT backend's address:port can serve one NAT service only (its replies are translated back to that service's VIP:port); give it another port",
         .protocol.as_str()
@@ -441,8 +445,16 @@ impl Runtime {
     pub fn reload(&mut self, config: &Config, initial: Health) -> Result<(), OpError> {
         if config.conntrack.max_entries != self.conntrack.max_entries {
             return Err(OpError::MaxEntriesChanged {
+                setting: "max_entries",
                 from: self.conntrack.max_entries,
                 to: config.conntrack.max_entries,
+            });
+        }
+        if config.conntrack.max_entries_ipv6 != self.conntrack.max_entries_ipv6 {
+            return Err(OpError::MaxEntriesChanged {
+                setting: "max_entries_ipv6",
+                from: self.conntrack.max_entries_ipv6,
+                to: config.conntrack.max_entries_ipv6,
             });
         }
         let mut next = self.clone();
