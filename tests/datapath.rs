@@ -23,14 +23,10 @@ use support::{
     netns,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const LB_CLI_MAC: Mac = [2, 0, 0, 0, 0, 0xc0];
-const LB_SRV_MAC: Mac = [2, 0, 0, 0, 0, 0xb0];
-const ROUTER_MAC: Mac = [2, 0, 0, 0, 1, 0xfe];
+use support::{
+    frame::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    netns::{LB_CLI_MAC, LB_SRV_MAC, ROUTER_MAC},
+};
 const CLIENT: &str = "198.51.100.7";
 const DSR_VIP: &str = "10.100.0.10";
 const NAT_VIP: &str = "10.100.0.20";

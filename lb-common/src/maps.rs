@@ -176,6 +176,28 @@ impl FlowKey {
             _pad1: 0,
         }
     }
+
+    /// Whether `self` and `other` name the same flow: field by field (the padding never
+    /// differs), the most selective first.
+    #[inline(always)]
+    pub fn same_flow(&self, other: &FlowKey) -> bool {
+        self.sport == other.sport
+            && self.src == other.src
+            && self.dport == other.dport
+            && self.dst == other.dst
+            && self.proto == other.proto
+    }
+
+    /// Copies `from` into `self` field by field: in BPF a whole-struct store goes
+    /// through a stack copy and a memcpy call.
+    #[inline(always)]
+    pub fn set(&mut self, from: &FlowKey) {
+        self.src = from.src;
+        self.dst = from.dst;
+        self.sport = from.sport;
+        self.dport = from.dport;
+        self.proto = from.proto;
+    }
 }
 
 /// Value of `CONNTRACK`: the backend a flow is pinned to. 16 bytes, so an entry costs

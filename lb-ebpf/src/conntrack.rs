@@ -115,11 +115,7 @@ fn half_open_slot(key: &FlowKey) -> u32 {
 fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'static Backend)> {
     let h = HALF_OPEN.get(half_open_slot(key))?;
     let k = &h.key;
-    if k.sport != key.sport
-        || k.src != key.src
-        || k.dport != key.dport
-        || k.dst != key.dst
-        || k.proto != key.proto
+    if !k.same_flow(key)
         || h.check != half_open_check(k, h.backend, h.epoch, h.born)
         || t.is_some_and(|t| now.wrapping_sub(h.born) >= t.half_open_s)
     {
@@ -139,11 +135,7 @@ fn remember_syn(key: &FlowKey, index: u32, epoch: u32, now: u32) {
     // `check` makes a reader detect.
     let h: &mut HalfOpen = unsafe { &mut *h };
     h.check = 0;
-    h.key.src = key.src;
-    h.key.dst = key.dst;
-    h.key.sport = key.sport;
-    h.key.dport = key.dport;
-    h.key.proto = key.proto;
+    h.key.set(key);
     h.backend = index;
     h.epoch = epoch;
     h.born = now;

@@ -15,6 +15,8 @@
 //!   percentile and maximum in ms, and the daemon's CPU time per minute.
 //!
 //! Not a test: figures go into docs/BENCHMARKS.md with the command.
+mod common;
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
@@ -34,19 +36,6 @@ const SECONDS: u64 = 30;
 /// How long to wait for the counts to cover the whole table.
 const COUNT_WAIT: Duration = Duration::from_secs(150);
 
-/// `Flow` as the build before 341a9ec's successor wrote it (24 bytes, with the service
-/// and nanoseconds), to fill the baseline's table.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldFlow {
-    backend: u32,
-    epoch: u32,
-    service: u32,
-    state: u32,
-    last_seen: u64,
-}
-// SAFETY: plain data without padding.
-unsafe impl aya::Pod for OldFlow {}
 const VIP: &str = "10.100.0.20";
 const SERVICE: &str = "10.100.0.20:80/tcp";
 
@@ -325,21 +314,6 @@ fn conntrack(prog: u32) -> Result<MapData> {
     bail!("the program has no {MAP_CONNTRACK} map")
 }
 
-/// Moves the calling thread to one CPU.
-fn pin(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: valid set for the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
-    ensure!(
-        rc == 0,
-        "sched_setaffinity: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
 /// Fills the connection table with `entries` established flows of the service, from
 /// every online CPU in turn; returns how many it kept.
 fn fill(ns: &Netns, entries: u32) -> Result<usize> {
@@ -360,7 +334,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
     // The baseline's entries are 24 bytes (with the service, in nanoseconds).
-    let old = map.info()?.value_size() as usize == size_of::<OldFlow>();
+    let old = map.info()?.value_size() as usize == size_of::<common::OldFlow>();
     let vip = u32::from_ne_bytes(VIP.parse::<Ipv4Addr>()?.octets());
     let cpus = std::thread::available_parallelism()?.get().min(2);
     let per_cpu = entries as usize / cpus;
@@ -370,7 +344,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         state: FLOW_ESTABLISHED,
         last_seen: lb_common::coarse_seconds(now),
     };
-    let old_flow = OldFlow {
+    let old_flow = common::OldFlow {
         backend: index,
         epoch: be.epoch,
         service: svc.id,
@@ -381,7 +355,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         let mut threads = Vec::new();
         for cpu in 0..cpus {
             threads.push(s.spawn(move || -> Result<()> {
-                pin(cpu)?;
+                common::pin(cpu)?;
                 let keys: Vec<FlowKey> = (0..per_cpu)
                     .map(|i| {
                         let n = (cpu * per_cpu + i) as u32;
@@ -413,7 +387,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
     let mut walk = batch::Walk::default();
     let mut kept = 0;
     if old {
-        while let Some(b) = walk.next::<FlowKey, OldFlow>(fd, 65536)? {
+        while let Some(b) = walk.next::<FlowKey, common::OldFlow>(fd, 65536)? {
             kept += b.len();
         }
     } else {

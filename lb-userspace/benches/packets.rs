@@ -15,6 +15,8 @@
 //! forward.
 //!
 //! Not a test: figures go into docs/BENCHMARKS.md with the command.
+mod common;
+
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
@@ -23,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, MapData},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
@@ -48,32 +50,14 @@ const ROUNDS: usize = 3;
 /// Established connections in the SYN-flood count.
 const KEPT: u32 = 10_000;
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const LB_CLI_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc0];
-const LB_SRV_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb0];
-const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
+use frame::{XDP_PASS, XDP_REDIRECT, XDP_TX};
+use netns::{LB_CLI_MAC, LB_SRV_MAC, ROUTER_MAC};
 const DSR_VIP: &str = "10.100.0.10";
 const NAT_VIP: &str = "10.100.0.20";
 
 fn ne(a: &str) -> u32 {
     u32::from_ne_bytes(addr(a).octets())
 }
-
-/// `Flow` as commit 341a9ec wrote it (24 bytes, with the service, nanoseconds).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldFlow {
-    backend: u32,
-    epoch: u32,
-    service: u32,
-    state: u32,
-    last_seen: u64,
-}
-// SAFETY: plain data without padding.
-unsafe impl Pod for OldFlow {}
 
 /// Which map layout a program has.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -310,7 +294,7 @@ impl Build {
             .collect();
         match self.layout {
             Layout::Old => {
-                let v = OldFlow {
+                let v = common::OldFlow {
                     backend: 0,
                     epoch: 1,
                     service: 0,
@@ -484,21 +468,6 @@ impl Env {
     }
 }
 
-fn pin_to_last_cpu() -> Result<usize> {
-    let cpu = std::thread::available_parallelism()?.get() - 1;
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(cpu)
-}
-
 fn load_builds(cli: u32) -> Result<Vec<Build>> {
     let mut builds = Vec::new();
     match std::env::var_os("LB_BASELINE_OBJECT") {
@@ -522,7 +491,7 @@ fn main() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the packet benchmark needs root (BPF, namespaces)"
     );
-    let cpu = pin_to_last_cpu()?;
+    let cpu = common::pin_to_last_cpu()?;
     let (cli, srv) = netns::enter_two_legs();
     netns::ip("neigh add 192.0.2.254 lladdr 02:00:00:00:01:fe dev cli0 nud permanent");
     netns::ip("neigh add 10.1.0.11 lladdr 02:00:00:00:02:11 dev srv0 nud permanent");
