@@ -66,40 +66,51 @@ fn main() -> Result<()> {
     println!(
         "Control plane with a large connection table: ageing_interval_s 5, {SECONDS} s of requests per build and table"
     );
-    println!(
-        "{:<20} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}",
-        "build",
-        "max",
-        "entries",
-        "counted",
-        "list",
-        "p99",
-        "max",
-        "change",
-        "p99",
-        "max",
-        "daemon"
-    );
-    println!(
-        "{:<20} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}",
-        "", "entries", "kept", "after s", "p50 ms", "ms", "ms", "p50 ms", "ms", "ms", "CPU s/min"
-    );
+    let head = [
+        ("build", ""),
+        ("max", "entries"),
+        ("entries", "kept"),
+        ("counted", "after s"),
+        ("list", "p50 ms"),
+        ("p99", "ms"),
+        ("max", "ms"),
+        ("change", "p50 ms"),
+        ("p99", "ms"),
+        ("max", "ms"),
+        ("daemon", "CPU s/min"),
+        ("conns", "total"),
+        ("conns", "ms"),
+    ];
+    for line in [0, 1] {
+        let cells: Vec<&str> = head
+            .iter()
+            .map(|h| if line == 0 { h.0 } else { h.1 })
+            .collect();
+        print!("{:<20}", cells[0]);
+        for c in &cells[1..] {
+            print!(" {c:>9}");
+        }
+        println!();
+    }
     for (fill, max) in tables {
         for (label, bin) in &builds {
             let f = measure(bin, fill, max)?;
-            println!(
-                "{label:<20} {max:>9} {:>9} {:>8} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>7.2} {:>9.2}",
-                f.kept,
-                f.counted_after
-                    .map_or("never".to_string(), |d| format!("{:.0}", d.as_secs_f64())),
+            let counted = f
+                .counted_after
+                .map_or("never".to_string(), |d| format!("{:.0}", d.as_secs_f64()));
+            print!("{label:<20} {max:>9} {:>9} {counted:>9}", f.kept);
+            for v in [
                 f.list.percentile(50),
                 f.list.percentile(99),
                 f.list.percentile(100),
                 f.change.percentile(50),
                 f.change.percentile(99),
                 f.change.percentile(100),
-                f.cpu_s * 60.0 / SECONDS as f64
-            );
+                f.cpu_s * 60.0 / SECONDS as f64,
+            ] {
+                print!(" {v:>9.2}");
+            }
+            println!(" {:>9} {:>9.0}", f.conns_total, f.conns_ms);
         }
     }
     Ok(())
@@ -123,6 +134,9 @@ struct Figures {
     kept: usize,
     /// When `list` counted every kept entry (from the end of the fill).
     counted_after: Option<Duration>,
+    /// `conns` (limit 10): the total it reports, and how long it took.
+    conns_total: u64,
+    conns_ms: f64,
     list: Latencies,
     change: Latencies,
     cpu_s: f64,
@@ -416,7 +430,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Active connections `list` shows in all.
 fn counted(v: &Value) -> u64 {
-    v["services"]
+    v["result"]["services"]
         .as_array()
         .into_iter()
         .flatten()
@@ -459,10 +473,15 @@ fn measure(bin: &Path, fill_entries: u32, max_entries: u32) -> Result<Figures> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_s = cpu_seconds(daemon.child.id())? - cpu0;
+    // `lb conns` over the whole table: its total must be every kept entry.
+    let (v, conns_ms) = client.call(r#"{"op":"conns","limit":10}"#)?;
+    let conns_total = v["result"]["total"].as_u64().unwrap_or(0);
     drop(daemon);
     Ok(Figures {
         kept,
         counted_after,
+        conns_total,
+        conns_ms,
         list: Latencies(list),
         change: Latencies(change),
         cpu_s,
