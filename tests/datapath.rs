@@ -23,14 +23,10 @@ use support::{
     netns,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const LB_CLI_MAC: Mac = [2, 0, 0, 0, 0, 0xc0];
-const LB_SRV_MAC: Mac = [2, 0, 0, 0, 0, 0xb0];
-const ROUTER_MAC: Mac = [2, 0, 0, 0, 1, 0xfe];
+use support::{
+    frame::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    netns::{LB_CLI_MAC, LB_SRV_MAC, ROUTER_MAC},
+};
 const CLIENT: &str = "198.51.100.7";
 const DSR_VIP: &str = "10.100.0.10";
 const NAT_VIP: &str = "10.100.0.20";
@@ -2001,4 +1997,56 @@ fn idle_entries_expire_in_the_datapath() {
         "the ACK of a handshake older than the half-open timeout follows the table"
     );
     f.dp.set_timeouts(TIMEOUTS).unwrap();
+}
+
+/// NAT replies never leak the backend's address: with the connection table filled far
+/// past its capacity by one-way traffic (twice 4,096 connections that evict one
+/// another), every reply of every one of them is translated back to VIP:port (from the
+/// configuration, not from any per-connection state) or dropped with a counter.
+#[test]
+fn nat_replies_are_translated_whatever_the_table_holds() {
+    let f = Fixture::new();
+    let (cli, srv) = (f.cli, f.srv);
+    let mut flows = Vec::new();
+    for i in 0..2 * 4096u32 {
+        let client = std::net::Ipv4Addr::from(0xc633_6400 | (i >> 8)).to_string(); // 198.51.100.x
+        let port = 20000 + (i & 0xff) as u16;
+        run(
+            &f,
+            &from_client(ipv4(&client, NAT_VIP, tcp(port, 8080, SYN))).bytes(),
+            cli,
+        );
+        let (action, out, _) = run(
+            &f,
+            &from_client(ipv4(&client, NAT_VIP, tcp(port, 8080, ACK))).bytes(),
+            cli,
+        );
+        assert_eq!(action, XDP_REDIRECT);
+        flows.push((client, port, frame::ip_dst(&out).unwrap().to_string()));
+    }
+    assert!(
+        f.dp.flows().unwrap().len() <= 4096,
+        "the table holds at most its capacity"
+    );
+    let before = f.counters();
+    for (client, port, rip) in &flows {
+        let reply = ipv4(rip, client, tcp(80, *port, ACK | PSH));
+        let (action, out, moved) = run(&f, &from_backend(reply.clone()).bytes(), srv);
+        let dropped = moved.iter().any(|(name, _)| name.starts_with("drop_"));
+        if action == XDP_REDIRECT {
+            assert_eq!(
+                hex(&out),
+                hex(&Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080)).bytes()),
+                "reply to {client}:{port}: translated, checksums right"
+            );
+        } else {
+            assert!(
+                action == XDP_DROP && dropped,
+                "reply to {client}:{port} neither translated nor counted as dropped: {action} {moved:?}"
+            );
+        }
+    }
+    let after = f.counters();
+    let translated = after[Counter::NatReply as usize] - before[Counter::NatReply as usize];
+    assert_eq!(translated, flows.len() as u64, "every reply translated");
 }

@@ -341,3 +341,146 @@ fn dsr_sigterm_detaches_and_other_traffic_never_breaks() {
 fn nat_sigterm_detaches_and_other_traffic_never_breaks() {
     sigterm_detaches_and_other_traffic_never_breaks(Mode::Nat, "lbt-n6");
 }
+
+/// Handshakes in flight while the table keeps changing complete: a SYN's backend is
+/// kept for its handshake (lb's half-open slots), whatever the table says when the ACK
+/// comes. The table changes every 100 ms (weights move slots between all backends)
+/// while 300 connections are made one after the other; none fails.
+fn handshakes_complete_while_the_table_changes(mode: Mode, prefix: &str) {
+    let r = Running::start(mode, prefix, QUICK_CHECK, false);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (counts, changes) = std::thread::scope(|s| {
+        let changer = s.spawn(|| {
+            let mut changes = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let b = format!("b{}", changes % 3 + 1);
+                let weight = if changes % 2 == 0 { "300" } else { "100" };
+                run_ok(
+                    &r,
+                    &[
+                        "backend",
+                        "set",
+                        &web(&r),
+                        &backend_addr(&r, &b),
+                        "--weight",
+                        weight,
+                    ],
+                );
+                changes += 1;
+                sleep(Duration::from_millis(100));
+            }
+            changes
+        });
+        let counts = r.spread(300);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (counts, changer.join().expect("the changer"))
+    });
+    assert!(changes >= 10, "only {changes} table changes happened");
+    assert_eq!(
+        counts.get("error"),
+        None,
+        "{}: connections failed while the table changed {changes} times: {counts:?}",
+        mode_name(mode)
+    );
+    assert_eq!(counts.values().sum::<usize>(), 300);
+}
+
+#[test]
+fn dsr_handshakes_complete_while_the_table_changes() {
+    handshakes_complete_while_the_table_changes(Mode::Dsr, "lbt-d9");
+}
+
+#[test]
+fn nat_handshakes_complete_while_the_table_changes() {
+    handshakes_complete_while_the_table_changes(Mode::Nat, "lbt-n9");
+}
+
+/// A DSR backend whose MAC can no longer be resolved (it stops answering ARP) leaves
+/// rotation, with the reason logged, and the flows pinned to it choose another backend;
+/// when it answers again it comes back. Health checks are off, so the neighbour alone
+/// decides. Detection is bounded by lb's neighbour refresh (5 s) plus the kernel's
+/// probes of a stale entry (delay_first_probe_time, set to 1 s here, and 3 unicast
+/// probes 1 s apart), with slack.
+#[test]
+fn dsr_backend_whose_mac_is_lost_leaves_rotation_and_returns() {
+    let udp_check = r#"{"kind": "tcp", "probe_port": 80, "interval_ms": 1000, "timeout_ms": 1000, "rise": 1, "fall": 3}"#;
+    let r = Running::start_with(
+        Mode::Dsr,
+        "lbt-d10",
+        |lab| {
+            lab.config(r#"{"kind": "none"}"#, false)
+                .replace(udp_check, r#"{"kind": "none"}"#)
+        },
+        "every backend in rotation",
+        support::running::all_in_rotation,
+    );
+    support::lab::must(&mut r.lab.exec(
+        &r.lab.lb_ns(),
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.neigh.eth0.delay_first_probe_time=1",
+        ],
+    ));
+    // A UDP flow pinned to b1 (found by trying source ports).
+    let port = (40000..40100)
+        .find(|p| r.udp_from(*p) == "b1")
+        .expect("a source port whose flow b1 serves");
+    let b1 = r.lab.backends[0].addr.to_string();
+    support::lab::must(&mut r.lab.exec(
+        &r.lab.backends[0].ns,
+        &["ip", "link", "set", "dev", "eth0", "arp", "off"],
+    ));
+    let b1_state = |list: &serde_json::Value, in_rotation: bool| {
+        list["services"].as_array().is_some_and(|s| {
+            s.iter().all(|svc| {
+                svc["backends"].as_array().is_some_and(|bs| {
+                    bs.iter().any(|b| {
+                        b["backend"]
+                            .as_str()
+                            .is_some_and(|a| a.starts_with(&format!("{b1}:")))
+                            && b["in_rotation"] == in_rotation
+                    })
+                })
+            })
+        })
+    };
+    r.wait_until_within(
+        "b1 out of rotation once its MAC is lost",
+        Duration::from_secs(60),
+        |l| b1_state(l, false),
+    );
+    assert!(
+        r.log()
+            .contains(&format!("DSR backend {b1} gets no traffic: ")),
+        "the reason is logged:\n{}",
+        r.log()
+    );
+    // Its flows choose again, and new ones avoid it.
+    let now = r.udp_from(port);
+    assert!(
+        now == "b2" || now == "b3",
+        "the flow pinned to b1 moved: answered by {now}"
+    );
+    let counts = r.spread(30);
+    assert_eq!(counts.get("b1"), None, "{counts:?}");
+    assert_eq!(counts.get("error"), None, "{counts:?}");
+
+    support::lab::must(&mut r.lab.exec(
+        &r.lab.backends[0].ns,
+        &["ip", "link", "set", "dev", "eth0", "arp", "on"],
+    ));
+    r.wait_until_within(
+        "b1 back in rotation once it answers ARP again",
+        Duration::from_secs(60),
+        |l| b1_state(l, true),
+    );
+    assert!(
+        r.log()
+            .contains(&format!("DSR backend {b1} is reachable again")),
+        "the return is logged:\n{}",
+        r.log()
+    );
+    let counts = r.spread(60);
+    assert!(counts.get("b1").is_some_and(|n| *n > 0), "{counts:?}");
+}

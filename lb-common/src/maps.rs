@@ -185,6 +185,27 @@ pub struct FlowKeyOf<A> {
     pub _pad1: u16,
 }
 
+/// An address as the maps hold it: `u32` (IPv4, network order) or [`Addr6`].
+pub trait AddrWords: Copy + Default + Ord {
+    /// Equality, word by word (in BPF an array `==` may become a `bcmp` call).
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl AddrWords for u32 {
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        *self == *other
+    }
+}
+
+impl AddrWords for Addr6 {
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        // Most selective word first: the interface identifier.
+        self[3] == other[3] && self[2] == other[2] && self[1] == other[1] && self[0] == other[0]
+    }
+}
+
 /// An IPv4 flow.
 pub type FlowKey = FlowKeyOf<u32>;
 /// An IPv6 flow.
@@ -203,6 +224,30 @@ impl<A> FlowKeyOf<A> {
             _pad0: 0,
             _pad1: 0,
         }
+    }
+}
+
+impl<A: AddrWords> FlowKeyOf<A> {
+    /// Whether `self` and `other` name the same flow: field by field (the padding never
+    /// differs), the most selective first.
+    #[inline(always)]
+    pub fn same_flow(&self, other: &Self) -> bool {
+        self.sport == other.sport
+            && self.src.same(&other.src)
+            && self.dport == other.dport
+            && self.dst.same(&other.dst)
+            && self.proto == other.proto
+    }
+
+    /// Copies `from` into `self` field by field: in BPF a whole-struct store goes
+    /// through a stack copy and a memcpy call.
+    #[inline(always)]
+    pub fn set(&mut self, from: &Self) {
+        self.src = from.src;
+        self.dst = from.dst;
+        self.sport = from.sport;
+        self.dport = from.dport;
+        self.proto = from.proto;
     }
 }
 

@@ -37,7 +37,7 @@ use lb_common::{
 use crate::{
     family::Family,
     maglev,
-    maps::{Addr, BACKENDS, TIMEOUTS},
+    maps::{BACKENDS, TIMEOUTS},
     parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{self, count},
 };
@@ -113,11 +113,7 @@ fn half_open<F: Family>(
 ) -> Option<(u32, &'static Backend)> {
     let h = F::half_open(F::half_open_slot(key))?;
     let k = &h.key;
-    if k.sport != key.sport
-        || !k.src.same(&key.src)
-        || k.dport != key.dport
-        || !k.dst.same(&key.dst)
-        || k.proto != key.proto
+    if !k.same_flow(key)
         || h.check != F::half_open_check(k, h.backend, h.epoch, h.born)
         || t.is_some_and(|t| now.wrapping_sub(h.born) >= t.half_open_s)
     {
@@ -137,11 +133,7 @@ fn remember_syn<F: Family>(key: &FlowKeyOf<F::A>, index: u32, epoch: u32, now: u
     // `check` makes a reader detect.
     let h: &mut HalfOpenOf<F::A> = unsafe { &mut *h };
     h.check = 0;
-    h.key.src = key.src;
-    h.key.dst = key.dst;
-    h.key.sport = key.sport;
-    h.key.dport = key.dport;
-    h.key.proto = key.proto;
+    h.key.set(key);
     h.backend = index;
     h.epoch = epoch;
     h.born = now;

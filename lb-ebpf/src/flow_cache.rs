@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     conntrack, dsr,
     family::Family,
-    maps::{Addr, BACKENDS},
+    maps::BACKENDS,
     nat::End,
     parse::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
     route::{self, Hop},
@@ -52,13 +52,7 @@ pub fn forward<F: Family>(
     let e = F::cache(slot)?;
     // SAFETY: this CPU's slot; only this CPU writes it, and not while we read.
     let e = unsafe { &*e };
-    // Field by field (the padding never differs), most selective first.
-    let k = &e.key;
-    if k.sport != key.sport
-        || !k.src.same(&key.src)
-        || k.dport != key.dport
-        || !k.dst.same(&key.dst)
-        || k.proto != key.proto
+    if !e.key.same_flow(key)
         || ip.ttl <= 1
         || now().wrapping_sub(e.synced) >= FLOW_CACHE_SYNC_JIFFIES
     {
@@ -137,12 +131,7 @@ pub fn fill<F: Family>(
     };
     // SAFETY: this CPU's slot.
     let e: &mut CachedFlowOf<F::A, F::Tail> = unsafe { &mut *e };
-    // Field by field: a whole-struct store goes through a stack copy and a memcpy call.
-    e.key.src = key.src;
-    e.key.dst = key.dst;
-    e.key.sport = key.sport;
-    e.key.dport = key.dport;
-    e.key.proto = key.proto;
+    e.key.set(key);
     e.kind = kind;
     e.backend = index;
     e.epoch = be.epoch;

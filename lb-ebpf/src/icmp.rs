@@ -16,7 +16,7 @@
 //! The error handling ([`error`]) serves ICMPv6 too (`icmp6` calls it for its error
 //! types), generic over the family.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, NatBackendOf, SERVICE_F_NAT};
+use lb_common::{AddrWords as _, Counter, NatBackendOf, SERVICE_F_NAT};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr6, Backend, CachedFlow, CachedFlow6, Counter, DEFAULT_CONNTRACK_ENTRIES,
+    Addr6, AddrWords, Backend, CachedFlow, CachedFlow6, Counter, DEFAULT_CONNTRACK_ENTRIES,
     DEFAULT_CONNTRACK6_ENTRIES, FILTER_WORDS, FLOW_CACHE_SLOTS, FLOW_CACHE6_SLOTS, Flow, FlowKey,
     FlowKey6, HALF_OPEN_SLOTS, HalfOpen, HalfOpen6, MAX_BACKENDS, MAX_NAT_BACKENDS, MAX_SERVICES,
     MAX_VIPS, NatBackend, NatBackend6, NatBackendKey, NatBackendKey6, NatBackendKeyOf,
@@ -108,9 +108,7 @@ fn in_filter(filter: &Array<u64, { FILTER_WORDS as usize }>, (word, bit): (u32, 
 
 /// An address of either family, as the datapath keeps it (`u32` for IPv4, [`Addr6`]
 /// for IPv6), with the lookups that depend only on it.
-pub trait Addr: Copy + Default {
-    /// Equality, word by word (an array `==` may become a `bcmp` call in BPF).
-    fn same(&self, other: &Self) -> bool;
+pub trait Addr: AddrWords {
     /// Whether the VIP prefilter may hold it (no false negatives).
     fn maybe_vip(&self) -> bool;
     /// Whether it is in `VIPS` (`VIPS6`); ask [`Addr::maybe_vip`] first.
@@ -130,10 +128,6 @@ pub trait Addr: Copy + Default {
 }
 
 impl Addr for u32 {
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        *self == *other
-    }
     #[inline(always)]
     fn maybe_vip(&self) -> bool {
         in_filter(&VIP_FILTER, filter_bit(*self))
@@ -173,11 +167,6 @@ impl Addr for u32 {
 }
 
 impl Addr for Addr6 {
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        // Most selective word first: the interface identifier.
-        self[3] == other[3] && self[2] == other[2] && self[1] == other[1] && self[0] == other[0]
-    }
     #[inline(always)]
     fn maybe_vip(&self) -> bool {
         in_filter(&VIP_FILTER, filter_bit6(self))

@@ -15,6 +15,8 @@
 //!   percentile and maximum in ms, and the daemon's CPU time per minute.
 //!
 //! Not a test: figures go into docs/BENCHMARKS.md with the command.
+mod common;
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
@@ -34,19 +36,6 @@ const SECONDS: u64 = 30;
 /// How long to wait for the counts to cover the whole table.
 const COUNT_WAIT: Duration = Duration::from_secs(150);
 
-/// `Flow` as the build before 341a9ec's successor wrote it (24 bytes, with the service
-/// and nanoseconds), to fill the baseline's table.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OldFlow {
-    backend: u32,
-    epoch: u32,
-    service: u32,
-    state: u32,
-    last_seen: u64,
-}
-// SAFETY: plain data without padding.
-unsafe impl aya::Pod for OldFlow {}
 const VIP: &str = "10.100.0.20";
 const SERVICE: &str = "10.100.0.20:80/tcp";
 
@@ -77,40 +66,51 @@ fn main() -> Result<()> {
     println!(
         "Control plane with a large connection table: ageing_interval_s 5, {SECONDS} s of requests per build and table"
     );
-    println!(
-        "{:<20} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}",
-        "build",
-        "max",
-        "entries",
-        "counted",
-        "list",
-        "p99",
-        "max",
-        "change",
-        "p99",
-        "max",
-        "daemon"
-    );
-    println!(
-        "{:<20} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>9}",
-        "", "entries", "kept", "after s", "p50 ms", "ms", "ms", "p50 ms", "ms", "ms", "CPU s/min"
-    );
+    let head = [
+        ("build", ""),
+        ("max", "entries"),
+        ("entries", "kept"),
+        ("counted", "after s"),
+        ("list", "p50 ms"),
+        ("p99", "ms"),
+        ("max", "ms"),
+        ("change", "p50 ms"),
+        ("p99", "ms"),
+        ("max", "ms"),
+        ("daemon", "CPU s/min"),
+        ("conns", "total"),
+        ("conns", "ms"),
+    ];
+    for line in [0, 1] {
+        let cells: Vec<&str> = head
+            .iter()
+            .map(|h| if line == 0 { h.0 } else { h.1 })
+            .collect();
+        print!("{:<20}", cells[0]);
+        for c in &cells[1..] {
+            print!(" {c:>9}");
+        }
+        println!();
+    }
     for (fill, max) in tables {
         for (label, bin) in &builds {
             let f = measure(bin, fill, max)?;
-            println!(
-                "{label:<20} {max:>9} {:>9} {:>8} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>7.2} {:>7.2} {:>9.2}",
-                f.kept,
-                f.counted_after
-                    .map_or("never".to_string(), |d| format!("{:.0}", d.as_secs_f64())),
+            let counted = f
+                .counted_after
+                .map_or("never".to_string(), |d| format!("{:.0}", d.as_secs_f64()));
+            print!("{label:<20} {max:>9} {:>9} {counted:>9}", f.kept);
+            for v in [
                 f.list.percentile(50),
                 f.list.percentile(99),
                 f.list.percentile(100),
                 f.change.percentile(50),
                 f.change.percentile(99),
                 f.change.percentile(100),
-                f.cpu_s * 60.0 / SECONDS as f64
-            );
+                f.cpu_s * 60.0 / SECONDS as f64,
+            ] {
+                print!(" {v:>9.2}");
+            }
+            println!(" {:>9} {:>9.0}", f.conns_total, f.conns_ms);
         }
     }
     Ok(())
@@ -134,6 +134,9 @@ struct Figures {
     kept: usize,
     /// When `list` counted every kept entry (from the end of the fill).
     counted_after: Option<Duration>,
+    /// `conns` (limit 10): the total it reports, and how long it took.
+    conns_total: u64,
+    conns_ms: f64,
     list: Latencies,
     change: Latencies,
     cpu_s: f64,
@@ -325,21 +328,6 @@ fn conntrack(prog: u32) -> Result<MapData> {
     bail!("the program has no {MAP_CONNTRACK} map")
 }
 
-/// Moves the calling thread to one CPU.
-fn pin(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: valid set for the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
-    ensure!(
-        rc == 0,
-        "sched_setaffinity: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
 /// Fills the connection table with `entries` established flows of the service, from
 /// every online CPU in turn; returns how many it kept.
 fn fill(ns: &Netns, entries: u32) -> Result<usize> {
@@ -360,7 +348,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
     // The baseline's entries are 24 bytes (with the service, in nanoseconds).
-    let old = map.info()?.value_size() as usize == size_of::<OldFlow>();
+    let old = map.info()?.value_size() as usize == size_of::<common::OldFlow>();
     let vip = u32::from_ne_bytes(VIP.parse::<Ipv4Addr>()?.octets());
     let cpus = std::thread::available_parallelism()?.get().min(2);
     let per_cpu = entries as usize / cpus;
@@ -370,7 +358,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         state: FLOW_ESTABLISHED,
         last_seen: lb_common::coarse_seconds(now),
     };
-    let old_flow = OldFlow {
+    let old_flow = common::OldFlow {
         backend: index,
         epoch: be.epoch,
         service: svc.id,
@@ -381,7 +369,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
         let mut threads = Vec::new();
         for cpu in 0..cpus {
             threads.push(s.spawn(move || -> Result<()> {
-                pin(cpu)?;
+                common::pin(cpu)?;
                 let keys: Vec<FlowKey> = (0..per_cpu)
                     .map(|i| {
                         let n = (cpu * per_cpu + i) as u32;
@@ -413,7 +401,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
     let mut walk = batch::Walk::default();
     let mut kept = 0;
     if old {
-        while let Some(b) = walk.next::<FlowKey, OldFlow>(fd, 65536)? {
+        while let Some(b) = walk.next::<FlowKey, common::OldFlow>(fd, 65536)? {
             kept += b.len();
         }
     } else {
@@ -442,7 +430,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Active connections `list` shows in all.
 fn counted(v: &Value) -> u64 {
-    v["services"]
+    v["result"]["services"]
         .as_array()
         .into_iter()
         .flatten()
@@ -485,10 +473,15 @@ fn measure(bin: &Path, fill_entries: u32, max_entries: u32) -> Result<Figures> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_s = cpu_seconds(daemon.child.id())? - cpu0;
+    // `lb conns` over the whole table: its total must be every kept entry.
+    let (v, conns_ms) = client.call(r#"{"op":"conns","limit":10}"#)?;
+    let conns_total = v["result"]["total"].as_u64().unwrap_or(0);
     drop(daemon);
     Ok(Figures {
         kept,
         counted_after,
+        conns_total,
+        conns_ms,
         list: Latencies(list),
         change: Latencies(change),
         cpu_s,

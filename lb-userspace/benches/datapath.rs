@@ -8,6 +8,8 @@
 //! wrapper around the floor measures the wrapper's own cost, which is subtracted.
 //! Every timed run is checked: its return code, and counters that moved by exactly the
 //! number of rounds, prove the intended path ran every time.
+mod common;
+
 use lb_lab::{frame, netns};
 
 use std::time::Duration;
@@ -42,13 +44,8 @@ const FRAME: usize = 64;
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 7;
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const LB_CLI_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc0];
-const LB_SRV_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb0];
-const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
+use frame::{XDP_PASS, XDP_REDIRECT, XDP_TX};
+use netns::{LB_CLI_MAC, LB_SRV_MAC, ROUTER_MAC};
 
 fn ne(a: &str) -> u32 {
     u32::from_ne_bytes(addr(a).octets())
@@ -145,22 +142,6 @@ fn nanos(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9
 }
 
-fn pin_to_last_cpu() -> Result<usize> {
-    let cpus = std::thread::available_parallelism()?.get();
-    let cpu = cpus - 1;
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(cpu)
-}
-
 fn setup() -> Result<Bench> {
     let (cli, srv) = netns::enter_two_legs();
     netns::ip("neigh add 192.0.2.254 lladdr 02:00:00:00:01:fe dev cli0 nud permanent");
@@ -248,7 +229,7 @@ fn main() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the datapath benchmark needs root (BPF, namespaces)"
     );
-    let cpu = pin_to_last_cpu()?;
+    let cpu = common::pin_to_last_cpu()?;
     let mut b = setup()?;
     let (cli, srv) = (b.cli, b.srv);
     let client = |l4| {

@@ -200,7 +200,12 @@ impl Running {
 
     /// Polls `lb service list` until `cond` holds (bounded: 20 s).
     pub fn wait_until(&self, what: &str, cond: impl Fn(&Value) -> bool) {
-        for _ in 0..200 {
+        self.wait_until_within(what, Duration::from_secs(20), cond)
+    }
+
+    /// [`Running::wait_until`] with another bound.
+    pub fn wait_until_within(&self, what: &str, limit: Duration, cond: impl Fn(&Value) -> bool) {
+        for _ in 0..limit.as_millis() / 100 {
             let out = self.cli(&["service", "list", "--json"]);
             if out.status.success()
                 && cond(&serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
@@ -354,22 +359,39 @@ impl Running {
             super::lab::enter_netns(&ns);
             let mut counts = BTreeMap::new();
             for i in 0..n {
-                let s =
-                    std::net::UdpSocket::bind(("0.0.0.0", first + i as u16)).expect("udp socket");
-                s.set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                s.send_to(b"hello\n", (vip, super::lab::UDP_PORT))
-                    .expect("send");
-                let mut buf = [0u8; 64];
-                let key = match s.recv(&mut buf) {
-                    Ok(len) => String::from_utf8_lossy(&buf[..len]).trim().to_string(),
-                    Err(_) => "error".to_string(),
-                };
-                *counts.entry(key).or_default() += 1;
+                *counts.entry(udp_ask(vip, first + i as u16)).or_default() += 1;
             }
             counts
         })
         .join()
         .expect("udp client thread")
+    }
+
+    /// One UDP datagram to VIP:5353 from the client's port `port`: the backend that
+    /// answered ("error" when none did).
+    pub fn udp_from(&self, port: u16) -> String {
+        let ns = self.lab.client_ns();
+        let vip = self.lab.vip();
+        std::thread::spawn(move || {
+            super::lab::enter_netns(&ns);
+            udp_ask(vip, port)
+        })
+        .join()
+        .expect("udp client thread")
+    }
+}
+
+/// Sends one datagram to `vip`:5353 from `port` (in the calling thread's namespace);
+/// returns the answer's backend name, or "error".
+fn udp_ask(vip: &str, port: u16) -> String {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("udp socket");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s.send_to(b"hello\n", (vip, super::lab::UDP_PORT))
+        .expect("send");
+    let mut buf = [0u8; 64];
+    match s.recv(&mut buf) {
+        Ok(len) => String::from_utf8_lossy(&buf[..len]).trim().to_string(),
+        Err(_) => "error".to_string(),
     }
 }

@@ -32,3 +32,24 @@ pub fn lb_binary(commit: &str) -> Result<PathBuf> {
     ensure!(bin.exists(), "{} is missing after the build", bin.display());
     Ok(bin)
 }
+
+/// The eBPF object `name` (e.g. `lb`, the production program) of `commit`'s build, built
+/// if needed: lb-userspace's build script leaves its objects in its `OUT_DIR`.
+pub fn object(commit: &str, name: &str) -> Result<PathBuf> {
+    lb_binary(commit)?;
+    let build = root()
+        .join("target/baseline")
+        .join(commit)
+        .join("target/release/build");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&build)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lb-userspace-"))
+        .map(|e| e.path().join("out").join(name))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    let (_, path) = found
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no {name} object under {}", build.display()))?;
+    Ok(path)
+}

@@ -49,9 +49,14 @@ enum Bench {
     Pps,
     /// New TCP connections per second (wrk, Connection: close): lb vs HAProxy, on the lab.
     Cps,
-    /// Latency of control requests while the daemon sweeps a full 1M-entry connection
-    /// table: the build before the redesign (341a9ec) vs this one.
+    /// The control plane with a large connection table (10 % and 100 % of 1M, and 10M
+    /// entries): `list`/`backend_set` latency, daemon CPU per minute, how long until the
+    /// connection counts cover the table; 341a9ec vs this build.
     Control,
+    /// ns per packet with one BPF_PROG_TEST_RUN call per packet, the production program
+    /// of 341a9ec beside this build's and the floor; established connections kept
+    /// through a 2x-capacity SYN flood and a table change; memory per connection.
+    Packets,
 }
 
 fn main() {
@@ -154,7 +159,16 @@ fn bench(what: Bench) -> Result<()> {
             unsafe { std::env::set_var("LB_BASELINE", &old) };
             cargo_bench(
                 "control",
-                "control-plane benchmark (requests during sweeps of a full connection table)",
+                "control-plane benchmark (requests with a large connection table)",
+            )
+        }
+        Bench::Packets => {
+            let old = baseline::object("341a9ec", "lb")?;
+            // SAFETY: set before any thread of ours starts.
+            unsafe { std::env::set_var("LB_BASELINE_OBJECT", &old) };
+            cargo_bench(
+                "packets",
+                "per-packet benchmark (one BPF_PROG_TEST_RUN call per packet, 341a9ec vs this build)",
             )
         }
     }

@@ -10,8 +10,8 @@ pub use crate::model::adopt::Pinned;
 
 use super::{
     Dataplane, Record,
-    filter::FilterAddr,
     error::{Context as _, Result},
+    filter::FilterAddr,
     tables::{Mmap, TableGens},
 };
 
@@ -53,11 +53,7 @@ impl Dataplane {
             .services
             .iter()
             .map(|(k, s)| Record::V4(*k, *s))
-            .chain(
-                p.services6
-                    .iter()
-                    .map(|(k, s)| Record::V6(*k, s.common())),
-            )
+            .chain(p.services6.iter().map(|(k, s)| Record::V6(*k, s.common())))
             .collect::<Vec<_>>();
         for record in records {
             let svc = *record.svc();

@@ -61,11 +61,7 @@ impl ConnTable {
     }
 
     /// The next batch of IPv6 entries of `walk` (see [`Self::walk`]).
-    pub fn walk6(
-        &self,
-        walk: &mut Walk,
-        chunk: usize,
-    ) -> Result<Option<Vec<(FlowKey6, Flow)>>> {
+    pub fn walk6(&self, walk: &mut Walk, chunk: usize) -> Result<Option<Vec<(FlowKey6, Flow)>>> {
         walk.next(fd(&self.conntrack6), chunk)
             .context("reading CONNTRACK6")
     }

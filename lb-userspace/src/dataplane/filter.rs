@@ -78,7 +78,9 @@ mod tests {
     #[test]
     fn a_word_holds_the_bits_of_its_addresses_only() {
         let a = FilterAddr::V4(u32::from_ne_bytes([10, 100, 0, 10]));
-        let b = FilterAddr::V6(lb_common::ipv6_words([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]));
+        let b = FilterAddr::V6(lb_common::ipv6_words([
+            0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ]));
         let (wa, bit_a) = a.bit();
         let (wb, bit_b) = b.bit();
         let set = BTreeSet::from([a, b]);

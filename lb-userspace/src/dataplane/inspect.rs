@@ -31,7 +31,8 @@ pub struct Inspector {
     tables: ArrayOfMaps<MapData, Array<MapData, TableChunk>>,
     backends: Array<MapData, Backend>,
     vips: HashMap<MapData, u32, u32>,
-    nat_backends: HashMap<MapData, NatBackendKey, NatBackend>,
+    /// `None` for a program of an older layout (the benchmarks inspect those too).
+    nat_backends: Option<HashMap<MapData, NatBackendKey, NatBackend>>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -78,7 +79,7 @@ impl Inspector {
             tables: open(&mut maps, prog_id, MAP_TABLES)?,
             backends: open(&mut maps, prog_id, MAP_BACKENDS)?,
             vips: open(&mut maps, prog_id, MAP_VIPS)?,
-            nat_backends: open(&mut maps, prog_id, MAP_NAT_BACKENDS)?,
+            nat_backends: open(&mut maps, prog_id, MAP_NAT_BACKENDS).ok(),
             stats: open(&mut maps, prog_id, MAP_STATS)?,
         })
     }
@@ -150,8 +151,13 @@ impl Inspector {
 
     /// `NAT_BACKENDS`: (NAT backend, how its replies are translated), sorted.
     pub fn nat_backends(&self) -> Result<Vec<(NatBackendKey, NatBackend)>> {
-        let mut out = self
-            .nat_backends
+        let map = self.nat_backends.as_ref().with_context(|| {
+            format!(
+                "BPF program {} uses no map named {MAP_NAT_BACKENDS}",
+                self.prog_id
+            )
+        })?;
+        let mut out = map
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .context("reading NAT_BACKENDS")?;

@@ -177,7 +177,11 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
         (MAP_STATS, 4, 8),
         (MAP_SERVICE_STATS, 4, size_of::<Ts>()),
         (MAP_BACKEND_STATS, 4, size_of::<Ts>()),
-        (MAP_SERVICES6, size_of::<ServiceKey6>(), size_of::<Service6>()),
+        (
+            MAP_SERVICES6,
+            size_of::<ServiceKey6>(),
+            size_of::<Service6>(),
+        ),
         (MAP_VIPS6, size_of::<Addr6>(), 4),
         (MAP_BACKEND_ADDRS6, 4, size_of::<Addr6>()),
         (MAP_CONNTRACK6, size_of::<FlowKey6>(), size_of::<Flow>()),
@@ -564,7 +568,8 @@ impl Dataplane {
         // One record per key: a key that now names another id (a service replaced under
         // the same key) no longer belongs to the old id, whose table flips must not
         // touch it.
-        self.records.retain(|i, r| *i == id || !same_key(r, &record));
+        self.records
+            .retain(|i, r| *i == id || !same_key(r, &record));
         self.records.insert(id, record);
         Ok(())
     }

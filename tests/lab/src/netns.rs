@@ -47,6 +47,13 @@ pub fn ifindex(name: &str) -> u32 {
     i
 }
 
+/// MAC of `cli0` in [`enter_two_legs`] (the balancer's client-side interface).
+pub const LB_CLI_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc0];
+/// MAC of `srv0` in [`enter_two_legs`] (the balancer's server-side interface).
+pub const LB_SRV_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb0];
+/// MAC the packet tests give the router 192.0.2.254 (a permanent neighbour on `cli0`).
+pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
+
 /// The packet tests' and the datapath benchmark's namespace: a new one, with a client
 /// leg `cli0` (192.0.2.1/24, MAC 02:00:00:00:00:c0, default for 198.51.100.0/24 via the
 /// router 192.0.2.254) and a server leg `srv0` (10.1.0.1/24, MAC 02:00:00:00:00:b0),
