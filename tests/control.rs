@@ -77,6 +77,8 @@ fn backend_set(backend: &str, field: &str, value: Value) -> String {
 
 fn key(s: &str) -> lb_common::ServiceKey {
     datapath_key(&s.parse::<ServiceKey>().expect("service name"))
+        .v4()
+        .expect("an IPv4 service")
 }
 
 /// An address as the datapath stores it (network order).

@@ -134,9 +134,15 @@ fn error_to_backend<F: Family>(ctx: &XdpContext, ip: &Ip<F::A>, q: &Quoted<F::A>
         return Verdict::drop(Counter::DropTtl);
     }
     // The flow, as the client sent it.
-    let chosen = F::with_key(&q.dst, &q.src, q.dport, q.sport, q.proto, |flow| {
-        conntrack::peek::<F>(flow, &svc, F::hash(&svc, flow))
-    });
+    let chosen = F::with_key(
+        &q.dst,
+        &q.src,
+        q.dport,
+        q.sport,
+        q.proto,
+        #[inline(always)]
+        |flow| conntrack::peek::<F>(flow, &svc, F::hash(&svc, flow)),
+    );
     let (index, be) = match chosen {
         Some(Ok(chosen)) => chosen,
         Some(Err(c)) => return Verdict::drop(c),

@@ -160,6 +160,8 @@ fn l4<F: Family>(ctx: &XdpContext, ip: &Ip<F::A>) -> Verdict {
         ports.sport,
         ports.dport,
         ip.proto,
+        // Inlined like everything on the packet path (a BPF-to-BPF call costs a return).
+        #[inline(always)]
         |flow| flow_packet::<F>(ctx, ip, flow, ports.dport, ports.sport, tcp_flags),
     )
     .unwrap_or(Verdict::drop(Counter::DropInternal))

@@ -176,23 +176,26 @@ pub fn next_hop<A: FibAddr>(
     if ip.vlan {
         return Err(Verdict::drop(Counter::DropVlanUnsupported));
     }
-    let looked_up = A::with_params(|p| {
-        A::fill(p, ip, src, dst);
-        p.l4_protocol = ip.proto;
-        p.__bindgen_anon_1.tot_len = ip.tot_len as u16;
-        p.ifindex = ctx.ingress_ifindex() as u32;
-        // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size we pass.
-        let rc =
-            unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut *p, size_of::<FibParams>() as i32, 0) }
-                as u32;
-        let hop = Hop {
-            resolved: rc == BPF_FIB_LKUP_RET_SUCCESS,
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-        };
-        (rc, hop)
-    });
+    let looked_up = A::with_params(
+        #[inline(always)]
+        |p| {
+            A::fill(p, ip, src, dst);
+            p.l4_protocol = ip.proto;
+            p.__bindgen_anon_1.tot_len = ip.tot_len as u16;
+            p.ifindex = ctx.ingress_ifindex() as u32;
+            // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size we pass.
+            let rc = unsafe {
+                bpf_fib_lookup(ctx.as_ptr(), &raw mut *p, size_of::<FibParams>() as i32, 0)
+            } as u32;
+            let hop = Hop {
+                resolved: rc == BPF_FIB_LKUP_RET_SUCCESS,
+                ifindex: p.ifindex,
+                smac: p.smac,
+                dmac: p.dmac,
+            };
+            (rc, hop)
+        },
+    );
     let Some((rc, hop)) = looked_up else {
         return Err(Verdict::drop(Counter::DropInternal));
     };

@@ -970,6 +970,21 @@ impl crate::model::apply::Maps for Dataplane {
     fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
         Dataplane::set_timeouts(self, timeouts)
     }
+    fn set_service6(&mut self, key: ServiceKey6, svc: Service) -> Result<()> {
+        Dataplane::set_service6(self, key, svc)
+    }
+    fn remove_service6(&mut self, key: &ServiceKey6) -> Result<()> {
+        Dataplane::remove_service6(self, key)
+    }
+    fn set_vip6(&mut self, addr: Addr6, services: u32) -> Result<()> {
+        Dataplane::set_vip6(self, addr, services)
+    }
+    fn set_nat_backend6(&mut self, key: NatBackendKey6, back: Option<NatBackend6>) -> Result<()> {
+        Dataplane::set_nat_backend6(self, key, back)
+    }
+    fn set_backend_addr6(&mut self, index: u32, addr: Addr6) -> Result<()> {
+        Dataplane::set_backend_addr6(self, index, addr)
+    }
     fn reset_backend_stats(&mut self, index: u32) -> Result<()> {
         Dataplane::reset_backend_stats(self, index)
     }
