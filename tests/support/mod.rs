@@ -5,6 +5,7 @@
     reason = "each test binary uses a different subset"
 )]
 
+pub mod browser;
 pub mod daemon;
 pub mod running;
 
