@@ -25,7 +25,7 @@ readonly PACKAGES=(
     rustc-web cargo-web rust-web-src "llvm-${LLVM_MAJOR}-dev"
     iproute2 ethtool nftables iperf3 nginx-light curl bpftool procps
     socat prometheus haproxy wrk
-    dpkg-dev lintian systemd man-db chromium
+    dpkg-dev lintian systemd systemd-container man-db chromium
 )
 # cargo-deb builds the Debian package (`cargo xtask deb`); 3.8.0 builds with rustc 1.95.
 readonly CARGO_DEB_VERSION=3.8.0

@@ -271,7 +271,7 @@ fn the_maintainer_scripts_hand_over_and_never_restart_lb() {
         .find("systemctl kill --kill-whom=main --signal=SIGUSR2 lb.service")
         .expect("the postinst sends SIGUSR2 on upgrade");
     let start = postinst
-        .find("deb-systemd-invoke start lb.service")
+        .find("systemctl start lb.service")
         .expect("the postinst starts lb again");
     assert!(usr2 < start, "{postinst}");
     // No start on a first install (no interface is configured yet): the start is for

@@ -175,7 +175,15 @@ fn bench(what: Bench) -> Result<()> {
 /// a new test file cannot silently stay out of `cargo xtask test`.
 fn root_test_targets() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
     const ROOT: [&str; 5] = ["datapath", "control", "wire", "net", "package"];
-    const LAB: [&str; 5] = ["e2e", "health", "observability", "lifecycle", "stats_page"];
+    const LAB: [&str; 7] = [
+        "e2e",
+        "health",
+        "observability",
+        "lifecycle",
+        "stats_page",
+        "service_unit",
+        "systemd",
+    ];
     let manifest = std::fs::read_to_string(util::root().join("lb-userspace/Cargo.toml"))?;
     let mut in_test = false;
     for line in manifest.lines() {
