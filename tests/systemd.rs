@@ -15,18 +15,17 @@
 mod support;
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use lb_lab::load::{Load, Session};
 use serde_json::Value;
 use support::{
     lab::{Lab, Mode},
     running::{QUICK_CHECK, all_in_rotation, pass_object},
+    traffic::Traffic,
 };
 
 const NSPAWN: &str = "/usr/bin/systemd-nspawn";
@@ -253,45 +252,6 @@ impl Drop for Container {
         for m in [&self.root, &self.upper] {
             let _ = Command::new("umount").arg(m).status();
         }
-    }
-}
-
-/// The traffic that runs throughout: new connections every 20 ms and one long-lived
-/// connection exchanging every 100 ms, from the lab's client.
-struct Traffic {
-    load: Load,
-    session: Session,
-}
-
-impl Traffic {
-    fn start(lab: &Lab) -> Traffic {
-        let vip = SocketAddr::from((lab.vip().parse::<std::net::Ipv4Addr>().unwrap(), 80));
-        let ns = lab.client_ns();
-        let session = Session::start(&ns, vip, Duration::from_millis(100));
-        let load = Load::start(&ns, vip, Duration::from_millis(20));
-        sleep(Duration::from_millis(500));
-        Traffic { load, session }
-    }
-
-    /// Panics unless every request was answered and the long-lived connection stayed on
-    /// its backend and kept exchanging (more than `before` answers).
-    fn assert_clean(&self, when: &str, before: usize) -> usize {
-        let t = self.load.tally();
-        assert!(
-            t.failed.is_empty() && t.ok > 0,
-            "{when}: {} of {} requests failed: {:?}",
-            t.failed.len(),
-            t.ok + t.failed.len(),
-            &t.failed[..t.failed.len().min(5)]
-        );
-        let s = self.session.seen();
-        assert!(
-            s.broken.is_none(),
-            "{when}: the long-lived connection broke: {s:?}"
-        );
-        assert_eq!(s.backends.len(), 1, "{when}: it moved: {s:?}");
-        assert!(s.answered > before, "{when}: it stopped exchanging: {s:?}");
-        s.answered
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod daemon;
 pub mod running;
+pub mod traffic;
 
 pub use lb_lab::{frame, lab, netns};
 
