@@ -52,6 +52,19 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs `cmd` (installed by scripts/setup.sh); its output and all it printed.
+fn said(cmd: &mut Command) -> (Output, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?} (scripts/setup.sh installs it): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -185,15 +198,10 @@ fn the_package_installs_lb_its_unit_config_man_pages_and_completions() {
 
 #[test]
 fn lintian_reports_no_error() {
-    let out = Command::new("lintian")
-        .args(["--fail-on", "error", "--display-info"])
-        .arg(deb())
-        .output()
-        .expect("lintian (installed by scripts/setup.sh)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (out, report) = said(
+        Command::new("lintian")
+            .args(["--fail-on", "error", "--display-info"])
+            .arg(deb()),
     );
     // Everything lintian says is shown; warnings and notes are reviewed, not failed on.
     eprintln!("lintian:\n{report}");
@@ -218,19 +226,18 @@ fn systemd_analyze_verify_accepts_the_unit_with_the_package_in_place() {
          systemd-analyze security --offline=yes lb.service",
         root.join("usr").display()
     );
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{said}");
-    assert!(out.status.success(), "systemd-analyze:\n{said}");
+    let (out, text) = said(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    eprintln!("{text}");
+    assert!(out.status.success(), "systemd-analyze:\n{text}");
     // verify prints nothing about a unit that is fine (a warning is still exit 0).
-    let (verify, security) = said.split_once(SECURITY).expect("both ran");
+    let (verify, security) = text.split_once(SECURITY).expect("both ran");
     assert!(
         !verify.contains("lb.service"),
         "systemd-analyze verify has remarks:\n{verify}"

@@ -144,6 +144,22 @@ impl Setup {
             .count()
     }
 
+    /// Starts `lb run` with only `caps` and expects it to exit with a failure within 20 s,
+    /// the kernel having said "Operation not permitted"; `what` names the failure to see.
+    fn refused(&mut self, caps: &[String], what: &str) {
+        let (pid, log) = self.start(caps, &[]);
+        let status = self
+            .lab
+            .wait_exit(pid, Duration::from_secs(20))
+            .expect("lb gives up within 20 s");
+        assert!(!status.success(), "{what}:\n{}", self.log(&log));
+        assert!(
+            self.log(&log).contains("Operation not permitted"),
+            "{}",
+            self.log(&log)
+        );
+    }
+
     fn stop(&mut self, pid: u32, signal: i32, log: &str) {
         self.lab.signal(pid, signal);
         let status = self
@@ -219,34 +235,14 @@ fn the_units_capabilities_run_lb_and_each_is_needed() {
     // Without CAP_SYS_ADMIN lb cannot load anything (the unit grants no CAP_BPF: CAP_SYS_ADMIN
     // carries it). The narrower CAP_BPF and CAP_PERFMON instead of it start a fresh
     // datapath, but one left running cannot be adopted (its maps are opened by id).
-    let (pid, log) = s.start(&without("CAP_SYS_ADMIN"), &[]);
-    let status = s
-        .lab
-        .wait_exit(pid, Duration::from_secs(20))
-        .expect("lb without CAP_SYS_ADMIN gives up within 20 s");
-    assert!(!status.success(), "started without CAP_SYS_ADMIN");
-    assert!(
-        s.log(&log).contains("Operation not permitted"),
-        "{}",
-        s.log(&log)
-    );
+    s.refused(&without("CAP_SYS_ADMIN"), "started without CAP_SYS_ADMIN");
     let no_sys_admin: Vec<String> = ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
         .map(String::from)
         .to_vec();
     let (pid, log) = s.start(&no_sys_admin, &[]);
     s.wait_list("every backend in rotation", &log, all_in_rotation);
     s.stop(pid, libc::SIGUSR2, &log);
-    let (pid, log) = s.start(&no_sys_admin, &[]);
-    let status = s
-        .lab
-        .wait_exit(pid, Duration::from_secs(20))
-        .expect("the adopting lb gives up within 20 s");
-    assert!(!status.success(), "adopted without CAP_SYS_ADMIN");
-    assert!(
-        s.log(&log).contains("Operation not permitted"),
-        "{}",
-        s.log(&log)
-    );
+    s.refused(&no_sys_admin, "adopted without CAP_SYS_ADMIN");
     let detach = s.cli(&["detach", "--pin-dir", &s.pin_dir]);
     assert!(
         detach.status.success(),
