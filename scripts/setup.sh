@@ -18,12 +18,17 @@ readonly LLVM_MAJOR=22
 
 # Packages: build (rustc-web ...), tests and lab (iproute2 ... socat; prometheus for
 # promtool, which checks the metrics exposition), benchmarks (haproxy and wrk; nftables
-# and iperf3 serve both).
+# and iperf3 serve both), the Debian package and its tests (dpkg-dev for cargo-deb's
+# dependency computation, lintian, systemd for systemd-analyze verify, man-db to render
+# the man pages), and the stats page's browser test (chromium, headless).
 readonly PACKAGES=(
     rustc-web cargo-web rust-web-src "llvm-${LLVM_MAJOR}-dev"
     iproute2 ethtool nftables iperf3 nginx-light curl bpftool procps
     socat prometheus haproxy wrk
+    dpkg-dev lintian systemd systemd-container man-db chromium
 )
+# cargo-deb builds the Debian package (`cargo xtask deb`); 3.8.0 builds with rustc 1.95.
+readonly CARGO_DEB_VERSION=3.8.0
 
 say() { printf 'setup: %s\n' "$*"; }
 die() {
@@ -110,4 +115,11 @@ if [ "$("$cargo_bin/bpf-linker" --version 2>/dev/null | awk '{print $2}')" != "$
         die "cargo install bpf-linker ${BPF_LINKER_VERSION} failed" "check access to crates.io and that llvm-${LLVM_MAJOR}-dev is installed"
 fi
 
-say "ready (eBPF toolchain ${BPF_TOOLCHAIN} = rustc ${rustc_web_version}, bpf-linker ${BPF_LINKER_VERSION}, bpffs mounted)"
+# ---- cargo-deb (the Debian package) ------------------------------------------------
+if [ "$("$cargo_bin/cargo-deb" --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_DEB_VERSION" ]; then
+    say "building cargo-deb ${CARGO_DEB_VERSION} (about a minute)"
+    cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION" ||
+        die "cargo install cargo-deb ${CARGO_DEB_VERSION} failed" "check access to crates.io"
+fi
+
+say "ready (eBPF toolchain ${BPF_TOOLCHAIN} = rustc ${rustc_web_version}, bpf-linker ${BPF_LINKER_VERSION}, cargo-deb ${CARGO_DEB_VERSION}, bpffs mounted)"

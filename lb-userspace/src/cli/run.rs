@@ -21,7 +21,8 @@ pub struct RunArgs {
     /// Configuration file (JSON; see docs/CONFIG.md).
     #[arg(long)]
     config: PathBuf,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9180); off by default.
+    /// Serve Prometheus metrics (/metrics) and the live stats page (/) on this address
+    /// (e.g. 127.0.0.1:9180); off by default.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Name of this instance: its datapath is pinned in /sys/fs/bpf/lb/NAME.
