@@ -82,8 +82,8 @@ fn state_bits(tcp_flags: u8) -> u32 {
 }
 
 /// Whether an entry last seen at `last_seen` (seconds) in `state` is past its timeout at
-/// `now` (seconds). Without timeouts (a datapath no control plane configured yet),
-/// nothing expires.
+/// `now` (seconds). A timeout of 0 (a datapath whose control plane has not written
+/// `TIMEOUTS` yet) never expires anything.
 #[inline(always)]
 fn expired(t: Option<&Timeouts>, state: u32, tcp: bool, last_seen: u32, now: u32) -> bool {
     let Some(t) = t else {
@@ -96,7 +96,15 @@ fn expired(t: Option<&Timeouts>, state: u32, tcp: bool, last_seen: u32, now: u32
     } else {
         t.tcp_fin_s
     };
-    timeout != 0 && now.wrapping_sub(last_seen) >= timeout
+    timeout != 0 && older_than(last_seen, now, timeout)
+}
+
+/// Whether `then` is at least `age` seconds before `now`. Signed: another CPU may have
+/// written a `then` one second past the `now` this one read (that is not old).
+#[inline(always)]
+fn older_than(then: u32, now: u32, age: u32) -> bool {
+    let d = now.wrapping_sub(then) as i32;
+    d >= 0 && d as u32 >= age
 }
 
 /// Index of a flow's half-open slot (a hash of the 5-tuple, not the flow cache's).
@@ -117,7 +125,7 @@ fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'st
     let k = &h.key;
     if !k.same_flow(key)
         || h.check != half_open_check(k, h.backend, h.epoch, h.born)
-        || t.is_some_and(|t| now.wrapping_sub(h.born) >= t.half_open_s)
+        || t.is_some_and(|t| t.half_open_s != 0 && older_than(h.born, now, t.half_open_s))
     {
         return None;
     }
@@ -159,8 +167,11 @@ pub fn for_packet<'a>(
     let bits = state_bits(tcp_flags);
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(f) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: a live LRU entry; a concurrent eviction can only make us update a
-        // recycled entry's fields, which the next packet of that flow repairs.
+        // SAFETY: a live LRU entry, updated in place only on a hit (state bits and the
+        // clock). Another CPU may evict and recycle it meanwhile; that makes this update
+        // land in another flow's entry, whose next packet then sees a backend of
+        // another service (`be.service` below) or a newer clock, nothing worse. An entry
+        // re-placed is rewritten by key, never through this pointer.
         let f = unsafe { &mut *f };
         let reopened = syn && f.state & (FLOW_FIN | FLOW_RST) != 0;
         let stale = expired(timeouts, f.state, tcp, f.last_seen, now);
@@ -168,6 +179,7 @@ pub fn for_packet<'a>(
             && !stale
             && let Some(be) = BACKENDS.get(f.backend)
             && keeps(be, f.epoch)
+            && be.service == svc.id
         {
             let state = f.state | bits;
             if state != f.state {
@@ -185,14 +197,20 @@ pub fn for_packet<'a>(
             });
         }
         // Re-placed: a new connection on the port, an expired entry, or a backend that
-        // cannot keep it.
+        // cannot keep it. The table decides (a half-open slot of this 5-tuple would be an
+        // earlier connection's; this SYN's retransmits find the rewritten entry).
         let (index, be) = maglev::backend(svc, hash)?;
-        f.backend = index;
-        f.epoch = be.epoch;
-        f.state = bits;
-        f.last_seen = now;
         if syn {
             remember_syn(key, index, be.epoch, now);
+        }
+        let flow = Flow {
+            backend: index,
+            epoch: be.epoch,
+            state: bits,
+            last_seen: now,
+        };
+        if CONNTRACK.insert(key, flow, BPF_ANY as u64).is_err() {
+            insert_failed(ctx);
         }
         count(if reopened {
             Counter::FlowNew
@@ -209,20 +227,21 @@ pub fn for_packet<'a>(
         });
     }
     if syn {
-        // A retransmitted SYN finds its slot; a new one takes the table's backend.
-        let (index, be) = match half_open(key, timeouts, now) {
-            Some(chosen) => chosen,
+        // A retransmitted SYN finds its slot (the same connection, not a new one); a
+        // new one takes the table's backend.
+        let (index, be, new_flow) = match half_open(key, timeouts, now) {
+            Some((index, be)) => (index, be, false),
             None => {
                 let (index, be) = maglev::backend(svc, hash)?;
                 remember_syn(key, index, be.epoch, now);
-                (index, be)
+                (index, be, true)
             }
         };
         count(Counter::FlowSyn);
         return Ok(Chosen {
             index,
             backend: be,
-            new_flow: true,
+            new_flow,
             cacheable: false,
         });
     }
@@ -235,8 +254,14 @@ pub fn for_packet<'a>(
             (index, be, false)
         }
     };
-    if tcp_flags & TCP_RST != 0 {
-        count(Counter::FlowRstNoEntry);
+    // A RST, or a client's SYN|ACK (a reflection: clients do not send those), of a flow
+    // without an entry is forwarded but makes none, so such floods evict nothing.
+    if tcp_flags & (TCP_RST | TCP_SYN) != 0 {
+        count(if tcp_flags & TCP_RST != 0 {
+            Counter::FlowRstNoEntry
+        } else {
+            Counter::FlowSynAckNoEntry
+        });
         return Ok(Chosen {
             index,
             backend: be,
@@ -251,17 +276,11 @@ pub fn for_packet<'a>(
         last_seen: now,
     };
     let inserted = CONNTRACK.insert(key, flow, BPF_ANY as u64).is_ok();
-    if !inserted && let Some(n) = stats::rare(Counter::FlowInsertFailed) {
-        warn!(
-            ctx,
-            "connection-table insert failed ({} times so far on this CPU)", n
-        );
-    }
-    count(if inserted {
-        Counter::FlowNew
+    if inserted {
+        count(Counter::FlowNew);
     } else {
-        Counter::FlowInsertFailed
-    });
+        insert_failed(ctx);
+    }
     Ok(Chosen {
         index,
         backend: be,
@@ -269,6 +288,18 @@ pub fn for_packet<'a>(
         new_flow: !seen_syn,
         cacheable: inserted && settled(bits, tcp),
     })
+}
+
+/// Counts (and, rarely, logs) a connection-table insert the kernel refused.
+#[inline(always)]
+fn insert_failed(ctx: &XdpContext) {
+    if let Some(n) = stats::rare(Counter::FlowInsertFailed) {
+        warn!(
+            ctx,
+            "connection-table insert failed ({} times so far on this CPU)", n
+        );
+    }
+    count(Counter::FlowInsertFailed);
 }
 
 /// The backend of an existing flow, or the one the table would give it; changes
@@ -280,9 +311,18 @@ pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Ba
         let f = unsafe { &*f };
         if let Some(be) = BACKENDS.get(f.backend)
             && keeps(be, f.epoch)
+            && be.service == svc.id
         {
             return Ok((f.backend, be));
         }
+    }
+    // A handshake in progress: its SYN's backend.
+    // SAFETY: the helper only reads the clock.
+    let now = coarse_seconds(unsafe { bpf_ktime_get_coarse_ns() });
+    if key.proto == IPPROTO_TCP
+        && let Some(chosen) = half_open(key, TIMEOUTS.get(0), now)
+    {
+        return Ok(chosen);
     }
     maglev::backend(svc, hash)
 }

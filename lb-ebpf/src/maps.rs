@@ -6,10 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, CachedFlow, Counter, DEFAULT_CONNTRACK_ENTRIES, FILTER_WORDS, FLOW_CACHE_SLOTS, Flow,
-    FlowKey, HALF_OPEN_SLOTS, HalfOpen, MAX_BACKENDS, MAX_NAT_BACKENDS, MAX_SERVICES, MAX_VIPS,
-    NatBackend, NatBackendKey, Service, ServiceKey, TABLE_MAP_FLAGS, TABLE_SLOTS, TableChunk,
-    Timeouts, TrafficStats, filter_bit,
+    BPF_F_NO_PREALLOC, Backend, CachedFlow, Counter, DEFAULT_CONNTRACK_ENTRIES, FILTER_WORDS,
+    FLOW_CACHE_SLOTS, Flow, FlowKey, HALF_OPEN_SLOTS, HalfOpen, MAX_BACKENDS, MAX_NAT_BACKENDS,
+    MAX_SERVICES, MAX_VIPS, NatBackend, NatBackendKey, Service, ServiceKey, TABLE_MAP_FLAGS,
+    TABLE_SLOTS, TableChunk, Timeouts, TrafficStats, filter_bit,
 };
 
 const SERVICES_N: usize = MAX_SERVICES as usize;
@@ -62,10 +62,18 @@ pub static CONNTRACK: LruHashMap<FlowKey, Flow, CONNTRACK_N> = LruHashMap::new()
 #[btf_map]
 pub static HALF_OPEN: Array<HalfOpen, { HALF_OPEN_SLOTS as usize }> = Array::new();
 
-/// NAT backends -> how to translate their replies (from the configuration).
+/// NAT backends -> how to translate their replies (from the configuration), and one
+/// marker per NAT backend address (port and protocol 0: see `is_nat_source`). Not
+/// preallocated: the kernel reuses a preallocated element at once, even for another key,
+/// so a reader could copy another backend's translation; these elements are freed only
+/// after a grace period.
 #[btf_map]
-pub static NAT_BACKENDS: HashMap<NatBackendKey, NatBackend, { MAX_NAT_BACKENDS as usize }> =
-    HashMap::new();
+pub static NAT_BACKENDS: HashMap<
+    NatBackendKey,
+    NatBackend,
+    { 2 * MAX_NAT_BACKENDS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// The connection table's timeouts (one entry, written by the control plane).
 #[btf_map]
@@ -110,6 +118,20 @@ pub fn is_vip(addr: u32) -> bool {
     in_filter(&VIP_FILTER, addr) && VIPS.get_ptr(addr).is_some()
 }
 
+/// Whether `addr` is the address of a NAT backend (its marker in `NAT_BACKENDS`).
+#[inline(always)]
+pub fn is_nat_source(addr: u32) -> bool {
+    in_filter(&NAT_FILTER, addr)
+        && NAT_BACKENDS
+            .get_ptr(NatBackendKey {
+                addr,
+                port: 0,
+                proto: 0,
+                _pad: 0,
+            })
+            .is_some()
+}
+
 /// How to translate back the replies of the NAT backend `addr:port` (`proto`), when
 /// it is one (the bitmap prefilter spares a hash lookup for other sources).
 #[inline(always)]
@@ -124,6 +146,6 @@ pub fn nat_backend(addr: u32, port: u16, proto: u8) -> Option<NatBackend> {
         _pad: 0,
     };
     // SAFETY: plain data, copied out; an update meanwhile gives this one packet either
-    // the old or the new translation.
+    // the old or the new translation (the map is not preallocated: no element reuse).
     unsafe { NAT_BACKENDS.get(key).copied() }
 }

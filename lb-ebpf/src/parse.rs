@@ -99,8 +99,13 @@ pub enum Unparsed {
     /// Not for the pipeline (not IPv4, nested VLAN tags, or too short to tell whom it is
     /// for): passed, with this counter.
     Pass(Counter),
-    /// An IPv4 packet to `dst` whose header is broken in the way `counter` names.
-    Broken { dst: u32, counter: Counter },
+    /// An IPv4 packet from `src` to `dst` whose header is broken in the way `counter`
+    /// names.
+    Broken {
+        src: u32,
+        dst: u32,
+        counter: Counter,
+    },
 }
 
 /// Parses the Ethernet header, at most one VLAN tag and the IPv4 header, and checks the
@@ -137,7 +142,8 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ip, Unparsed> {
     // SAFETY: bounds checked by ptr_at.
     let h = unsafe { &*iph };
     let dst = ne32(&h.dst_addr);
-    let broken = |counter| Err(Unparsed::Broken { dst, counter });
+    let src = ne32(&h.src_addr);
+    let broken = |counter| Err(Unparsed::Broken { src, dst, counter });
     if h.vihl >> 4 != 4 {
         return broken(Counter::DropIpVersion);
     }

@@ -55,7 +55,9 @@ fn handle(ctx: &XdpContext) -> Verdict {
     let ip = match parse::ipv4(ctx) {
         Ok(ip) => ip,
         Err(Unparsed::Pass(c)) => return Verdict::pass(c),
-        Err(Unparsed::Broken { dst, counter }) => return Verdict::malformed(dst, counter),
+        Err(Unparsed::Broken { src, dst, counter }) => {
+            return Verdict::malformed(src, dst, counter);
+        }
     };
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => l4(ctx, &ip),
@@ -68,7 +70,7 @@ fn handle(ctx: &XdpContext) -> Verdict {
 #[inline(always)]
 fn l4(ctx: &XdpContext, ip: &Ip) -> Verdict {
     let Some((ports, tcp_flags)) = parse::l4_header(ctx, ip) else {
-        return Verdict::malformed(ip.dst, Counter::DropL4Header);
+        return Verdict::malformed(ip.src, ip.dst, Counter::DropL4Header);
     };
     let flow = FlowKey::new(ip.src, ip.dst, ports.sport, ports.dport, ip.proto);
     let slot = flow_cache::slot(&flow);
@@ -195,14 +197,15 @@ fn nat_reply(
     tcp_flags: u8,
     back: &NatBackend,
 ) -> Verdict {
-    if ip.ttl <= 1 {
-        return Verdict::drop(Counter::DropTtl);
-    }
     let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
+    // Routed first: a reply addressed to this host passes whatever its TTL.
     let hop = match route::next_hop(ctx, ip, vip, ip.dst, Way::ToClient) {
         Ok(hop) => hop,
         Err(v) => return v,
     };
+    if ip.ttl <= 1 {
+        return Verdict::drop(Counter::DropTtl);
+    }
     if nat::rewrite_tcp_udp(ctx, ip, End::Src, vip, vport).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }

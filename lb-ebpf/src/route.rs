@@ -5,8 +5,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -54,7 +54,9 @@ pub enum Way {
     ToBackend,
     /// Backend -> client: a packet from a NAT backend addressed to this host is not a
     /// balanced connection's reply (a health check's, say): passed untranslated
-    /// (`pass_nat_local`).
+    /// (`pass_nat_local`), whatever else is wrong with it (a VLAN tag); so is one
+    /// arriving where forwarding is off (the kernel then delivers it only when it is for
+    /// this host, and forwards nothing).
     ToClient,
 }
 
@@ -64,7 +66,7 @@ pub enum Way {
 /// kernel, which resolves the neighbour and forwards it.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32, way: Way) -> Result<Hop, Verdict> {
-    if ip.vlan {
+    if ip.vlan && way == Way::ToBackend {
         return Err(Verdict::drop(Counter::DropVlanUnsupported));
     }
     // All-zero is the documented initial state, and the verifier wants the whole struct
@@ -89,6 +91,14 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32, way: Way) -> Resu
     // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size we pass.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut *p, size_of::<FibParams>() as i32, 0) }
         as u32;
+    if way == Way::ToClient {
+        if rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED {
+            return Err(Verdict::pass(Counter::PassNatLocal));
+        }
+        if ip.vlan {
+            return Err(Verdict::drop(Counter::DropVlanUnsupported));
+        }
+    }
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop {
             resolved: rc == BPF_FIB_LKUP_RET_SUCCESS,
@@ -106,9 +116,6 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ip, src: u32, dst: u32, way: Way) -> Resu
                 );
             }
             Err(Verdict::drop(Counter::DropMtu))
-        }
-        BPF_FIB_LKUP_RET_NOT_FWDED if way == Way::ToClient => {
-            Err(Verdict::pass(Counter::PassNatLocal))
         }
         _ => {
             if let Some(n) = stats::rare(Counter::DropNoRoute) {

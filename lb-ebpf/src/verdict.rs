@@ -2,7 +2,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::Counter;
 
-use crate::maps::is_vip;
+use crate::maps::{is_nat_source, is_vip};
 
 /// What happens to a packet, and the outcome counter it bumps.
 #[derive(Clone, Copy)]
@@ -40,11 +40,12 @@ impl Verdict {
             counter: Counter::Redirect,
         }
     }
-    /// A packet with a broken header: dropped when it is addressed to a VIP, otherwise
-    /// left to the kernel.
+    /// A packet with a broken header (or a fragment): dropped when it is addressed to a
+    /// VIP, or comes from a NAT backend (it may be a reply, which must not leave
+    /// untranslated); otherwise left to the kernel.
     #[inline(always)]
-    pub fn malformed(dst: u32, c: Counter) -> Self {
-        if is_vip(dst) {
+    pub fn malformed(src: u32, dst: u32, c: Counter) -> Self {
+        if is_vip(dst) || is_nat_source(src) {
             Verdict::drop(c)
         } else {
             Verdict::pass(Counter::PassNotVip)

@@ -14,6 +14,11 @@ use super::{
     tables::{Mmap, TableGens},
 };
 
+/// An address marker of `NAT_BACKENDS` (kept by `Dataplane::set_nat_backend`).
+pub(super) fn is_marker(k: &lb_common::NatBackendKey) -> bool {
+    k.port == 0 && k.proto == 0
+}
+
 fn entries<K: aya::Pod + Ord, V: aya::Pod>(
     map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
     name: &str,
@@ -31,7 +36,10 @@ impl Dataplane {
         let mut p = Pinned {
             services: entries(&self.services, "SERVICES")?,
             vips: entries(&self.vips, "VIPS")?,
-            nat_backends: entries(&self.nat_backends, "NAT_BACKENDS")?,
+            nat_backends: entries(&self.nat_backends, "NAT_BACKENDS")?
+                .into_iter()
+                .filter(|(k, _)| !is_marker(k))
+                .collect(),
             timeouts: self.timeouts.get(&0, 0).context("reading TIMEOUTS")?,
             ..Default::default()
         };

@@ -58,8 +58,22 @@ use self::{
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Entries of `CONNTRACK`.
+    /// Connections `CONNTRACK` must hold (`conntrack.max_entries`).
     pub conntrack_entries: u32,
+}
+
+impl Limits {
+    /// The size `CONNTRACK` is created with: the connections it must hold, plus what the
+    /// kernel's LRU may keep in each possible CPU's local free list
+    /// ([`lb_common::LRU_LOCAL_FREE`]).
+    pub fn conntrack_map_entries(&self) -> Result<u32> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| {
+            Error::Invalid(format!("reading {what} (the possible CPUs): {e}"))
+        })? as u32;
+        Ok(self
+            .conntrack_entries
+            .saturating_add(lb_common::LRU_LOCAL_FREE.saturating_mul(cpus)))
+    }
 }
 
 impl Default for Limits {
@@ -164,15 +178,18 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
                 pins.path().display()
             )));
         }
-        if name == MAP_CONNTRACK && info.max_entries() != limits.conntrack_entries {
+        if name == MAP_CONNTRACK && info.max_entries() != limits.conntrack_map_entries()? {
+            let held = info
+                .max_entries()
+                .saturating_sub(limits.conntrack_map_entries()? - limits.conntrack_entries);
             return Err(Error::Invalid(format!(
                 "the pinned connection table in {} has {} entries and the configuration asks for {} \
                  (conntrack.max_entries): set it back to {}, or stop lb, remove the datapath with \
                  `lb detach --pin-dir {}` (its connections are lost) and start again",
                 pins.path().display(),
-                info.max_entries(),
+                held,
                 limits.conntrack_entries,
-                info.max_entries(),
+                held,
                 pins.path().display()
             )));
         }
@@ -225,7 +242,7 @@ impl Dataplane {
             )));
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_entries);
+        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_map_entries()?);
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
@@ -621,9 +638,15 @@ impl Dataplane {
     }
 
     /// Sets (or, with `None`, removes) how a NAT backend's replies are translated back.
-    /// The backend's address enters the NAT prefilter before its first entry and leaves
-    /// it after its last, like [`Self::set_vip`].
+    /// The backend's address enters the NAT prefilter and gets its marker entry (port
+    /// and protocol 0: "a NAT backend's address", for the datapath's drop of its broken
+    /// packets) before its first entry, and leaves both after its last, like
+    /// [`Self::set_vip`].
     pub fn set_nat_backend(&mut self, key: NatBackendKey, back: Option<NatBackend>) -> Result<()> {
+        let marker = NatBackendKey {
+            addr: key.addr,
+            ..Default::default()
+        };
         let same_addr = |keys: &std::collections::BTreeSet<NatBackendKey>| {
             keys.range(
                 NatBackendKey {
@@ -644,6 +667,9 @@ impl Dataplane {
                     self.nat_filter
                         .add(key.addr)
                         .context("writing NAT_FILTER")?;
+                    self.nat_backends
+                        .insert(marker, NatBackend::default(), 0)
+                        .context("writing NAT_BACKENDS")?;
                 }
                 self.nat_backends
                     .insert(key, b, 0)
@@ -654,6 +680,8 @@ impl Dataplane {
                 remove_if_present(&mut self.nat_backends, &key).context("writing NAT_BACKENDS")?;
                 self.nat_keys.remove(&key);
                 if same_addr(&self.nat_keys) == 0 {
+                    remove_if_present(&mut self.nat_backends, &marker)
+                        .context("writing NAT_BACKENDS")?;
                     self.nat_filter
                         .remove(key.addr)
                         .context("writing NAT_FILTER")?;

@@ -10,13 +10,13 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, SERVICE_F_NAT, Service};
+use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, SERVICE_F_NAT, Service};
 
 use super::runtime::{
     BackendState, Image, Neighbour, OpError, Runtime, ServiceState, datapath_key,
 };
 use crate::{
-    config::{AdminState, Config, Forwarding, ServiceConfig},
+    config::{AdminState, Config, Forwarding, Protocol, ServiceConfig},
     health::Health,
 };
 
@@ -205,6 +205,23 @@ impl Runtime {
         }
         for s in rest {
             r.add_service(s, Health::Up)?;
+        }
+        // Retired NAT backends stay retired (their connections may still be open), with
+        // a new clock.
+        for (k, v) in &pinned.nat_backends {
+            let protocol = match k.proto {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                _ => continue,
+            };
+            if v.backend == NO_BACKEND {
+                r.adopt_retired(
+                    SocketAddrV4::new(Ipv4Addr::from(k.addr.to_ne_bytes()), u16::from_be(k.port)),
+                    protocol,
+                    Ipv4Addr::from(v.vip.to_ne_bytes()),
+                    u16::from_be(v.vport),
+                );
+            }
         }
         Ok(r)
     }
