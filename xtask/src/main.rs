@@ -165,7 +165,7 @@ fn bench(what: Bench) -> Result<()> {
 /// a new test file cannot silently stay out of `cargo xtask test`.
 fn root_test_targets() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
     const ROOT: [&str; 4] = ["datapath", "control", "wire", "net"];
-    const LAB: [&str; 4] = ["e2e", "health", "observability", "lifecycle"];
+    const LAB: [&str; 6] = ["e2e", "health", "observability", "lifecycle", "ha", "ecmp"];
     let manifest = std::fs::read_to_string(util::root().join("lb-userspace/Cargo.toml"))?;
     let mut in_test = false;
     for line in manifest.lines() {
