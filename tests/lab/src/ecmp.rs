@@ -20,7 +20,10 @@ use std::{
 
 use crate::{
     ha::{Cluster, render},
-    lab::{DSR_VIP, Lab, Mode, attach_pass, bridge, full_checksums, must, sysctl, to_bridge, veth},
+    lab::{
+        DSR_VIP, Lab, Mode, addr, attach_pass, bridge, full_checksums, must, sysctl, to_bridge,
+        veth,
+    },
 };
 
 /// The routing table the nodes announce their VIPs in (`--announce-table`).
@@ -67,21 +70,13 @@ impl Ecmp {
         let sw = c.lab.add_ns("sw");
         bridge(&sw);
         veth(&cli, "eth0", &rt, "eth0");
-        ip(&["-n", &cli, "addr", "add", "10.0.9.2/24", "dev", "eth0"]);
+        addr(&cli, "10.0.9.2/24", "eth0");
         ip(&["-n", &cli, "route", "add", "default", "via", "10.0.9.1"]);
         full_checksums(&cli, "eth0");
         veth(&rt, "eth1", &sw, "p-rt");
         to_bridge(&sw, "p-rt");
-        ip(&["-n", &rt, "addr", "add", "10.0.9.1/24", "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &rt,
-            "addr",
-            "add",
-            &format!("{ROUTER}/24"),
-            "dev",
-            "eth1",
-        ]);
+        addr(&rt, "10.0.9.1/24", "eth0");
+        addr(&rt, &format!("{ROUTER}/24"), "eth1");
         for ns in [&cli, &rt] {
             sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
             sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
@@ -109,15 +104,7 @@ impl Ecmp {
                 std::process::Command::new("bridge")
                     .args(["-n", &sw, "link", "set", "dev", &port, "flood", "off"]),
             );
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", node_addr(i)),
-                "dev",
-                "eth0",
-            ]);
+            addr(&ns, &format!("{}/24", node_addr(i)), "eth0");
             // lb sends XDP_TX frames (to the backends) out of eth0.
             attach_pass(&sw, &port, pass);
         }

@@ -33,7 +33,9 @@ use std::{
 
 use serde_json::Value;
 
-use crate::lab::{Lab, Mode, attach_pass, bridge, full_checksums, must, sysctl, to_bridge, veth};
+use crate::lab::{
+    Lab, Mode, addr, attach_pass, bridge, full_checksums, must, sysctl, to_bridge, veth,
+};
 
 /// The NAT pair's floating gateway of the backends.
 pub const NAT_GATEWAY: &str = "10.0.2.1";
@@ -369,15 +371,7 @@ impl Pair {
         };
         veth(&cli, "eth0", &client_sw, "p-cli");
         to_bridge(&client_sw, "p-cli");
-        ip(&[
-            "-n",
-            &cli,
-            "addr",
-            "add",
-            &format!("{client_net}.2/24"),
-            "dev",
-            "eth0",
-        ]);
+        addr(&cli, &format!("{client_net}.2/24"), "eth0");
         // The VIPs are on-link: whichever node holds the VIP answers ARP for it.
         ip(&["-n", &cli, "route", "add", "10.100.0.0/24", "dev", "eth0"]);
         full_checksums(&cli, "eth0");
@@ -392,29 +386,13 @@ impl Pair {
             let ns = c.nodes[i].ns.clone();
             veth(&ns, "eth0", &client_sw, &port);
             to_bridge(&client_sw, &port);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{client_net}.{}/24", 3 + k),
-                "dev",
-                "eth0",
-            ]);
+            addr(&ns, &format!("{client_net}.{}/24", 3 + k), "eth0");
             // lb transmits out of eth0 (DSR: to the backends; NAT: to the client).
             attach_pass(&client_sw, &port, pass);
             if mode == Mode::Nat {
                 veth(&ns, "eth1", &backend_sw, &port);
                 to_bridge(&backend_sw, &port);
-                ip(&[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("10.0.2.{}/24", 3 + k),
-                    "dev",
-                    "eth1",
-                ]);
+                addr(&ns, &format!("10.0.2.{}/24", 3 + k), "eth1");
                 attach_pass(&backend_sw, &port, pass);
                 sysctl(&ns, "net.ipv4.ip_forward=1");
             }

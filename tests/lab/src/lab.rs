@@ -71,6 +71,11 @@ pub fn veth(a_ns: &str, a: &str, b_ns: &str, b: &str) {
     ip(&["-n", b_ns, "link", "set", b, "up"]);
 }
 
+/// Adds the address `cidr` (`10.0.0.1/24`) to `dev` in namespace `ns`.
+pub fn addr(ns: &str, cidr: &str, dev: &str) {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev]);
+}
+
 /// A bridge `br0` in namespace `ns`, up.
 pub fn bridge(ns: &str) {
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"]);
@@ -254,15 +259,7 @@ impl Lab {
         let port = format!("p-{name}");
         veth(&ns, "eth0", sw, &port);
         to_bridge(sw, &port);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
+        self::addr(&ns, &format!("{addr}/24"), "eth0");
         full_checksums(&ns, "eth0");
         sysctl(&ns, "net.ipv4.conf.all.rp_filter=0");
         if self.mode == Mode::Dsr {
