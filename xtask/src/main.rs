@@ -24,13 +24,27 @@ enum Command {
     Setup,
     /// Run every test: formatting, clippy, unit tests, BPF packet tests, namespace tests.
     Test,
-    /// Run the demo on the built-in lab (network namespaces on this machine).
-    Lab,
+    /// Run the demo on the built-in lab (network namespaces on this machine); `ha`: a
+    /// keepalived pair failing over, `ecmp`: nodes leaving and joining an ECMP group.
+    Lab {
+        #[arg(value_enum)]
+        what: Option<LabDemo>,
+    },
     /// Run a benchmark (not a test): side by side with its floor/peer, ratios reported.
     Bench {
         #[arg(value_enum)]
         what: Bench,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabDemo {
+    /// An active/standby pair (keepalived, DSR): maintenance, SIGTERM and kill -9 of lb
+    /// on the master, under load.
+    Ha,
+    /// Three nodes behind a BIRD router (BGP, BFD, ECMP): one leaves and joins, one is
+    /// cut off, under load.
+    Ecmp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -52,13 +66,23 @@ enum Bench {
     /// Latency of control requests while the daemon sweeps a full 1M-entry connection
     /// table: the build before the redesign (341a9ec) vs this one.
     Control,
+    /// Failovers under load, ten of each kind: a keepalived pair (keepalived stopped,
+    /// SIGTERM and kill -9 of lb, maintenance) and ECMP node loss (SIGTERM, link down):
+    /// detection, time to the first answer through the new node, failed requests.
+    Failover,
 }
 
 fn main() {
     let result = match Cli::parse().command {
         Command::Setup => util::setup(),
         Command::Test => test(),
-        Command::Lab => lab::demo(),
+        Command::Lab { what: None } => lab::demo(),
+        Command::Lab {
+            what: Some(LabDemo::Ha),
+        } => lab::ha::demo(),
+        Command::Lab {
+            what: Some(LabDemo::Ecmp),
+        } => lab::ecmp::demo(),
         Command::Bench { what } => bench(what),
     };
     if let Err(e) = result {
@@ -148,6 +172,7 @@ fn bench(what: Bench) -> Result<()> {
         Bench::Throughput => bench::throughput(),
         Bench::Pps => bench::pps(),
         Bench::Cps => bench::cps(),
+        Bench::Failover => bench::failover(),
         Bench::Control => {
             let old = baseline::lb_binary("341a9ec")?;
             // SAFETY: set before any thread of ours starts.
