@@ -460,7 +460,7 @@ impl Pair {
             &name,
             KEEPALIVED[mode][i],
             &[
-                ("/usr/sbin/lb", c.lb_bin.to_str().expect("UTF-8 path")),
+                ("/usr/bin/lb", c.lb_bin.to_str().expect("UTF-8 path")),
                 ("/run/lb/lb.sock", node.socket.to_str().expect("UTF-8 path")),
                 (
                     "/etc/lb/maintenance",
