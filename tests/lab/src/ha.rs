@@ -325,6 +325,20 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// Ends the daemons' grace (`--stop-grace-ms`) at once: a second SIGTERM makes lb
+    /// detach now. The lab then stops every process it started and removes the rest.
+    fn drop(&mut self) {
+        let running: Vec<u32> = self.nodes.iter().filter_map(|n| n.lb).collect();
+        for signal in [libc::SIGTERM, libc::SIGTERM] {
+            for pid in &running {
+                self.lab.signal(*pid, signal);
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Whether `lb service list --json` shows every backend of every service in rotation.
 pub fn all_in_rotation(list: &Value) -> bool {
     list["services"].as_array().is_some_and(|s| {
