@@ -47,21 +47,7 @@ fn all(e: &Ecmp) -> BTreeSet<usize> {
 
 /// Panics with the logs unless nothing went wrong since `before`.
 fn assert_clean(e: &Ecmp, traffic: &Traffic, when: &str, before: &[usize]) {
-    let problems = traffic.problems(before);
-    if !problems.is_empty() {
-        let t = traffic.load.tally();
-        let logs: Vec<String> = (0..e.cluster.nodes.len())
-            .map(|i| format!("lb{}:\n{}", i + 1, e.cluster.lb_log(i)))
-            .collect();
-        panic!(
-            "{when}: {} of {} requests failed, {} problems: {:#?}\n{}",
-            t.failed.len(),
-            t.ok + t.failed.len(),
-            problems.len(),
-            &problems[..problems.len().min(10)],
-            logs.join("\n")
-        );
-    }
+    traffic.assert_clean(when, before, || e.cluster.logs());
 }
 
 /// `n` requests from the client, each on a new connection from its own source port

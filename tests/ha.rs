@@ -8,9 +8,11 @@
 //! master serving (it takes new connections). Detection is keepalived's (adverts every
 //! 1 s, `lb status` every 1 s, fall 2): waits are bounded with slack, never timed.
 //!
-//! In NAT, the new master translates the replies of connections it never saw: that
-//! takes the reverse translation derived from the configuration (not from a
-//! per-connection entry), which the datapath must provide.
+//! In NAT, the new master also translates the replies of connections it never saw:
+//! usually the client's next packet reaches it first (the connection gets an entry
+//! there); `nat_the_new_master_translates_the_reply_of_a_connection_it_never_saw` makes
+//! the reply come first, which takes a reverse translation derived from the
+//! configuration.
 #![cfg(feature = "root-tests")]
 
 mod support;
@@ -53,21 +55,7 @@ fn pair(mode: Mode, prefix: &str) -> (Pair, Traffic) {
 
 /// Panics with the nodes' logs unless nothing went wrong since `before`.
 fn assert_clean(p: &Pair, traffic: &Traffic, when: &str, before: &[usize]) {
-    let problems = traffic.problems(before);
-    if !problems.is_empty() {
-        let t = traffic.load.tally();
-        panic!(
-            "{when}: {} of {} requests failed, {} problems: {:#?}\nlb1:\n{}\nlb2:\n{}\nkeepalived lb1:\n{}\nkeepalived lb2:\n{}",
-            t.failed.len(),
-            t.ok + t.failed.len(),
-            problems.len(),
-            &problems[..problems.len().min(10)],
-            p.cluster.lb_log(0),
-            p.cluster.lb_log(1),
-            p.cluster.read(0, "keepalived.log"),
-            p.cluster.read(1, "keepalived.log"),
-        );
-    }
+    traffic.assert_clean(when, before, || p.cluster.logs());
 }
 
 /// After a failover to lb2: traffic goes on for 3 s, lb2 takes the new connections,
@@ -182,6 +170,63 @@ fn dsr_maintenance_moves_the_vip_and_back_without_a_failed_request() {
 #[test]
 fn nat_maintenance_moves_the_vip_and_back_without_a_failed_request() {
     maintenance(Mode::Nat, "han4");
+}
+
+/// A NAT connection whose reply reaches the new master before any packet of the client
+/// does: the client sent its request through lb1, the backend answers 4 s later, after
+/// keepalived moved the VIP and the backends' gateway to lb2. lb2 never saw the
+/// connection (the client is silent, waiting), so only a reverse translation derived
+/// from the configuration gets the answer to the client.
+#[test]
+fn nat_the_new_master_translates_the_reply_of_a_connection_it_never_saw() {
+    support::require_root();
+    let delay = Duration::from_secs(4);
+    let mut p = Pair::up(Mode::Nat, "han5", Path::new(LB), &pass_object());
+    let backends: Vec<String> = p
+        .cluster
+        .lab
+        .backends
+        .iter()
+        .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
+        .collect();
+    let config = format!(
+        r#"{{"services": [{{"vip": "{}", "port": 80, "forwarding": "nat", "health_check": {{"kind": "none"}}, "backends": [{}]}}]}}"#,
+        p.cluster.lab.vip(),
+        backends.join(", ")
+    );
+    for b in 0..3 {
+        p.cluster.lab.make_slow(b, delay);
+    }
+    p.start(&config, &[]);
+    let url = format!("http://{}/", p.cluster.lab.vip());
+    let curl = p
+        .cluster
+        .lab
+        .exec(
+            &p.cluster.lab.client_ns(),
+            &["curl", "-s", "-S", "-m", "15", &url],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    // The request is through lb1; lb1 gives the VIP and the gateway up.
+    sleep(Duration::from_millis(500));
+    p.stop_keepalived(0);
+    let took = p.wait_master(1, FAILOVER_WITHIN);
+    assert!(
+        took + Duration::from_millis(500) < delay,
+        "the failover took {took:?}, longer than the backend's {delay:?}: nothing was tested"
+    );
+    let out = curl.wait_with_output().expect("curl");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with('b'),
+        "the answer did not reach the client through lb2 ({}): {}{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        p.cluster.logs()
+    );
 }
 
 // ---- determinism ------------------------------------------------------------------------

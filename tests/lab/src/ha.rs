@@ -299,6 +299,22 @@ impl Cluster {
             .collect()
     }
 
+    /// Every node's latest `lb run` log, and its keepalived and BIRD logs when it has
+    /// them, for a failure's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            out += &format!("{} lb:\n{}\n", n.name, self.lb_log(i));
+            for daemon in ["keepalived.log", "bird.log"] {
+                let text = self.read(i, daemon);
+                if !text.is_empty() {
+                    out += &format!("{} {daemon}:\n{text}\n", n.name);
+                }
+            }
+        }
+        out
+    }
+
     /// A daemon beside lb on node `i` (keepalived, BIRD), with its log in the node's
     /// directory; returns its pid.
     pub fn spawn_on(&mut self, i: usize, args: &[&str], log: &str) -> u32 {
@@ -409,6 +425,11 @@ impl Pair {
                 addr(&ns, &format!("10.0.2.{}/24", 3 + k), "eth1");
                 attach_pass(&backend_sw, &port, pass);
                 sysctl(&ns, "net.ipv4.ip_forward=1");
+                // A reply lb translates before it knows the client's MAC goes to the
+                // kernel to be forwarded (and the MAC resolved); its source is the VIP,
+                // an address of the master, which the kernel drops as a martian unless
+                // the interface accepts local sources.
+                sysctl(&ns, "net.ipv4.conf.eth1.accept_local=1");
             }
         }
         let net = if mode == Mode::Dsr {

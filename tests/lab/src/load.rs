@@ -286,6 +286,23 @@ impl Traffic {
         self.sessions.iter().map(|s| s.seen().answered).collect()
     }
 
+    /// Panics unless nothing went wrong since `before` (see [`Traffic::problems`]),
+    /// with the first problems and `logs()` (what the balancers said).
+    pub fn assert_clean(&self, when: &str, before: &[usize], logs: impl FnOnce() -> String) {
+        let problems = self.problems(before);
+        if !problems.is_empty() {
+            let t = self.load.tally();
+            panic!(
+                "{when}: {} of {} requests failed, {} problems: {:#?}\n{}",
+                t.failed.len(),
+                t.ok + t.failed.len(),
+                problems.len(),
+                &problems[..problems.len().min(10)],
+                logs()
+            );
+        }
+    }
+
     /// What went wrong so far, one line each (empty: nothing): failed requests, and
     /// long-lived connections that broke, moved to another backend or have answered
     /// nothing since `before` (what [`Traffic::answered`] returned).

@@ -29,9 +29,7 @@ pub fn demo() -> Result<()> {
     let mut e = Ecmp::up("lbecmp", 3, &lb, &pass);
     let result = run(&mut e);
     if result.is_err() {
-        for i in 0..3 {
-            eprintln!("lb{} log:\n{}", i + 1, e.cluster.lb_log(i));
-        }
+        eprintln!("{}", e.cluster.logs());
         eprintln!("router: {}", e.birdc_router(&["show", "protocols"]));
     }
     drop(e);

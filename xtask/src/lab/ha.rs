@@ -34,14 +34,7 @@ pub fn demo() -> Result<()> {
     let mut pair = Pair::up(Mode::Dsr, "lbha", &lb, &pass);
     let result = run(&mut pair);
     if result.is_err() {
-        for i in 0..2 {
-            eprintln!("lb{} log:\n{}", i + 1, pair.cluster.lb_log(i));
-            eprintln!(
-                "keepalived lb{} log:\n{}",
-                i + 1,
-                pair.cluster.read(i, "keepalived.log")
-            );
-        }
+        eprintln!("{}", pair.cluster.logs());
     }
     drop(pair);
     step("lab torn down (namespaces removed, processes stopped)");
