@@ -194,17 +194,7 @@ const CHECKED: &str = r#"{"kind": "http", "path": "/", "expect_status": 200, "in
 fn a_vip_without_a_usable_backend_is_withdrawn_from_bgp_and_returns() {
     support::require_root();
     let mut e = Ecmp::up("hae3", 2, Path::new(LB), &pass_object());
-    let backends: Vec<String> = e
-        .cluster
-        .lab
-        .backends
-        .iter()
-        .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
-        .collect();
-    let config = format!(
-        r#"{{"services": [{{"vip": "{DSR_VIP}", "port": 80, "health_check": {CHECKED}, "backends": [{}]}}]}}"#,
-        backends.join(", ")
-    );
+    let config = e.cluster.lab.http_service(CHECKED);
     e.start(&config, &[]);
     // Detection: `fall` failed probes, `interval_ms` apart, each up to `timeout_ms`;
     // then the withdrawal through BIRD, BGP and the router's kernel.

@@ -182,18 +182,7 @@ fn nat_the_new_master_translates_the_reply_of_a_connection_it_never_saw() {
     support::require_root();
     let delay = Duration::from_secs(4);
     let mut p = Pair::up(Mode::Nat, "han5", Path::new(LB), &pass_object());
-    let backends: Vec<String> = p
-        .cluster
-        .lab
-        .backends
-        .iter()
-        .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
-        .collect();
-    let config = format!(
-        r#"{{"services": [{{"vip": "{}", "port": 80, "forwarding": "nat", "health_check": {{"kind": "none"}}, "backends": [{}]}}]}}"#,
-        p.cluster.lab.vip(),
-        backends.join(", ")
-    );
+    let config = p.cluster.lab.http_service(r#"{"kind": "none"}"#);
     for b in 0..3 {
         p.cluster.lab.make_slow(b, delay);
     }

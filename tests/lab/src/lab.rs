@@ -621,6 +621,33 @@ impl Lab {
         }
     }
 
+    /// Every backend as a configuration's backend object, with `port` (else the
+    /// service's), separated by commas.
+    fn backend_list(&self, port: Option<u16>) -> String {
+        self.backends
+            .iter()
+            .map(|b| match port {
+                Some(p) => format!(r#"{{"address": "{}", "port": {p}}}"#, b.addr),
+                None => format!(r#"{{"address": "{}"}}"#, b.addr),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A configuration with one service only: HTTP on VIP:80 over every backend's port
+    /// 80, forwarded as the lab's mode says, with `check` as its health_check.
+    pub fn http_service(&self, check: &str) -> String {
+        let fwd = match self.mode {
+            Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
+        };
+        format!(
+            r#"{{"services": [{{"vip": "{}", "port": 80, "forwarding": "{fwd}", "health_check": {check}, "backends": [{}]}}]}}"#,
+            self.vip(),
+            self.backend_list(None)
+        )
+    }
+
     /// A configuration for this lab: an HTTP (TCP) service on VIP:80 and a UDP service on
     /// VIP:5353 over all backends; NAT translates port 80 to 8080. `check` is the
     /// health_check object of the HTTP service (JSON).
@@ -629,16 +656,8 @@ impl Lab {
             Mode::Dsr => ("dsr", 80),
             Mode::Nat => ("nat", ALT_PORT),
         };
-        let tcp_backends: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| format!(r#"{{"address": "{}", "port": {port}}}"#, b.addr))
-            .collect();
-        let udp_backends: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
-            .collect();
+        let tcp_backends = self.backend_list(Some(port));
+        let udp_backends = self.backend_list(None);
         format!(
             r#"{{"conntrack": {{"tcp_timeout_s": 900, "tcp_fin_timeout_s": 30, "udp_timeout_s": 30, "ageing_interval_s": 2}},
   "services": [
@@ -648,8 +667,8 @@ impl Lab {
     {{"vip": "{vip}", "port": {UDP_PORT}, "protocol": "udp", "forwarding": "{fwd}",
       "health_check": {{"kind": "tcp", "probe_port": 80, "interval_ms": 1000, "timeout_ms": 1000, "rise": 1, "fall": 3}},
       "backends": [{}]}}]}}"#,
-            tcp_backends.join(", "),
-            udp_backends.join(", "),
+            tcp_backends,
+            udp_backends,
             vip = self.vip(),
         )
     }
