@@ -26,8 +26,12 @@ enum Command {
     /// Run every test: formatting, clippy, unit tests, BPF packet tests, namespace tests,
     /// the Debian package (built first) and the stats page in headless Chromium.
     Test,
-    /// Run the demo on the built-in lab (network namespaces on this machine).
-    Lab,
+    /// Run the demo on the built-in lab (network namespaces on this machine); `ha`: a
+    /// keepalived pair failing over, `ecmp`: nodes leaving and joining an ECMP group.
+    Lab {
+        #[arg(value_enum)]
+        what: Option<LabDemo>,
+    },
     /// Build the Debian package `lb` (cargo-deb) into target/debian/.
     Deb,
     /// Run a benchmark (not a test): side by side with its floor/peer, ratios reported.
@@ -35,6 +39,16 @@ enum Command {
         #[arg(value_enum)]
         what: Bench,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabDemo {
+    /// An active/standby pair (keepalived, DSR): maintenance, SIGTERM and kill -9 of lb
+    /// on the master, under load.
+    Ha,
+    /// Three nodes behind a BIRD router (BGP, BFD, ECMP): one leaves and joins, one is
+    /// cut off, under load.
+    Ecmp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -61,13 +75,23 @@ enum Bench {
     /// of 341a9ec beside this build's and the floor; established connections kept
     /// through a 2x-capacity SYN flood and a table change; memory per connection.
     Packets,
+    /// Failovers under load, ten of each kind: a keepalived pair (keepalived stopped,
+    /// SIGTERM and kill -9 of lb, maintenance) and ECMP node loss (SIGTERM, link down):
+    /// detection, time to the first answer through the new node, failed requests.
+    Failover,
 }
 
 fn main() {
     let result = match Cli::parse().command {
         Command::Setup => util::setup(),
         Command::Test => test(),
-        Command::Lab => lab::demo(),
+        Command::Lab { what: None } => lab::demo(),
+        Command::Lab {
+            what: Some(LabDemo::Ha),
+        } => lab::ha::demo(),
+        Command::Lab {
+            what: Some(LabDemo::Ecmp),
+        } => lab::ecmp::demo(),
         Command::Deb => util::setup().and_then(|()| deb::build()).map(drop),
         Command::Bench { what } => bench(what),
     };
@@ -163,6 +187,7 @@ fn bench(what: Bench) -> Result<()> {
         Bench::Throughput => bench::throughput(),
         Bench::Pps => bench::pps(),
         Bench::Cps => bench::cps(),
+        Bench::Failover => bench::failover(),
         Bench::Control => {
             let old = baseline::lb_binary("341a9ec")?;
             // SAFETY: set before any thread of ours starts.
@@ -189,11 +214,13 @@ fn bench(what: Bench) -> Result<()> {
 /// a new test file cannot silently stay out of `cargo xtask test`.
 fn root_test_targets() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
     const ROOT: [&str; 5] = ["datapath", "control", "wire", "net", "package"];
-    const LAB: [&str; 7] = [
+    const LAB: [&str; 9] = [
         "e2e",
         "health",
         "observability",
         "lifecycle",
+        "ha",
+        "ecmp",
         "stats_page",
         "service_unit",
         "systemd",
