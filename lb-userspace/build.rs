@@ -1,6 +1,11 @@
 //! Builds the XDP program (`lb-ebpf`) for the BPF target and leaves the object in
-//! `OUT_DIR/lb`, where `src/ebpf.rs` embeds it into the `lb` binary (and the benchmark
-//! object in `OUT_DIR/lb-bench`, used only by `benches/`).
+//! `OUT_DIR/lb`, where `src/dataplane/object.rs` embeds it into the `lb` binary (and the
+//! benchmark object in `OUT_DIR/lb-bench`, used only by `benches/`).
+//!
+//! It also sets what `lb --version`, the `lb_build_info` metric and the stats page show
+//! (`src/version.rs`): `LB_GIT_COMMIT`, the commit built (`git rev-parse --short=12
+//! HEAD`, `-dirty` when tracked files had uncommitted changes, `unknown` outside a git
+//! checkout), and `LB_OBJECT_SHA256`, the SHA-256 of the embedded XDP object.
 //!
 //! The eBPF crate is compiled by Debian's rustc-web, registered with rustup as the
 //! toolchain `lb-bpf` by `scripts/setup.sh`, with `-Z build-std=core` (rustup's own
@@ -14,6 +19,8 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
 };
+
+use sha2::Digest as _;
 
 const BPF_TOOLCHAIN: &str = "lb-bpf";
 const BPF_TARGET: &str = "bpfel-unknown-none";
@@ -120,7 +127,71 @@ fn build() -> Result<(), String> {
         let object = target_dir.join(BPF_TARGET).join("release").join(binary);
         copy(&object, &out_dir.join(binary))?;
     }
+    let object = out_dir.join("lb");
+    let bytes = std::fs::read(&object).map_err(|e| format!("reading {}: {e}", object.display()))?;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo:rustc-env=LB_OBJECT_SHA256={sha}");
+    println!(
+        "cargo:rustc-env=LB_GIT_COMMIT={}",
+        git_commit(workspace, &manifest_dir)
+    );
     Ok(())
+}
+
+/// The commit being built, `-dirty` when tracked files differ from it, or `unknown`
+/// (not a git checkout, or no git). Asks cargo to run this script again when HEAD moves
+/// or the index changes; edits of the sources of the binary rerun it anyway (above).
+fn git_commit(workspace: &Path, manifest_dir: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    // A worktree has its own HEAD and index (--git-dir) and shares the refs
+    // (--git-common-dir); both may be relative to the workspace.
+    for (dir, files) in [
+        ("--git-dir", &["HEAD", "index"][..]),
+        ("--git-common-dir", &["packed-refs", "refs/heads"][..]),
+    ] {
+        if let Some(d) = git(&["rev-parse", dir]) {
+            for f in files {
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    workspace.join(&d).join(f).display()
+                );
+            }
+        }
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("Cargo.toml").display()
+    );
+    // `git diff --quiet` exits 1 when tracked files differ from HEAD (untracked files do
+    // not count: they are not part of the build unless added).
+    let dirty = Command::new("git")
+        .args(["diff", "--quiet", "HEAD", "--"])
+        .current_dir(workspace)
+        .status()
+        .is_ok_and(|s| s.code() == Some(1));
+    if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    }
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

@@ -17,13 +17,19 @@ readonly BPF_LINKER_VERSION=0.13.0
 readonly LLVM_MAJOR=22
 
 # Packages: build (rustc-web ...), tests and lab (iproute2 ... socat; prometheus for
-# promtool, which checks the metrics exposition), benchmarks (haproxy and wrk; nftables
-# and iperf3 serve both).
+# promtool, which checks the metrics exposition; keepalived and bird2 for the redundancy
+# labs and tests: a VRRP pair, BGP/ECMP with BFD), benchmarks (haproxy and wrk; nftables
+# and iperf3 serve both), the Debian package and its tests (dpkg-dev for cargo-deb's
+# dependency computation, lintian, systemd for systemd-analyze verify, man-db to render
+# the man pages), and the stats page's browser test (chromium, headless).
 readonly PACKAGES=(
     rustc-web cargo-web rust-web-src "llvm-${LLVM_MAJOR}-dev"
     iproute2 ethtool nftables iperf3 nginx-light curl bpftool procps
-    socat prometheus haproxy wrk
+    socat prometheus haproxy wrk keepalived bird2
+    dpkg-dev lintian systemd systemd-container man-db chromium
 )
+# cargo-deb builds the Debian package (`cargo xtask deb`); 3.8.0 builds with rustc 1.95.
+readonly CARGO_DEB_VERSION=3.8.0
 
 say() { printf 'setup: %s\n' "$*"; }
 die() {
@@ -64,8 +70,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # The package lists of a fresh machine are stale (they offer rustc-web 1.85):
     # always refresh them before installing.
-    apt-get update -qq || die "apt-get update failed" "check the network access to deb.debian.org"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    apt-get -o DPkg::Lock::Timeout=600 update -qq || die "apt-get update failed" "check the network access to deb.debian.org"
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
         die "apt-get install ${missing[*]} failed" "run it by hand to see apt's message"
     # nginx-light's package starts a system-wide nginx; the lab runs its own
     # instances inside namespaces, so keep the system one out of the way.
@@ -73,6 +79,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl stop haproxy || true; fi
     # prometheus is installed for promtool (the metrics test parses lb's exposition with it).
     if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
+    # keepalived and BIRD run inside the labs' namespaces with their own files; a
+    # system-wide instance would announce this host's routes or addresses.
+    for unit in keepalived bird; do
+        if systemctl is-active --quiet "$unit" 2>/dev/null; then systemctl stop "$unit" || true; fi
+    done
 fi
 
 rustc_web_version=$(/usr/bin/rustc --version 2>/dev/null | awk '{print $2}')
@@ -110,4 +121,11 @@ if [ "$("$cargo_bin/bpf-linker" --version 2>/dev/null | awk '{print $2}')" != "$
         die "cargo install bpf-linker ${BPF_LINKER_VERSION} failed" "check access to crates.io and that llvm-${LLVM_MAJOR}-dev is installed"
 fi
 
-say "ready (eBPF toolchain ${BPF_TOOLCHAIN} = rustc ${rustc_web_version}, bpf-linker ${BPF_LINKER_VERSION}, bpffs mounted)"
+# ---- cargo-deb (the Debian package) ------------------------------------------------
+if [ "$("$cargo_bin/cargo-deb" --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_DEB_VERSION" ]; then
+    say "building cargo-deb ${CARGO_DEB_VERSION} (about a minute)"
+    cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION" ||
+        die "cargo install cargo-deb ${CARGO_DEB_VERSION} failed" "check access to crates.io"
+fi
+
+say "ready (eBPF toolchain ${BPF_TOOLCHAIN} = rustc ${rustc_web_version}, bpf-linker ${BPF_LINKER_VERSION}, cargo-deb ${CARGO_DEB_VERSION}, bpffs mounted)"

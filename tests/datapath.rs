@@ -612,6 +612,16 @@ fn packet_cases() {
         Some(Frame::new(LB_CLI_MAC, be_rst.mac, rst).bytes()),
         &[(Tx, 1), (FlowRstNoEntry, 1)],
     ));
+    let synack = ipv4(CLIENT, DSR_VIP, tcp(45001, 80, SYN | ACK));
+    let be_synack = f.backend(f.pick("dsr_web", CLIENT, 45001, 80));
+    cases.push(case(
+        "tcp syn|ack from a client (a reflection) of an unknown flow: forwarded, no entry",
+        cli,
+        from_client(synack.clone()).bytes(),
+        XDP_TX,
+        Some(Frame::new(LB_CLI_MAC, be_synack.mac, synack).bytes()),
+        &[(Tx, 1), (FlowSynAckNoEntry, 1)],
+    ));
 
     // ---- NAT ----
     let syn = ipv4(CLIENT, NAT_VIP, tcp(40001, 8080, SYN));
@@ -647,6 +657,16 @@ fn packet_cases() {
         "a NAT backend's packet to this host (a health check's reply): untranslated",
         srv,
         from_backend(ipv4(&rip, "10.1.0.1", tcp(80, 33000, SYN | ACK))).bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNatLocal, 1)],
+    ));
+    let mut tagged_local = from_backend(ipv4(&rip, "10.1.0.1", tcp(80, 33001, ACK)));
+    tagged_local.vlans = vec![100];
+    cases.push(case(
+        "a NAT backend's packet to this host with a VLAN tag: untranslated too",
+        srv,
+        tagged_local.bytes(),
         XDP_PASS,
         None,
         &[(PassNatLocal, 1)],
@@ -971,6 +991,20 @@ fn packet_cases() {
         None,
         &[(PassNotVip, 1)],
     ));
+    let mut from_nat_backend = Frame::new(
+        [2, 0, 0, 0, 2, 0x11],
+        LB_SRV_MAC,
+        ipv4("10.1.0.21", CLIENT, udp(53, 5000, b"a large answer")),
+    );
+    from_nat_backend.ip.frag = 0x2000;
+    cases.push(case(
+        "fragment from a NAT backend (a reply cannot be translated): dropped, never leaked",
+        srv,
+        from_nat_backend.bytes(),
+        XDP_DROP,
+        None,
+        &[(DropFragment, 1)],
+    ));
     let mut bad = good.clone();
     bad.ip.dst = addr("192.0.2.1");
     cases.push(case(
@@ -1159,6 +1193,12 @@ fn packet_cases() {
             .unwrap()
             .is_none(),
         "RST must not create an entry"
+    );
+    assert!(
+        f.dp.flow(&key(CLIENT, DSR_VIP, 45001, 80, TCP))
+            .unwrap()
+            .is_none(),
+        "a client's SYN|ACK must not create an entry"
     );
     assert!(
         f.dp.flow(&key(CLIENT, DSR_VIP, 40000, 80, TCP))
@@ -2031,9 +2071,15 @@ fn nat_replies_are_translated_whatever_the_table_holds() {
         assert_eq!(action, XDP_REDIRECT);
         flows.push((client, port, frame::ip_dst(&out).unwrap().to_string()));
     }
+    let size = Limits {
+        conntrack_entries: 4096,
+        conntrack6_entries: 4096,
+    }
+    .conntrack_map_entries()
+    .unwrap();
     assert!(
-        f.dp.flows().unwrap().len() <= 4096,
-        "the table holds at most its capacity"
+        f.dp.flows().unwrap().len() <= size as usize,
+        "the table holds at most its size"
     );
     let before = f.counters();
     for (client, port, rip) in &flows {
@@ -2056,6 +2102,72 @@ fn nat_replies_are_translated_whatever_the_table_holds() {
     let after = f.counters();
     let translated = after[Counter::NatReply as usize] - before[Counter::NatReply as usize];
     assert_eq!(translated, flows.len() as u64, "every reply translated");
+
+    // A backend taken out of its service is retired, not forgotten: its translation stays
+    // (without a backend index, so no statistics) while its connections may be open.
+    let mut f = f;
+    let (client, port, rip) = flows[0].clone();
+    let nat_key = NatBackendKey {
+        addr: ne(&rip),
+        port: 80u16.to_be(),
+        proto: TCP,
+        _pad: 0,
+    };
+    let idx = f.dp.nat_backend(&nat_key).unwrap().unwrap().backend;
+    f.dp.set_nat_backend(
+        nat_key,
+        Some(NatBackend {
+            vip: ne(NAT_VIP),
+            vport: 8080u16.to_be(),
+            _pad: 0,
+            backend: NO_BACKEND,
+            service: u32::MAX,
+        }),
+    )
+    .unwrap();
+    let mut gone = f.backend(idx);
+    gone.flags = 0;
+    f.dp.set_backend(idx, gone).unwrap();
+    let stats = f.dp.backend_stats(idx).unwrap();
+    let reply = ipv4(&rip, &client, tcp(80, port, FIN | ACK));
+    let (action, out, moved) = run(&f, &from_backend(reply.clone()).bytes(), srv);
+    assert_eq!(
+        (action, moved),
+        (XDP_REDIRECT, vec![("redirect", 1), ("nat_reply", 1)])
+    );
+    assert_eq!(
+        hex(&out),
+        hex(&Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080)).bytes())
+    );
+    assert_eq!(f.dp.backend_stats(idx).unwrap(), stats);
+}
+
+/// Handshakes in flight while the table keeps changing complete on their SYN's backend:
+/// 1,000 connections, each with a table change (every slot moves) between its SYN, a
+/// retransmission of it, and its ACK.
+#[test]
+fn handshakes_survive_table_changes() {
+    let mut f = Fixture::new();
+    let cli = f.cli;
+    let web = f.services["dsr_web"].backends.clone();
+    let pkt =
+        |sport: u16, flags: u8| from_client(ipv4(CLIENT, DSR_VIP, tcp(sport, 80, flags))).bytes();
+    let mut failed = 0;
+    for i in 0..1000u16 {
+        let sport = 30000 + i;
+        f.set_table(0, &[web[usize::from(i) % 3]]);
+        let (_, out, _) = run(&f, &pkt(sport, SYN), cli);
+        let syn_mac = dmac(&out);
+        f.set_table(0, &[web[(usize::from(i) + 1) % 3]]);
+        let (_, out, _) = run(&f, &pkt(sport, SYN), cli);
+        let again = dmac(&out);
+        f.set_table(0, &[web[(usize::from(i) + 2) % 3]]);
+        let (_, out, _) = run(&f, &pkt(sport, ACK), cli);
+        if again != syn_mac || dmac(&out) != syn_mac {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "handshakes that lost their backend");
 }
 
 // ---- IPv6 ------------------------------------------------------------------------

@@ -11,68 +11,16 @@
 mod support;
 
 use std::{
-    net::SocketAddr,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use lb_lab::load::{Load, Session};
 use serde_json::Value;
 use support::{
     lab::Mode,
     running::{QUICK_CHECK, Running},
+    traffic::Traffic,
 };
-
-/// Port 80 of the lab's VIP.
-fn vip(r: &Running) -> SocketAddr {
-    SocketAddr::from((r.lab.vip().parse::<std::net::Ipv4Addr>().unwrap(), 80))
-}
-
-/// The traffic every lab test keeps running.
-struct Traffic {
-    load: Load,
-    session: Session,
-}
-
-impl Traffic {
-    fn start(r: &Running) -> Traffic {
-        let ns = r.lab.client_ns();
-        let session = Session::start(&ns, vip(r), Duration::from_millis(100));
-        assert!(session.seen().broken.is_none(), "{:?}", session.seen());
-        let load = Load::start(&ns, vip(r), Duration::from_millis(20));
-        sleep(Duration::from_millis(500));
-        Traffic { load, session }
-    }
-
-    /// Panics unless no request failed and the long-lived connection is alive on its
-    /// first backend, with `more` answers since `before`.
-    fn assert_clean(&self, when: &str, before: usize) -> usize {
-        let t = self.load.tally();
-        assert!(
-            t.failed.is_empty(),
-            "{when}: {} of {} requests failed: {:?}",
-            t.failed.len(),
-            t.ok + t.failed.len(),
-            &t.failed[..t.failed.len().min(5)]
-        );
-        let s = self.session.seen();
-        assert!(
-            s.broken.is_none(),
-            "{when}: the long-lived connection broke: {s:?}"
-        );
-        assert_eq!(
-            s.backends.len(),
-            1,
-            "{when}: the long-lived connection moved: {s:?}"
-        );
-        assert!(
-            s.answered > before,
-            "{when}: the long-lived connection stopped exchanging ({} answers)",
-            s.answered
-        );
-        s.answered
-    }
-}
 
 fn connections(r: &Running) -> Value {
     let out = r.cli(&["conns", "--json", "--limit", "100000"]);
@@ -104,7 +52,7 @@ fn stop_and_adoption(mode: Mode, prefix: &str, signal: i32) {
     let mut r = Running::start(mode, prefix, QUICK_CHECK, false);
     let progs = r.prog_ids();
     assert!(progs.iter().all(|p| *p != 0), "{progs:?}");
-    let traffic = Traffic::start(&r);
+    let traffic = Traffic::start(&r.lab);
     let answered = traffic.assert_clean("before the crash", 0);
     let port = traffic.session.seen().local_port;
     assert!(lists_client_port(&connections(&r), port));
@@ -175,7 +123,7 @@ fn other_object() -> String {
 fn takeover(mode: Mode, prefix: &str) {
     let mut r = Running::start(mode, prefix, QUICK_CHECK, false);
     let progs = r.prog_ids();
-    let traffic = Traffic::start(&r);
+    let traffic = Traffic::start(&r.lab);
     let mut answered = traffic.assert_clean("before the takeovers", 0);
     for (env, same) in [(None, true), (Some(other_object()), false)] {
         let old = r.lb_pid;
@@ -236,7 +184,7 @@ fn graceful_stop(mode: Mode, prefix: &str) {
         .expect("the first daemon hands over");
     r.wait_serving(&log);
     r.lb_pid = pid;
-    let traffic = Traffic::start(&r);
+    let traffic = Traffic::start(&r.lab);
     let answered = traffic.assert_clean("before SIGTERM", 0);
     let pin_dir = r.lab.pin_dir();
     assert!(pin_dir.exists());

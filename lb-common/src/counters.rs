@@ -57,7 +57,8 @@ counters! {
     /// NAT: next-hop MAC unknown; the translated packet goes to the kernel to forward.
     PassNoNeigh = "pass_no_neigh", outcome;
     /// A packet from a NAT backend's address:port addressed to this host (a health
-    /// check's reply): not a balanced connection's, passed untranslated.
+    /// check's reply), or arriving where forwarding is off: not a balanced connection's
+    /// reply, passed untranslated.
     PassNatLocal = "pass_nat_local", outcome;
     /// ICMPv6 neighbour discovery (router and neighbour solicitations and
     /// advertisements, redirects: types 133–137), to any address: passed untouched.
@@ -117,6 +118,9 @@ counters! {
     FlowRepick = "flow_repick", event;
     /// A TCP RST for an unknown flow: forwarded, no entry created.
     FlowRstNoEntry = "flow_rst_no_entry", event;
+    /// A client's TCP SYN|ACK for an unknown flow (clients do not send those: a
+    /// reflection): forwarded, no entry created.
+    FlowSynAckNoEntry = "flow_synack_no_entry", event;
     /// Creating a connection-table entry failed.
     FlowInsertFailed = "flow_insert_failed", event;
     /// NAT: a backend's reply translated back to VIP:port.

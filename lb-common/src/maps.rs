@@ -58,6 +58,13 @@ pub const MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 65536;
 /// Entries of `NAT_BACKENDS` (one per NAT backend address:port/protocol).
 pub const MAX_NAT_BACKENDS: u32 = MAX_BACKENDS;
+/// Entries each CPU of a common-LRU hash map may hold in its local free list
+/// (`LOCAL_FREE_TARGET` in the kernel's bpf_lru_list.c): when the shared free list runs
+/// short, a CPU refills its own by evicting live entries even while others hold free
+/// ones. `CONNTRACK` is made larger by this much per possible CPU, so that the configured
+/// number of connections fits.
+pub const LRU_LOCAL_FREE: u32 = 128;
+
 /// Default size of `CONNTRACK` (configurable at start).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
 
@@ -75,6 +82,9 @@ pub const TABLE_CHUNK: usize = 16;
 /// A table slot holding this value has no backend (the service drops new flows).
 pub const NO_BACKEND: u32 = u32::MAX;
 
+/// `BPF_F_NO_PREALLOC`: hash-map elements allocated on update and freed after an RCU
+/// grace period (a preallocated element is reused at once, even for another key).
+pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 /// `BPF_F_MMAPABLE`: userspace writes a whole Maglev table through mmap.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `BPF_F_INNER_MAP`: inner tables of different sizes fit the same outer map.

@@ -85,8 +85,8 @@ fn state_bits(tcp_flags: u8) -> u32 {
 }
 
 /// Whether an entry last seen at `last_seen` (seconds) in `state` is past its timeout at
-/// `now` (seconds). Without timeouts (a datapath no control plane configured yet),
-/// nothing expires.
+/// `now` (seconds). A timeout of 0 (a datapath whose control plane has not written
+/// `TIMEOUTS` yet) never expires anything.
 #[inline(always)]
 fn expired(t: Option<&Timeouts>, state: u32, tcp: bool, last_seen: u32, now: u32) -> bool {
     let Some(t) = t else {
@@ -99,7 +99,15 @@ fn expired(t: Option<&Timeouts>, state: u32, tcp: bool, last_seen: u32, now: u32
     } else {
         t.tcp_fin_s
     };
-    timeout != 0 && now.wrapping_sub(last_seen) >= timeout
+    timeout != 0 && older_than(last_seen, now, timeout)
+}
+
+/// Whether `then` is at least `age` seconds before `now`. Signed: another CPU may have
+/// written a `then` one second past the `now` this one read (that is not old).
+#[inline(always)]
+fn older_than(then: u32, now: u32, age: u32) -> bool {
+    let d = now.wrapping_sub(then) as i32;
+    d >= 0 && d as u32 >= age
 }
 
 /// The backend a SYN of `key` was given, if its slot still holds it (not overwritten,
@@ -115,7 +123,7 @@ fn half_open<F: Family>(
     let k = &h.key;
     if !k.same_flow(key)
         || h.check != F::half_open_check(k, h.backend, h.epoch, h.born)
-        || t.is_some_and(|t| now.wrapping_sub(h.born) >= t.half_open_s)
+        || t.is_some_and(|t| t.half_open_s != 0 && older_than(h.born, now, t.half_open_s))
     {
         return None;
     }
@@ -157,8 +165,11 @@ pub fn for_packet<'a, F: Family>(
     let bits = state_bits(tcp_flags);
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(f) = F::ct_get_mut(key) {
-        // SAFETY: a live LRU entry; a concurrent eviction can only make us update a
-        // recycled entry's fields, which the next packet of that flow repairs.
+        // SAFETY: a live LRU entry, updated in place only on a hit (state bits and the
+        // clock). Another CPU may evict and recycle it meanwhile; that makes this update
+        // land in another flow's entry, whose next packet then sees a backend of
+        // another service (`be.service` below) or a newer clock, nothing worse. An entry
+        // re-placed is rewritten by key, never through this pointer.
         let f = unsafe { &mut *f };
         let reopened = syn && f.state & (FLOW_FIN | FLOW_RST) != 0;
         let stale = expired(timeouts, f.state, tcp, f.last_seen, now);
@@ -166,6 +177,7 @@ pub fn for_packet<'a, F: Family>(
             && !stale
             && let Some(be) = BACKENDS.get(f.backend)
             && keeps(be, f.epoch)
+            && be.service == svc.id
         {
             let state = f.state | bits;
             if state != f.state {
@@ -183,14 +195,20 @@ pub fn for_packet<'a, F: Family>(
             });
         }
         // Re-placed: a new connection on the port, an expired entry, or a backend that
-        // cannot keep it.
+        // cannot keep it. The table decides (a half-open slot of this 5-tuple would be an
+        // earlier connection's; this SYN's retransmits find the rewritten entry).
         let (index, be) = maglev::backend(svc, hash)?;
-        f.backend = index;
-        f.epoch = be.epoch;
-        f.state = bits;
-        f.last_seen = now;
         if syn {
             remember_syn::<F>(key, index, be.epoch, now);
+        }
+        let flow = Flow {
+            backend: index,
+            epoch: be.epoch,
+            state: bits,
+            last_seen: now,
+        };
+        if !F::ct_insert(key, flow) {
+            insert_failed(ctx);
         }
         count(if reopened {
             Counter::FlowNew
@@ -207,20 +225,21 @@ pub fn for_packet<'a, F: Family>(
         });
     }
     if syn {
-        // A retransmitted SYN finds its slot; a new one takes the table's backend.
-        let (index, be) = match half_open::<F>(key, timeouts, now) {
-            Some(chosen) => chosen,
+        // A retransmitted SYN finds its slot (the same connection, not a new one); a
+        // new one takes the table's backend.
+        let (index, be, new_flow) = match half_open::<F>(key, timeouts, now) {
+            Some((index, be)) => (index, be, false),
             None => {
                 let (index, be) = maglev::backend(svc, hash)?;
                 remember_syn::<F>(key, index, be.epoch, now);
-                (index, be)
+                (index, be, true)
             }
         };
         count(Counter::FlowSyn);
         return Ok(Chosen {
             index,
             backend: be,
-            new_flow: true,
+            new_flow,
             cacheable: false,
         });
     }
@@ -233,8 +252,14 @@ pub fn for_packet<'a, F: Family>(
             (index, be, false)
         }
     };
-    if tcp_flags & TCP_RST != 0 {
-        count(Counter::FlowRstNoEntry);
+    // A RST, or a client's SYN|ACK (a reflection: clients do not send those), of a flow
+    // without an entry is forwarded but makes none, so such floods evict nothing.
+    if tcp_flags & (TCP_RST | TCP_SYN) != 0 {
+        count(if tcp_flags & TCP_RST != 0 {
+            Counter::FlowRstNoEntry
+        } else {
+            Counter::FlowSynAckNoEntry
+        });
         return Ok(Chosen {
             index,
             backend: be,
@@ -249,17 +274,11 @@ pub fn for_packet<'a, F: Family>(
         last_seen: now,
     };
     let inserted = F::ct_insert(key, flow);
-    if !inserted && let Some(n) = stats::rare(Counter::FlowInsertFailed) {
-        warn!(
-            ctx,
-            "connection-table insert failed ({} times so far on this CPU)", n
-        );
-    }
-    count(if inserted {
-        Counter::FlowNew
+    if inserted {
+        count(Counter::FlowNew);
     } else {
-        Counter::FlowInsertFailed
-    });
+        insert_failed(ctx);
+    }
     Ok(Chosen {
         index,
         backend: be,
@@ -267,6 +286,18 @@ pub fn for_packet<'a, F: Family>(
         new_flow: !seen_syn,
         cacheable: inserted && settled(bits, tcp),
     })
+}
+
+/// Counts (and, rarely, logs) a connection-table insert the kernel refused.
+#[inline(always)]
+fn insert_failed(ctx: &XdpContext) {
+    if let Some(n) = stats::rare(Counter::FlowInsertFailed) {
+        warn!(
+            ctx,
+            "connection-table insert failed ({} times so far on this CPU)", n
+        );
+    }
+    count(Counter::FlowInsertFailed);
 }
 
 /// The backend of an existing flow, or the one the table would give it; changes
@@ -282,9 +313,18 @@ pub fn peek<F: Family>(
         let f = unsafe { &*f };
         if let Some(be) = BACKENDS.get(f.backend)
             && keeps(be, f.epoch)
+            && be.service == svc.id
         {
             return Ok((f.backend, be));
         }
+    }
+    // A handshake in progress: its SYN's backend.
+    // SAFETY: the helper only reads the clock.
+    let now = coarse_seconds(unsafe { bpf_ktime_get_coarse_ns() });
+    if key.proto == IPPROTO_TCP
+        && let Some(chosen) = half_open::<F>(key, TIMEOUTS.get(0), now)
+    {
+        return Ok(chosen);
     }
     maglev::backend(svc, hash)
 }

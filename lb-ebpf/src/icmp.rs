@@ -40,7 +40,7 @@ const REPLY_TTL: u8 = 64;
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip4) -> Verdict {
     let Some(kind) = parse::icmp_type(ctx, ip) else {
-        return Verdict::malformed(&ip.dst, Counter::DropIcmpHeader);
+        return Verdict::malformed(&ip.src, &ip.dst, Counter::DropIcmpHeader);
     };
     match kind {
         ECHO_REQUEST => echo(ctx, ip),

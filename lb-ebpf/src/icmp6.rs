@@ -40,7 +40,7 @@ const REPLY_HOP_LIMIT: u8 = 64;
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, ip: &Ip6) -> Verdict {
     let Some(kind) = parse::icmp_type(ctx, ip) else {
-        return Verdict::malformed(&ip.dst, Counter::DropIcmpHeader);
+        return Verdict::malformed(&ip.src, &ip.dst, Counter::DropIcmpHeader);
     };
     match kind {
         ND_FIRST..=ND_LAST => Verdict::pass(Counter::PassNdp),

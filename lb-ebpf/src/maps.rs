@@ -6,12 +6,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr6, AddrWords, Backend, CachedFlow, CachedFlow6, Counter, DEFAULT_CONNTRACK_ENTRIES,
-    DEFAULT_CONNTRACK6_ENTRIES, FILTER_WORDS, FLOW_CACHE_SLOTS, FLOW_CACHE6_SLOTS, Flow, FlowKey,
-    FlowKey6, HALF_OPEN_SLOTS, HalfOpen, HalfOpen6, MAX_BACKENDS, MAX_NAT_BACKENDS, MAX_SERVICES,
-    MAX_VIPS, NatBackend, NatBackend6, NatBackendKey, NatBackendKey6, NatBackendKeyOf,
-    NatBackendOf, Service, Service6, ServiceKey, ServiceKey6, TABLE_MAP_FLAGS, TABLE_SLOTS,
-    TableChunk, Timeouts, TrafficStats, filter_bit, filter_bit6,
+    Addr6, AddrWords, BPF_F_NO_PREALLOC, Backend, CachedFlow, CachedFlow6, Counter,
+    DEFAULT_CONNTRACK_ENTRIES, DEFAULT_CONNTRACK6_ENTRIES, FILTER_WORDS, FLOW_CACHE_SLOTS,
+    FLOW_CACHE6_SLOTS, Flow, FlowKey, FlowKey6, HALF_OPEN_SLOTS, HalfOpen, HalfOpen6, MAX_BACKENDS,
+    MAX_NAT_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NatBackend6, NatBackendKey,
+    NatBackendKey6, NatBackendKeyOf, NatBackendOf, Service, Service6, ServiceKey, ServiceKey6,
+    TABLE_MAP_FLAGS, TABLE_SLOTS, TableChunk, Timeouts, TrafficStats, filter_bit, filter_bit6,
 };
 
 const SERVICES_N: usize = MAX_SERVICES as usize;
@@ -65,10 +65,18 @@ pub static CONNTRACK: LruHashMap<FlowKey, Flow, CONNTRACK_N> = LruHashMap::new()
 #[btf_map]
 pub static HALF_OPEN: Array<HalfOpen, { HALF_OPEN_SLOTS as usize }> = Array::new();
 
-/// NAT backends -> how to translate their replies (from the configuration).
+/// NAT backends -> how to translate their replies (from the configuration), and one
+/// marker per NAT backend address (port and protocol 0: see `Addr::is_nat_source`). Not
+/// preallocated: the kernel reuses a preallocated element at once, even for another key,
+/// so a reader could copy another backend's translation; these elements are freed only
+/// after a grace period.
 #[btf_map]
-pub static NAT_BACKENDS: HashMap<NatBackendKey, NatBackend, { MAX_NAT_BACKENDS as usize }> =
-    HashMap::new();
+pub static NAT_BACKENDS: HashMap<
+    NatBackendKey,
+    NatBackend,
+    { 2 * MAX_NAT_BACKENDS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// The connection table's timeouts (one entry, written by the control plane).
 #[btf_map]
@@ -120,6 +128,9 @@ pub trait Addr: AddrWords {
     }
     /// Whether the NAT prefilter may hold it (no false negatives).
     fn maybe_nat_backend(&self) -> bool;
+    /// Whether it is the address of a NAT backend (its marker in `NAT_BACKENDS`,
+    /// `NAT_BACKENDS6`: port and protocol 0).
+    fn is_nat_source(&self) -> bool;
     /// How to translate back the replies of the NAT backend `self:port` (`proto`), when
     /// it is one (the bitmap prefilter spares a hash lookup for other sources).
     fn nat_backend(&self, port: u16, proto: u8) -> Option<NatBackendOf<Self>>;
@@ -141,6 +152,18 @@ impl Addr for u32 {
         in_filter(&NAT_FILTER, filter_bit(*self))
     }
     #[inline(always)]
+    fn is_nat_source(&self) -> bool {
+        self.maybe_nat_backend()
+            && NAT_BACKENDS
+                .get_ptr(NatBackendKey {
+                    addr: *self,
+                    port: 0,
+                    proto: 0,
+                    _pad: 0,
+                })
+                .is_some()
+    }
+    #[inline(always)]
     fn nat_backend(&self, port: u16, proto: u8) -> Option<NatBackend> {
         if !self.maybe_nat_backend() {
             return None;
@@ -152,7 +175,7 @@ impl Addr for u32 {
             _pad: 0,
         };
         // SAFETY: plain data, copied out; an update meanwhile gives this one packet either
-        // the old or the new translation.
+        // the old or the new translation (the map is not preallocated: no element reuse).
         unsafe { NAT_BACKENDS.get(key).copied() }
     }
     #[inline(always)]
@@ -180,6 +203,18 @@ impl Addr for Addr6 {
         in_filter(&NAT_FILTER, filter_bit6(self))
     }
     #[inline(always)]
+    fn is_nat_source(&self) -> bool {
+        self.maybe_nat_backend()
+            && NAT_BACKENDS6
+                .get_ptr(NatBackendKeyOf {
+                    addr: *self,
+                    port: 0,
+                    proto: 0,
+                    _pad: 0,
+                })
+                .is_some()
+    }
+    #[inline(always)]
     fn nat_backend(&self, port: u16, proto: u8) -> Option<NatBackend6> {
         if !self.maybe_nat_backend() {
             return None;
@@ -190,7 +225,7 @@ impl Addr for Addr6 {
             proto,
             _pad: 0,
         };
-        // SAFETY: as for IPv4.
+        // SAFETY: as for IPv4 (not preallocated either).
         unsafe { NAT_BACKENDS6.get(key).copied() }
     }
     #[inline(always)]
@@ -249,9 +284,14 @@ pub static CONNTRACK6: LruHashMap<FlowKey6, Flow, CONNTRACK6_N> = LruHashMap::ne
 #[btf_map]
 pub static HALF_OPEN6: Array<HalfOpen6, { HALF_OPEN_SLOTS as usize }> = Array::new();
 
+/// As `NAT_BACKENDS` (markers included, not preallocated), for IPv6 NAT backends.
 #[btf_map]
-pub static NAT_BACKENDS6: HashMap<NatBackendKey6, NatBackend6, { MAX_NAT_BACKENDS as usize }> =
-    HashMap::new();
+pub static NAT_BACKENDS6: HashMap<
+    NatBackendKey6,
+    NatBackend6,
+    { 2 * MAX_NAT_BACKENDS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 #[btf_map]
 pub static FLOW_CACHE6: PerCpuArray<CachedFlow6, { FLOW_CACHE6_SLOTS as usize }> =

@@ -142,8 +142,9 @@ pub enum Unparsed<A> {
     /// Not for the pipeline (nested VLAN tags, or too short to tell whom it is for):
     /// passed, with this counter.
     Pass(Counter),
-    /// An IP packet to `dst` whose header is broken in the way `counter` names.
-    Broken { dst: A, counter: Counter },
+    /// An IP packet from `src` to `dst` whose header is broken in the way `counter`
+    /// names.
+    Broken { src: A, dst: A, counter: Counter },
 }
 
 /// The link layer: (ethertype, offset of the layer-3 header, one VLAN tag seen).
@@ -194,7 +195,8 @@ pub fn ipv4(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<Ip4, Unparsed<u32
     // SAFETY: bounds checked by ptr_at.
     let h = unsafe { &*iph };
     let dst = ne32(&h.dst_addr);
-    let broken = |counter| Err(Unparsed::Broken { dst, counter });
+    let src = ne32(&h.src_addr);
+    let broken = |counter| Err(Unparsed::Broken { src, dst, counter });
     if h.vihl >> 4 != 4 {
         return broken(Counter::DropIpVersion);
     }
@@ -243,7 +245,8 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<(Ip6, bool), Unpa
     // SAFETY: bounds checked by ptr_at.
     let h = unsafe { &*iph };
     let dst = addr6(&h.dst_addr);
-    let broken = |counter| Err(Unparsed::Broken { dst, counter });
+    let src = addr6(&h.src_addr);
+    let broken = |counter| Err(Unparsed::Broken { src, dst, counter });
     if h.vcf[0] >> 4 != 6 {
         return broken(Counter::DropIpVersion);
     }
@@ -302,7 +305,7 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<(Ip6, bool), Unpa
         l3,
         l4: off,
         tot_len,
-        src: addr6(&h.src_addr),
+        src,
         dst,
         proto: next,
         ttl: h.hop_limit,

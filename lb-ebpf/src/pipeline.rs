@@ -75,7 +75,9 @@ fn handle(ctx: &XdpContext) -> Verdict {
     let ip = match parse::ipv4(ctx, l2.l3, l2.vlan) {
         Ok(ip) => ip,
         Err(Unparsed::Pass(c)) => return Verdict::pass(c),
-        Err(Unparsed::Broken { dst, counter }) => return Verdict::malformed(&dst, counter),
+        Err(Unparsed::Broken { src, dst, counter }) => {
+            return Verdict::malformed(&src, &dst, counter);
+        }
     };
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => l4::<V4>(ctx, &ip),
@@ -126,7 +128,9 @@ fn ipv6(ctx: &XdpContext, icmp: bool) -> Verdict {
     let (ip, ext) = match parse::ipv6(ctx, l2.l3, l2.vlan) {
         Ok(parsed) => parsed,
         Err(Unparsed::Pass(c)) => return Verdict::pass(c),
-        Err(Unparsed::Broken { dst, counter }) => return Verdict::malformed(&dst, counter),
+        Err(Unparsed::Broken { src, dst, counter }) => {
+            return Verdict::malformed(&src, &dst, counter);
+        }
     };
     let ip = &ip;
     let v = match ip.proto {
@@ -152,7 +156,7 @@ fn ipv6(ctx: &XdpContext, icmp: bool) -> Verdict {
 #[inline(always)]
 fn l4<F: Family>(ctx: &XdpContext, ip: &Ip<F::A>) -> Verdict {
     let Some((ports, tcp_flags)) = parse::l4_header(ctx, ip) else {
-        return Verdict::malformed(&ip.dst, Counter::DropL4Header);
+        return Verdict::malformed(&ip.src, &ip.dst, Counter::DropL4Header);
     };
     F::with_key(
         &ip.src,
@@ -292,14 +296,15 @@ fn nat_reply<F: Family>(
     tcp_flags: u8,
     back: &NatBackendOf<F::A>,
 ) -> Verdict {
-    if ip.ttl <= 1 {
-        return Verdict::drop(Counter::DropTtl);
-    }
     let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
+    // Routed first: a reply addressed to this host passes whatever its TTL.
     let hop = match route::next_hop(ctx, ip, &vip, &ip.dst, Way::ToClient) {
         Ok(hop) => hop,
         Err(v) => return v,
     };
+    if ip.ttl <= 1 {
+        return Verdict::drop(Counter::DropTtl);
+    }
     if F::rewrite_tcp_udp(ctx, ip, End::Src, &vip, vport).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }

@@ -5,8 +5,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -157,7 +157,9 @@ pub enum Way {
     ToBackend,
     /// Backend -> client: a packet from a NAT backend addressed to this host is not a
     /// balanced connection's reply (a health check's, say): passed untranslated
-    /// (`pass_nat_local`).
+    /// (`pass_nat_local`), whatever else is wrong with it (a VLAN tag); so is one
+    /// arriving where forwarding is off (the kernel then delivers it only when it is for
+    /// this host, and forwards nothing).
     ToClient,
 }
 
@@ -173,7 +175,7 @@ pub fn next_hop<A: FibAddr>(
     dst: &A,
     way: Way,
 ) -> Result<Hop, Verdict> {
-    if ip.vlan {
+    if ip.vlan && way == Way::ToBackend {
         return Err(Verdict::drop(Counter::DropVlanUnsupported));
     }
     let looked_up = A::with_params(
@@ -199,6 +201,14 @@ pub fn next_hop<A: FibAddr>(
     let Some((rc, hop)) = looked_up else {
         return Err(Verdict::drop(Counter::DropInternal));
     };
+    if way == Way::ToClient {
+        if rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED {
+            return Err(Verdict::pass(Counter::PassNatLocal));
+        }
+        if ip.vlan {
+            return Err(Verdict::drop(Counter::DropVlanUnsupported));
+        }
+    }
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Ok(hop),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
@@ -206,9 +216,6 @@ pub fn next_hop<A: FibAddr>(
                 A::warn_mtu(ctx, dst, n);
             }
             Err(Verdict::drop(Counter::DropMtu))
-        }
-        BPF_FIB_LKUP_RET_NOT_FWDED if way == Way::ToClient => {
-            Err(Verdict::pass(Counter::PassNatLocal))
         }
         _ => {
             if let Some(n) = stats::rare(Counter::DropNoRoute) {

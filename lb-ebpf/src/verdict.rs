@@ -40,11 +40,12 @@ impl Verdict {
             counter: Counter::Redirect,
         }
     }
-    /// A packet with a broken header: dropped when it is addressed to a VIP, otherwise
-    /// left to the kernel.
+    /// A packet with a broken header (or a fragment): dropped when it is addressed to a
+    /// VIP, or comes from a NAT backend (it may be a reply, which must not leave
+    /// untranslated); otherwise left to the kernel.
     #[inline(always)]
-    pub fn malformed<A: Addr>(dst: &A, c: Counter) -> Self {
-        if dst.is_vip() {
+    pub fn malformed<A: Addr>(src: &A, dst: &A, c: Counter) -> Self {
+        if dst.is_vip() || src.is_nat_source() {
             Verdict::drop(c)
         } else {
             Verdict::pass(Counter::PassNotVip)

@@ -268,8 +268,8 @@ fn main() -> Result<()> {
         LB_CLI_MAC,
         ipv4("203.0.113.0", "10.100.0.10", tcp(0, 80, SYN)),
     ));
-    // The first packet past a SYN (its handshake's ACK, or a flow whose SYN another node
-    // saw): a SYN only takes a half-open slot, this creates the connection-table entry.
+    // The same with ACK: a flow whose SYN was not seen here, which makes its entry (an
+    // insert, as the first ACK of every handshake does).
     let new_ack = padded(Frame::new(
         ROUTER_MAC,
         LB_CLI_MAC,
@@ -292,8 +292,8 @@ fn main() -> Result<()> {
     ));
 
     use Counter::*;
-    // New flows while the connection table still has free entries (each CPU's LRU list
-    // holds entries/CPUs; 7 x 50,000 stays below that): first, before anything fills it.
+    // New entries while the connection table still has free ones (7 x 50,000 stays
+    // below its 1M): first, before anything fills it.
     let floor_newflow_fresh = b.time_n("floor_newflow", &new_ack, cli, XDP_TX, &[], 50_000)?;
     let newflow_fresh = b.time_n("lb_newflow", &new_ack, cli, XDP_TX, &[Tx, FlowNew], 50_000)?;
     let floor = b.time("floor", &dsr_ack, cli, XDP_TX, &[])?;
@@ -307,19 +307,19 @@ fn main() -> Result<()> {
             1.5,
         ),
         (
-            "new flow, DSR: SYN (half-open slot)",
+            "new flow, SYN (half-open slot)",
             b.time("lb_newflow", &new_syn, cli, XDP_TX, &[Tx, FlowSyn])?,
             floor_newflow - floor,
             3.0,
         ),
         (
-            "new flow, DSR: 1st ACK (insert, table filling)",
+            "new entry, DSR (table filling)",
             newflow_fresh,
             floor_newflow_fresh - floor,
             3.0,
         ),
         (
-            "new flow, DSR: 1st ACK (insert, table full)",
+            "new entry, DSR (table full)",
             b.time("lb_newflow", &new_ack, cli, XDP_TX, &[Tx, FlowNew])?,
             floor_newflow - floor,
             3.0,
@@ -567,12 +567,12 @@ fn ipv6_rows(b: &mut Bench, floor: f64, floor_restore: f64) -> Result<()> {
             0.0,
         ),
         (
-            "IPv6 new flow, DSR: SYN (half-open slot)",
+            "IPv6 new flow, SYN (half-open slot)",
             syn6,
             floor_newflow6_m - floor,
         ),
         (
-            "IPv6 new flow, DSR: 1st ACK (insert, filling)",
+            "IPv6 new entry, DSR (table filling)",
             newflow6,
             floor_newflow6 - floor,
         ),

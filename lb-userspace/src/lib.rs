@@ -11,7 +11,8 @@
 //!   should hold, the order of map writes, the Maglev builder;
 //! - [`health`]: probes and the rise/fall state machine;
 //! - [`net`]: what the kernel knows about the network (routes, neighbours, links);
-//! - [`dataplane`]: the loaded XDP object and its maps (aya).
+//! - [`dataplane`]: the loaded XDP object and its maps (aya);
+//! - [`version`]: the version, commit and XDP object hash of this build.
 //!
 //! Pure logic (`config`, `model`, `health::machine`, `api`) is covered by plain
 //! `cargo test` without root.
@@ -23,3 +24,4 @@ pub mod dataplane;
 pub mod health;
 pub mod model;
 pub mod net;
+pub mod version;

@@ -5,8 +5,10 @@
     reason = "each test binary uses a different subset"
 )]
 
+pub mod browser;
 pub mod daemon;
 pub mod running;
+pub mod traffic;
 
 pub use lb_lab::{frame, lab, netns};
 

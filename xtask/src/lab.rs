@@ -7,9 +7,12 @@
 //! keep being answered, brings it back, kills lb with SIGKILL while requests keep being
 //! answered by the pinned datapath, starts it again to adopt it, and tears everything
 //! down — on success, on failure and on Ctrl-C.
+pub mod ecmp;
+pub mod ha;
+
 use std::{
     collections::BTreeMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     thread::sleep,
     time::{Duration, Instant},
@@ -20,7 +23,7 @@ use serde_json::Value;
 
 use lb_lab::{
     lab::{Lab, Mode},
-    load::Load,
+    load::{Load, Traffic},
 };
 
 use crate::util::{self, root, step};
@@ -153,17 +156,109 @@ fn bars(counts: &BTreeMap<String, usize>, total: usize) {
     }
 }
 
-pub fn demo() -> Result<()> {
+/// Sets the machine up and builds lb (release); the `lb` binary and the `xdp-pass`
+/// object the labs need.
+fn build() -> Result<(PathBuf, PathBuf)> {
     util::setup()?;
     step("building lb (release)");
     util::cargo(&["build", "--release", "--package", "lb-userspace"])?;
     let root = root();
-    let lb = root
-        .join("target/release/lb")
-        .to_string_lossy()
-        .into_owned();
-    let pass = root.join("target/ebpf/bpfel-unknown-none/release/xdp-pass");
-    let config = root.join("examples/lb.json");
+    Ok((
+        root.join("target/release/lb"),
+        root.join("target/ebpf/bpfel-unknown-none/release/xdp-pass"),
+    ))
+}
+
+/// Prints, once a second for `secs` seconds, what `traffic` saw in that second (answers
+/// per backend, failures, long-lived connections alive) beside `state()` (who holds
+/// the VIP, say) and the new connections each node took (`conns()`: the nodes'
+/// running totals, in order).
+fn watch(
+    secs: u64,
+    traffic: &Traffic,
+    state: impl Fn() -> String,
+    conns: impl Fn() -> Vec<u64>,
+) -> Result<()> {
+    let mut last = traffic.load.tally();
+    let mut last_conns = conns();
+    for _ in 0..secs {
+        check_interrupt()?;
+        sleep(Duration::from_secs(1));
+        let t = traffic.load.tally();
+        let now = conns();
+        let per_node: Vec<String> = now
+            .iter()
+            .zip(&last_conns)
+            .enumerate()
+            .map(|(i, (n, l))| format!("lb{} {:>3}", i + 1, n.saturating_sub(*l)))
+            .collect();
+        let per_backend: Vec<String> = t
+            .by_backend
+            .iter()
+            .map(|(b, n)| {
+                format!(
+                    "{b} {:>3}",
+                    n - last.by_backend.get(b).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        let alive = traffic
+            .sessions
+            .iter()
+            .filter(|s| s.seen().broken.is_none())
+            .count();
+        println!(
+            "  {:<22} new conns/s: {} | answers/s: {} | failed {} | long-lived {alive}/{} alive",
+            state(),
+            per_node.join("  "),
+            per_backend.join("  "),
+            t.failed.len(),
+            traffic.sessions.len()
+        );
+        last = t;
+        last_conns = now;
+    }
+    Ok(())
+}
+
+/// Polls `cond` every 20 ms, for a minute at most; how long it took to hold.
+fn wait_event(what: &str, cond: impl Fn() -> bool) -> Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        check_interrupt()?;
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after 60 s waiting for {what}")
+}
+
+/// The end of a redundancy demo: what the traffic saw in all; an error if anything
+/// failed.
+fn summary(traffic: &Traffic) -> Result<()> {
+    let t = traffic.load.tally();
+    let problems = traffic.problems(&[]);
+    step(&format!(
+        "in all: {} requests answered, {} failed; {} long-lived connections, {} problems",
+        t.ok,
+        t.failed.len(),
+        traffic.sessions.len(),
+        problems.len()
+    ));
+    for p in &problems {
+        println!("  {p}");
+    }
+    if !problems.is_empty() {
+        bail!("{} problems", problems.len());
+    }
+    Ok(())
+}
+
+pub fn demo() -> Result<()> {
+    let (lb, pass) = build()?;
+    let lb = lb.to_string_lossy().into_owned();
+    let config = root().join("examples/lb.json");
     catch_ctrl_c();
 
     step(

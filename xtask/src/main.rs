@@ -4,6 +4,7 @@
 //! idempotent and takes about a second when nothing is missing).
 mod baseline;
 mod bench;
+mod deb;
 mod lab;
 mod monitoring;
 mod util;
@@ -22,15 +23,32 @@ struct Cli {
 enum Command {
     /// Install and check everything the build, tests, lab and benchmarks need.
     Setup,
-    /// Run every test: formatting, clippy, unit tests, BPF packet tests, namespace tests.
+    /// Run every test: formatting, clippy, unit tests, BPF packet tests, namespace tests,
+    /// the Debian package (built first) and the stats page in headless Chromium.
     Test,
-    /// Run the demo on the built-in lab (network namespaces on this machine).
-    Lab,
+    /// Run the demo on the built-in lab (network namespaces on this machine); `ha`: a
+    /// keepalived pair failing over, `ecmp`: nodes leaving and joining an ECMP group.
+    Lab {
+        #[arg(value_enum)]
+        what: Option<LabDemo>,
+    },
+    /// Build the Debian package `lb` (cargo-deb) into target/debian/.
+    Deb,
     /// Run a benchmark (not a test): side by side with its floor/peer, ratios reported.
     Bench {
         #[arg(value_enum)]
         what: Bench,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabDemo {
+    /// An active/standby pair (keepalived, DSR): maintenance, SIGTERM and kill -9 of lb
+    /// on the master, under load.
+    Ha,
+    /// Three nodes behind a BIRD router (BGP, BFD, ECMP): one leaves and joins, one is
+    /// cut off, under load.
+    Ecmp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -57,13 +75,24 @@ enum Bench {
     /// of 341a9ec beside this build's and the floor; established connections kept
     /// through a 2x-capacity SYN flood and a table change; memory per connection.
     Packets,
+    /// Failovers under load, ten of each kind: a keepalived pair (keepalived stopped,
+    /// SIGTERM and kill -9 of lb, maintenance) and ECMP node loss (SIGTERM, link down):
+    /// detection, time to the first answer through the new node, failed requests.
+    Failover,
 }
 
 fn main() {
     let result = match Cli::parse().command {
         Command::Setup => util::setup(),
         Command::Test => test(),
-        Command::Lab => lab::demo(),
+        Command::Lab { what: None } => lab::demo(),
+        Command::Lab {
+            what: Some(LabDemo::Ha),
+        } => lab::ha::demo(),
+        Command::Lab {
+            what: Some(LabDemo::Ecmp),
+        } => lab::ecmp::demo(),
+        Command::Deb => util::setup().and_then(|()| deb::build()).map(drop),
         Command::Bench { what } => bench(what),
     };
     if let Err(e) = result {
@@ -106,13 +135,18 @@ fn test() -> Result<()> {
     util::step("monitoring examples: promtool check/test rules, dashboard PromQL, metric names");
     monitoring::check()?;
     let (root, lab) = root_test_targets()?;
+    // The package test (tests/package.rs) checks the .deb built here: a release build
+    // of lb, a few minutes on a fresh machine.
+    deb::build()?;
     util::step(
-        "root tests: BPF_PROG_TEST_RUN on the real object; the control plane in a namespace",
+        "root tests: BPF_PROG_TEST_RUN on the real object; the control plane in a namespace; the Debian package",
     );
     util::cargo(&[&["test"][..], &root, &CRATES, &FEATURES].concat())?;
     // Each lab test builds six namespaces with real servers: two at a time keep a
     // 2-core machine responsive enough for their health checks.
-    util::step("lab tests: end-to-end and health checks with real clients and servers");
+    util::step(
+        "lab tests: end-to-end and health checks with real clients and servers; the stats page in Chromium",
+    );
     util::cargo(
         &[
             &["test"][..],
@@ -153,6 +187,7 @@ fn bench(what: Bench) -> Result<()> {
         Bench::Throughput => bench::throughput(),
         Bench::Pps => bench::pps(),
         Bench::Cps => bench::cps(),
+        Bench::Failover => bench::failover(),
         Bench::Control => {
             let old = baseline::lb_binary("341a9ec")?;
             // SAFETY: set before any thread of ours starts.
@@ -178,8 +213,18 @@ fn bench(what: Bench) -> Result<()> {
 /// lab tests). Fails when lb-userspace declares a test target that is in neither list, so
 /// a new test file cannot silently stay out of `cargo xtask test`.
 fn root_test_targets() -> Result<(Vec<&'static str>, Vec<&'static str>)> {
-    const ROOT: [&str; 4] = ["datapath", "control", "wire", "net"];
-    const LAB: [&str; 4] = ["e2e", "health", "observability", "lifecycle"];
+    const ROOT: [&str; 5] = ["datapath", "control", "wire", "net", "package"];
+    const LAB: [&str; 9] = [
+        "e2e",
+        "health",
+        "observability",
+        "lifecycle",
+        "ha",
+        "ecmp",
+        "stats_page",
+        "service_unit",
+        "systemd",
+    ];
     let manifest = std::fs::read_to_string(util::root().join("lb-userspace/Cargo.toml"))?;
     let mut in_test = false;
     for line in manifest.lines() {

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{Client, Request};
+use crate::{
+    api::{Client, Request},
+    version,
+};
 
 pub mod backend;
 pub mod conns;
@@ -24,8 +27,9 @@ pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 ///
 /// `lb run` is the daemon; every other command talks to it over its control socket.
 /// A service is written VIP:PORT/PROTO (10.100.0.10:80/tcp), a backend ADDR[:PORT].
+/// `lb --version` also prints the git commit and the SHA-256 of the embedded XDP object.
 #[derive(Parser)]
-#[command(name = "lb", version, about)]
+#[command(name = "lb", version = version::VERSION, long_version = version::LONG, about)]
 pub struct Cli {
     /// Control socket of the daemon.
     #[arg(long, global = true, default_value = DEFAULT_SOCKET)]

@@ -21,7 +21,8 @@ pub struct RunArgs {
     /// Configuration file (JSON; see docs/CONFIG.md).
     #[arg(long)]
     config: PathBuf,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9180); off by default.
+    /// Serve Prometheus metrics (/metrics) and the live stats page (/) on this address
+    /// (e.g. 127.0.0.1:9180); off by default.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Name of this instance: its datapath is pinned in /sys/fs/bpf/lb/NAME.
@@ -40,6 +41,19 @@ pub struct RunArgs {
     /// before detaching (lets a redundant peer take over first).
     #[arg(long, default_value_t = 0)]
     stop_grace_ms: u64,
+    /// Announce the VIPs for BGP: while serving, each VIP with a backend in rotation is
+    /// a /32 blackhole route of protocol 252 in this routing table, for BIRD (`kernel
+    /// table N; learn;`) or FRR (`redistribute table N`) to announce; withdrawn when
+    /// its last backend leaves rotation and at the start of a stop (docs/HA.md).
+    #[arg(long, value_name = "N", value_parser = announce_table)]
+    announce_table: Option<u32>,
+}
+
+fn announce_table(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a routing table number"))?;
+    daemon::announce::check_table(n)
 }
 
 /// An instance name: used as a directory name.
@@ -75,6 +89,7 @@ impl RunArgs {
             name: self.name,
             takeover: self.takeover,
             stop_grace: std::time::Duration::from_millis(self.stop_grace_ms),
+            announce_table: self.announce_table,
         })
     }
 }

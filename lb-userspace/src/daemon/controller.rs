@@ -308,7 +308,19 @@ impl<M: Maps> Controller<M> {
 
     /// Replaces what is known of DSR backends' neighbours with `found` (a complete
     /// lookup of every DSR address) and applies any change.
-    pub fn set_neighbours(&mut self, found: Neighbours) -> Result<bool, ChangeError> {
+    pub fn set_neighbours(&mut self, mut found: Neighbours) -> Result<bool, ChangeError> {
+        self.purge_retired()?;
+        // A failed entry is solicited again, which makes it "being resolved": it stays
+        // failed until it resolves.
+        for (a, r) in found.iter_mut() {
+            if matches!(r, Err(Unreachable::Unresolved { .. }))
+                && let Some(Err(Unreachable::Failed { iface })) = self.neighbours.get(a)
+            {
+                *r = Err(Unreachable::Failed {
+                    iface: iface.clone(),
+                });
+            }
+        }
         if found == self.neighbours {
             return Ok(false);
         }
@@ -421,10 +433,18 @@ impl<M: Maps> Controller<M> {
 
     /// Makes `next` the running state: image, ordered writes, rollback on failure.
     fn commit(&mut self, mut next: Runtime) -> Result<(), ChangeError> {
+        next.set_clock(now_s());
         let health = self.sync_health(&mut next);
         let neighbours = &self.neighbours;
         let lookup = |a: IpAddr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
-        let image = next.image(&lookup);
+        // Only a MAC not known *yet* keeps a DSR backend's flows where they are.
+        let lost = |a: IpAddr| {
+            !matches!(
+                neighbours.get(&a),
+                None | Some(Ok(_) | Err(Unreachable::Unresolved { .. }))
+            )
+        };
+        let image = next.image_with(&lookup, &lost);
         if let Err(e) = apply(&mut self.maps, &self.applied, &image) {
             log::error!(
                 "writing the datapath failed ({}); restoring the previous state",
@@ -449,6 +469,18 @@ impl<M: Maps> Controller<M> {
         Ok(())
     }
 
+    /// Drops the translations of retired NAT backends whose connections have all timed
+    /// out (called with each neighbour refresh, every few seconds).
+    pub fn purge_retired(&mut self) -> Result<(), ChangeError> {
+        let now = now_s();
+        if self.runtime.retired_due(now) {
+            let mut next = self.next_runtime();
+            next.purge_retired(now);
+            self.commit(next)?;
+        }
+        Ok(())
+    }
+
     /// A copy of the running state to build the next one from, with the ids whose
     /// grace period has passed made reusable first.
     fn next_runtime(&mut self) -> Runtime {
@@ -456,6 +488,13 @@ impl<M: Maps> Controller<M> {
         self.runtime.thaw(|ticket| maps.grace_passed(ticket));
         self.runtime.clone()
     }
+}
+
+/// Wall-clock seconds: when NAT backends were retired (see `Runtime::set_clock`).
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -701,7 +740,38 @@ mod tests {
         );
         assert!(c.set_neighbours(lost.clone()).unwrap());
         assert!(!slots_of(&c, "10.100.0.10:80/tcp").contains(&i12));
+        assert_eq!(
+            c.maps().backends[&i12].flags,
+            BACKEND_F_LIVE,
+            "not known *yet*: no slots, but its flows stay"
+        );
         assert!(!c.set_neighbours(lost).unwrap(), "no change, no writes");
+        let mut failed = found(&["10.0.0.11"]);
+        failed.insert(
+            "10.0.0.12".parse().unwrap(),
+            Err(Unreachable::Failed {
+                iface: "eth0".into(),
+            }),
+        );
+        assert!(c.set_neighbours(failed).unwrap());
+        assert_eq!(
+            c.maps().backends[&i12].flags,
+            BACKEND_F_LIVE | BACKEND_F_REPICK,
+            "failed: its flows choose again"
+        );
+        // Solicited again, the failed entry is "being resolved": still failed.
+        let mut again = found(&["10.0.0.11"]);
+        again.insert(
+            "10.0.0.12".parse().unwrap(),
+            Err(Unreachable::Unresolved {
+                iface: "eth0".into(),
+            }),
+        );
+        assert!(!c.set_neighbours(again).unwrap(), "still failed, no writes");
+        assert_eq!(
+            c.maps().backends[&i12].flags,
+            BACKEND_F_LIVE | BACKEND_F_REPICK
+        );
         assert!(
             c.set_neighbours(found(&["10.0.0.11", "10.0.0.12"]))
                 .unwrap()

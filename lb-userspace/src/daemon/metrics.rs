@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use lb_common::Counter;
 
+use crate::version;
+
 /// One sample of everything exported.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
@@ -77,11 +79,15 @@ pub fn render(s: &Sample) -> String {
     f.header(
         "lb_build_info",
         "gauge",
-        "Build of the running lb; the value is always 1.",
+        "Build of the running lb (version, git commit, SHA-256 of the embedded XDP object); the value is always 1.",
     );
     f.sample(
         "lb_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
+        &[
+            ("version", version::VERSION),
+            ("commit", version::COMMIT),
+            ("object", version::OBJECT_SHA256),
+        ],
         1,
     );
     for (c, v) in &s.counters {
@@ -259,6 +265,13 @@ mod tests {
         };
         let text = render(&s);
         assert!(text.contains("lb_datapath_tx_total 5\n"), "{text}");
+        let build = format!(
+            "lb_build_info{{version=\"{}\",commit=\"{}\",object=\"{}\"}} 1\n",
+            version::VERSION,
+            version::COMMIT,
+            version::OBJECT_SHA256
+        );
+        assert!(text.contains(&build), "{text}");
         assert!(text.contains("lb_conntrack_max_entries 1024\n"), "{text}");
         assert!(text.contains("lb_conntrack_ipv6_entries 1\n"), "{text}");
         assert!(

@@ -8,7 +8,9 @@
 //! - the control socket ([`control`]) and the metrics endpoint ([`metrics`]): reads are
 //!   answered from the snapshot and the datapath's counters, changes queued;
 //! - the health checks ([`checks`]), the connection-table [`sweeper`] (a thread of its
-//!   own), and the periodic [`housekeeping`] (datapath log, rate samples, neighbours).
+//!   own), and the periodic [`housekeeping`] (datapath log, rate samples, neighbours);
+//! - with `--announce-table`, the [`announce`] task: the VIPs it can serve, as routes
+//!   for BGP.
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -18,6 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::{sync::watch, task::JoinHandle};
 
+pub mod announce;
 pub mod checks;
 pub mod control;
 pub mod controller;
@@ -64,6 +67,8 @@ pub struct RunOptions {
     pub takeover: bool,
     /// How long a stopping daemon keeps forwarding before it detaches.
     pub stop_grace: Duration,
+    /// The routing table to announce the VIPs in (`--announce-table`).
+    pub announce_table: Option<u32>,
 }
 
 /// What the daemon's tasks share: the latest state, the controller's queue, handles of
@@ -533,7 +538,13 @@ fn serve(
         stop: stop_tx,
     };
     let grace = opts.stop_grace;
+    let announcer = opts
+        .announce_table
+        .map(|table| announce::Announcer::new(ctx.netlink.clone(), table));
     let stop = rt.block_on(async {
+        let mut announcing = announcer
+            .clone()
+            .map(|a| tokio::spawn(announce::run(ctx.clone(), a)));
         let mut tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(control::serve(listener, ctx.clone())),
             tokio::spawn(checks::schedule(ctx.subscribe(), ctx.writer.clone())),
@@ -568,6 +579,10 @@ fn serve(
             // Not serving from now on (`lb status` says so), but forwarding on for the
             // grace, so a peer can take over first; a second signal ends it early.
             lifecycle.stopping();
+            // BGP peers stop sending first: the VIPs are withdrawn before the grace.
+            if let (Some(task), Some(a)) = (announcing.take(), &announcer) {
+                a.stop(task).await;
+            }
             if !grace.is_zero() {
                 log::info!(
                     "forwarding for {} ms more before detaching",
@@ -580,6 +595,8 @@ fn serve(
                 }
             }
         }
+        // SIGUSR2 and a hand-over leave announced routes for the next daemon.
+        tasks.extend(announcing);
         for t in &tasks {
             t.abort();
         }

@@ -177,7 +177,13 @@ impl Judge {
 /// A walk's running tally.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Tally {
-    pub counts: ConnCounts,
+    /// Connections by backend incarnation (index, epoch): a walk of a large table spans
+    /// changes, and an index may be given to another backend meanwhile.
+    by_incarnation: BTreeMap<(u32, u32), ConnCount>,
+    /// IPv4 entries kept.
+    pub entries: usize,
+    /// IPv6 entries kept.
+    pub entries6: usize,
     /// Entries removed.
     pub removed: usize,
 }
@@ -195,14 +201,14 @@ impl Tally {
                 continue;
             }
             if K::IPV6 {
-                self.counts.entries6 += 1;
+                self.entries6 += 1;
             } else {
-                self.counts.entries += 1;
+                self.entries += 1;
             }
             if !judge.current(f) {
                 continue; // pinned to a removed backend: it re-picks at its next packet
             }
-            let n = self.counts.backends.entry(f.backend).or_default();
+            let n = self.by_incarnation.entry((f.backend, f.epoch)).or_default();
             if active(k, f) {
                 n.active += 1;
             } else {
@@ -211,6 +217,21 @@ impl Tally {
         }
         self.removed += doomed.len();
         doomed
+    }
+
+    /// The counts to publish: those of the backends' incarnations `judge` knows (the
+    /// running state when the walk ends).
+    pub fn counts(&self, judge: &Judge) -> ConnCounts {
+        ConnCounts {
+            backends: self
+                .by_incarnation
+                .iter()
+                .filter(|((index, epoch), _)| judge.epochs.get(index) == Some(epoch))
+                .map(|((index, _), n)| (*index, *n))
+                .collect(),
+            entries: self.entries,
+            entries6: self.entries6,
+        }
     }
 }
 
@@ -286,18 +307,10 @@ fn run(
         match rx.recv_timeout(Duration::from_secs(every)) {
             Ok(()) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let snap = snapshots.borrow().clone();
                 let budget = (SCAN_RATE * every) as usize;
-                match step(table, &snap, &mut pass, budget) {
-                    Ok(Some(tally)) => {
-                        if tally.removed > 0 {
-                            log::debug!(
-                                "connection table: {} entries, {} aged out",
-                                tally.counts.entries,
-                                tally.removed
-                            );
-                        }
-                        publish.send_replace(Arc::new(tally.counts));
+                match step(table, snapshots, &mut pass, budget) {
+                    Ok(Some(counts)) => {
+                        publish.send_replace(Arc::new(counts));
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -311,18 +324,26 @@ fn run(
     }
 }
 
-/// Walks on for up to `budget` entries; returns the tally when the walk has covered the
-/// whole table (the next step starts a new walk).
+/// Walks on for up to `budget` entries, each batch judged by the latest snapshot;
+/// returns the counts when the walk has covered the whole table (the next step starts a
+/// new walk).
 fn step(
     table: &ConnTable,
-    snap: &Snapshot,
+    snapshots: &watch::Receiver<Arc<Snapshot>>,
     pass: &mut Pass,
     budget: usize,
-) -> anyhow::Result<Option<Tally>> {
-    let judge = Judge::new(snap);
+) -> anyhow::Result<Option<ConnCounts>> {
     let started = Instant::now();
     let mut read = 0usize;
+    let mut snap = snapshots.borrow().clone();
+    let mut judge = Judge::new(&snap);
     while read < budget {
+        // A change made meanwhile judges the next batches.
+        let latest = snapshots.borrow().clone();
+        if !Arc::ptr_eq(&latest, &snap) {
+            snap = latest;
+            judge = Judge::new(&snap);
+        }
         if !pass.in_ipv6 {
             match table.walk(&mut pass.walk, CHUNK)? {
                 Some(batch) => {
@@ -336,13 +357,14 @@ fn step(
         }
         let Some(batch) = table.walk6(&mut pass.walk6, CHUNK)? else {
             let done = std::mem::take(pass);
-            log::trace!(
-                "connection-table walk done: {} entries kept, {} removed ({read} read in this step, {:?})",
-                done.tally.counts.entries,
+            let counts = done.tally.counts(&judge);
+            log::debug!(
+                "connection table: {} entries, {} aged out (walk done; {read} read in this step, {:?})",
+                counts.entries,
                 done.tally.removed,
                 started.elapsed()
             );
-            return Ok(Some(done.tally));
+            return Ok(Some(counts));
         };
         read += batch.len();
         let doomed = pass.tally.add(&judge, now_seconds(), &batch);
@@ -448,23 +470,24 @@ mod tests {
         let doomed: BTreeSet<u16> = doomed.iter().map(|k| u16::from_be(k.sport)).collect();
         assert_eq!(doomed, BTreeSet::from([2, 4, 7, 8]));
         assert_eq!(tally.removed, 4);
-        assert_eq!(tally.counts.entries, 6);
+        let counts = tally.counts(&judge);
+        assert_eq!(counts.entries, 6);
         assert_eq!(
-            tally.counts.of(b11.index),
+            counts.of(b11.index),
             ConnCount {
                 active: 2,
                 inactive: 0
             }
         );
         assert_eq!(
-            tally.counts.of(b12.index),
+            counts.of(b12.index),
             ConnCount {
                 active: 0,
                 inactive: 2
             }
         );
         assert_eq!(
-            tally.counts.of(d11.index),
+            counts.of(d11.index),
             ConnCount {
                 active: 0,
                 inactive: 1
@@ -539,7 +562,8 @@ mod tests {
             ],
         );
         assert_eq!(doomed.len(), 2, "idle, and of no service");
-        assert_eq!((tally.counts.entries, tally.counts.entries6), (0, 1));
-        assert_eq!(tally.counts.of(b.index).active, 1);
+        let counts = tally.counts(&judge);
+        assert_eq!((counts.entries, counts.entries6), (0, 1));
+        assert_eq!(counts.of(b.index).active, 1);
     }
 }

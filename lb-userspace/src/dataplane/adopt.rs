@@ -15,6 +15,12 @@ use super::{
     tables::{Mmap, TableGens},
 };
 
+/// An address marker of `NAT_BACKENDS` or `NAT_BACKENDS6` (kept by
+/// `Dataplane::set_nat_backend`, `set_nat_backend6`).
+pub(super) fn is_marker<A>(k: &lb_common::NatBackendKeyOf<A>) -> bool {
+    k.port == 0 && k.proto == 0
+}
+
 fn entries<K: aya::Pod + Ord, V: aya::Pod>(
     map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
     name: &str,
@@ -32,11 +38,17 @@ impl Dataplane {
         let mut p = Pinned {
             services: entries(&self.services, "SERVICES")?,
             vips: entries(&self.vips, "VIPS")?,
-            nat_backends: entries(&self.nat_backends, "NAT_BACKENDS")?,
+            nat_backends: entries(&self.nat_backends, "NAT_BACKENDS")?
+                .into_iter()
+                .filter(|(k, _)| !is_marker(k))
+                .collect(),
             timeouts: self.timeouts.get(&0, 0).context("reading TIMEOUTS")?,
             services6: entries(&self.services6, "SERVICES6")?,
             vips6: entries(&self.vips6, "VIPS6")?,
-            nat_backends6: entries(&self.nat_backends6, "NAT_BACKENDS6")?,
+            nat_backends6: entries(&self.nat_backends6, "NAT_BACKENDS6")?
+                .into_iter()
+                .filter(|(k, _)| !is_marker(k))
+                .collect(),
             ..Default::default()
         };
         for (i, be) in self.backends.iter().enumerate() {

@@ -79,7 +79,10 @@ impl Inspector {
             tables: open(&mut maps, prog_id, MAP_TABLES)?,
             backends: open(&mut maps, prog_id, MAP_BACKENDS)?,
             vips: open(&mut maps, prog_id, MAP_VIPS)?,
-            nat_backends: open(&mut maps, prog_id, MAP_NAT_BACKENDS).ok(),
+            nat_backends: maps
+                .contains_key(&MAP_NAT_BACKENDS[..MAP_NAT_BACKENDS.len().min(KERNEL_NAME_LEN)])
+                .then(|| open(&mut maps, prog_id, MAP_NAT_BACKENDS))
+                .transpose()?,
             stats: open(&mut maps, prog_id, MAP_STATS)?,
         })
     }
@@ -149,7 +152,8 @@ impl Inspector {
         Ok(out)
     }
 
-    /// `NAT_BACKENDS`: (NAT backend, how its replies are translated), sorted.
+    /// `NAT_BACKENDS`: (NAT backend, how its replies are translated), sorted; the
+    /// per-address markers left out.
     pub fn nat_backends(&self) -> Result<Vec<(NatBackendKey, NatBackend)>> {
         let map = self.nat_backends.as_ref().with_context(|| {
             format!(
@@ -161,6 +165,7 @@ impl Inspector {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .context("reading NAT_BACKENDS")?;
+        out.retain(|(k, _)| !super::adopt::is_marker(k));
         out.sort_unstable_by_key(|(k, _)| *k);
         Ok(out)
     }

@@ -60,10 +60,32 @@ use self::{
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Entries of `CONNTRACK`.
+    /// Connections `CONNTRACK` must hold (`conntrack.max_entries`).
     pub conntrack_entries: u32,
-    /// Entries of `CONNTRACK6`.
+    /// Connections `CONNTRACK6` must hold (`conntrack.max_entries_ipv6`).
     pub conntrack6_entries: u32,
+}
+
+impl Limits {
+    /// The size `CONNTRACK` is created with: the connections it must hold, plus what the
+    /// kernel's LRU may keep in each possible CPU's local free list
+    /// ([`lb_common::LRU_LOCAL_FREE`]).
+    pub fn conntrack_map_entries(&self) -> Result<u32> {
+        lru_map_entries(self.conntrack_entries)
+    }
+
+    /// The size `CONNTRACK6` is created with (as [`Self::conntrack_map_entries`]).
+    pub fn conntrack6_map_entries(&self) -> Result<u32> {
+        lru_map_entries(self.conntrack6_entries)
+    }
+}
+
+/// The size of a common-LRU map that must hold `entries`.
+fn lru_map_entries(entries: u32) -> Result<u32> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| Error::Invalid(format!("reading {what} (the possible CPUs): {e}")))?
+        as u32;
+    Ok(entries.saturating_add(lb_common::LRU_LOCAL_FREE.saturating_mul(cpus)))
 }
 
 impl Default for Limits {
@@ -212,28 +234,29 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
                 pins.path().display()
             )));
         }
-        for (map, wanted, table, setting) in [
+        for (map, configured, created, table, setting) in [
             (
                 MAP_CONNTRACK,
                 limits.conntrack_entries,
+                limits.conntrack_map_entries()?,
                 "connection table",
                 "conntrack.max_entries",
             ),
             (
                 MAP_CONNTRACK6,
                 limits.conntrack6_entries,
+                limits.conntrack6_map_entries()?,
                 "IPv6 connection table",
                 "conntrack.max_entries_ipv6",
             ),
         ] {
-            if name == map && info.max_entries() != wanted {
+            if name == map && info.max_entries() != created {
+                let held = info.max_entries().saturating_sub(created - configured);
                 return Err(Error::Invalid(format!(
-                    "the pinned {table} in {} has {} entries and the configuration asks for {wanted} \
-                     ({setting}): set it back to {}, or stop lb, remove the datapath with \
+                    "the pinned {table} in {} has {held} entries and the configuration asks for {configured} \
+                     ({setting}): set it back to {held}, or stop lb, remove the datapath with \
                      `lb detach --pin-dir {}` (its connections are lost) and start again",
                     pins.path().display(),
-                    info.max_entries(),
-                    info.max_entries(),
                     pins.path().display()
                 )));
             }
@@ -287,8 +310,8 @@ impl Dataplane {
             )));
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_entries);
-        loader.map_max_entries(MAP_CONNTRACK6, limits.conntrack6_entries);
+        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_map_entries()?);
+        loader.map_max_entries(MAP_CONNTRACK6, limits.conntrack6_map_entries()?);
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
@@ -771,8 +794,10 @@ impl Dataplane {
     }
 
     /// Sets (or, with `None`, removes) how a NAT backend's replies are translated back.
-    /// The backend's address enters the NAT prefilter before its first entry and leaves
-    /// it after its last, like [`Self::set_vip`].
+    /// The backend's address enters the NAT prefilter and gets its marker entry (port
+    /// and protocol 0: "a NAT backend's address", for the datapath's drop of its broken
+    /// packets) before its first entry, and leaves both after its last, like
+    /// [`Self::set_vip`].
     pub fn set_nat_backend(&mut self, key: NatBackendKey, back: Option<NatBackend>) -> Result<()> {
         set_nat(
             &mut self.nat_backends,
@@ -891,8 +916,10 @@ fn same_key(a: &Record, b: &Record) -> bool {
 
 /// Sets (or, with `None`, removes) a NAT backend's reply translation in `map`, keeping
 /// `keys` (what the map holds) and the NAT prefilter with it: the backend's address
-/// `addr` enters the prefilter before its first key and leaves it after its last.
-fn set_nat<A: Copy + Ord + Default, V: aya::Pod>(
+/// `addr` enters the prefilter and gets its marker entry (port and protocol 0: "a NAT
+/// backend's address", for the datapath's drop of its broken packets) before its first
+/// key, and leaves both after its last.
+fn set_nat<A: Copy + Ord + Default, V: aya::Pod + Default>(
     map: &mut HashMap<MapData, lb_common::NatBackendKeyOf<A>, V>,
     keys: &mut std::collections::BTreeSet<lb_common::NatBackendKeyOf<A>>,
     filter: &mut AddressFilter,
@@ -904,6 +931,10 @@ where
     lb_common::NatBackendKeyOf<A>: aya::Pod,
 {
     use lb_common::NatBackendKeyOf;
+    let marker = NatBackendKeyOf {
+        addr: key.addr,
+        ..Default::default()
+    };
     let same_addr = |keys: &std::collections::BTreeSet<NatBackendKeyOf<A>>| {
         keys.range(
             NatBackendKeyOf {
@@ -922,6 +953,7 @@ where
         Some(b) => {
             if same_addr(keys) == 0 {
                 filter.add(addr)?;
+                map.insert(marker, V::default(), 0)?;
             }
             map.insert(key, b, 0)?;
             keys.insert(key);
@@ -930,6 +962,7 @@ where
             remove_if_present(map, &key)?;
             keys.remove(&key);
             if same_addr(keys) == 0 {
+                remove_if_present(map, &marker)?;
                 filter.remove(addr)?;
             }
         }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_IPV6, BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, SERVICE_F_NAT, Service,
+    BACKEND_F_IPV6, BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, SERVICE_F_NAT, Service,
 };
 
 use super::runtime::{
@@ -19,7 +19,7 @@ use super::runtime::{
     from_v4_word, from_v6_words,
 };
 use crate::{
-    config::{AdminState, Config, Forwarding, ServiceConfig},
+    config::{AdminState, Config, Forwarding, Protocol, ServiceConfig},
     health::Health,
 };
 
@@ -260,6 +260,38 @@ impl Runtime {
         }
         for s in rest {
             r.add_service(s, Health::Up)?;
+        }
+        // Retired NAT backends stay retired (their connections may still be open), with
+        // a new clock.
+        let retired = pinned
+            .nat_backends
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (from_v4_word(k.addr), k.port, k.proto),
+                    (from_v4_word(v.vip), v.vport, v.backend),
+                )
+            })
+            .chain(pinned.nat_backends6.iter().map(|(k, v)| {
+                (
+                    (from_v6_words(k.addr), k.port, k.proto),
+                    (from_v6_words(v.vip), v.vport, v.backend),
+                )
+            }));
+        for ((addr, port, proto), (vip, vport, backend)) in retired {
+            let protocol = match proto {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                _ => continue,
+            };
+            if backend == NO_BACKEND {
+                r.adopt_retired(
+                    SocketAddr::new(addr, u16::from_be(port)),
+                    protocol,
+                    vip,
+                    u16::from_be(vport),
+                );
+            }
         }
         Ok(r)
     }

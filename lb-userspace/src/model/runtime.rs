@@ -309,6 +309,22 @@ pub struct Runtime {
     /// The NAT service each NAT backend address:port (per protocol) serves: one at most,
     /// since its replies are translated back by it.
     nat_owners: BTreeMap<(SocketAddr, Protocol), ServiceKey>,
+    /// NAT backends taken out of their service, whose replies are still translated (see
+    /// [`Retired`]).
+    retired_nat: BTreeMap<(SocketAddr, Protocol), Retired>,
+}
+
+/// A NAT backend taken out of its service (removed, or its service removed or switched
+/// to DSR). Its connections may still be open on its side: its retransmissions, FINs and
+/// keepalives are replies that must not leave with its address. So its translation back
+/// to VIP:port stays for the longest connection-table timeout, unless another NAT
+/// service takes the address:port first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retired {
+    pub vip: IpAddr,
+    pub vport: u16,
+    /// When it was retired ([`Runtime::set_clock`] stamps it); `None` until then.
+    pub since_s: Option<u64>,
 }
 
 /// What the datapath's maps should hold (see `apply.rs`). IPv6 services have maps of
@@ -423,6 +439,84 @@ impl Runtime {
             service_ids: IdPool::new(MAX_SERVICES),
             backend_indexes: IdPool::new(MAX_BACKENDS),
             nat_owners: BTreeMap::new(),
+            retired_nat: BTreeMap::new(),
+        }
+    }
+
+    /// Stamps the NAT backends retired since the last call with `now_s` (seconds of a
+    /// clock the caller keeps; the controller's is wall-clock seconds).
+    pub fn set_clock(&mut self, now_s: u64) {
+        for r in self.retired_nat.values_mut() {
+            r.since_s.get_or_insert(now_s);
+        }
+    }
+
+    /// Whether a retired NAT backend's connections have all timed out by `now_s`.
+    fn done_retiring(&self, r: &Retired, now_s: u64) -> bool {
+        let c = &self.conntrack;
+        let linger = u64::from(
+            c.tcp_timeout_s
+                .max(c.tcp_fin_timeout_s)
+                .max(c.udp_timeout_s),
+        );
+        r.since_s.is_some_and(|t| now_s.saturating_sub(t) >= linger)
+    }
+
+    /// Whether [`Runtime::purge_retired`] has anything to do at `now_s`.
+    pub fn retired_due(&self, now_s: u64) -> bool {
+        self.retired_nat
+            .values()
+            .any(|r| self.done_retiring(r, now_s))
+    }
+
+    /// Forgets retired NAT backends whose connections have all timed out by `now_s`.
+    pub fn purge_retired(&mut self, now_s: u64) {
+        let done: Vec<_> = self
+            .retired_nat
+            .iter()
+            .filter(|(_, r)| self.done_retiring(r, now_s))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            self.retired_nat.remove(&k);
+        }
+    }
+
+    /// The NAT backends retired and still translated.
+    pub fn retired_nat(&self) -> &BTreeMap<(SocketAddr, Protocol), Retired> {
+        &self.retired_nat
+    }
+
+    /// Retires a NAT backend of `key` (its translation stays, see [`Retired`]).
+    fn retire_nat(&mut self, key: &ServiceKey, addr: SocketAddr) {
+        self.retired_nat.insert(
+            (addr, key.protocol),
+            Retired {
+                vip: key.vip,
+                vport: key.port,
+                since_s: None,
+            },
+        );
+    }
+
+    /// A retired NAT backend found in a pinned datapath (adoption): retired again, with
+    /// a new clock.
+    pub(super) fn adopt_retired(
+        &mut self,
+        addr: SocketAddr,
+        protocol: Protocol,
+        vip: IpAddr,
+        vport: u16,
+    ) {
+        if !self.nat_owners.contains_key(&(addr, protocol)) {
+            self.retired_nat.insert(
+                (addr, protocol),
+                Retired {
+                    vip,
+                    vport,
+                    since_s: None,
+                },
+            );
         }
     }
 
@@ -634,7 +728,10 @@ impl Runtime {
         };
         for (addr, b) in &svc.backends {
             self.backend_indexes.give_back(b.index);
-            self.forget_nat_owner(key, *addr);
+            if svc.config.forwarding == Forwarding::Nat {
+                self.forget_nat_owner(key, *addr);
+                self.retire_nat(key, *addr);
+            }
         }
         self.service_ids.give_back(svc.id);
         Ok(())
@@ -677,6 +774,7 @@ impl Runtime {
         );
         if nat {
             self.nat_owners.insert((addr, key.protocol), *key);
+            self.retired_nat.remove(&(addr, key.protocol));
         }
         Ok(())
     }
@@ -709,7 +807,10 @@ impl Runtime {
             });
         };
         self.backend_indexes.give_back(b.index);
-        self.forget_nat_owner(key, addr);
+        if self.nat_owners.get(&(addr, key.protocol)) == Some(key) {
+            self.forget_nat_owner(key, addr);
+            self.retire_nat(key, addr);
+        }
         Ok(())
     }
 
@@ -756,8 +857,19 @@ impl Runtime {
     }
 
     /// What the datapath should hold. `neighbours` gives DSR backends' next hops; a DSR
-    /// backend without one gets no slot.
+    /// backend without one gets no slot, and its flows re-pick.
     pub fn image(&mut self, neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>) -> Image {
+        self.image_with(neighbours, &|a| neighbours(a).is_none())
+    }
+
+    /// [`Runtime::image`], where a DSR backend without a next hop makes its flows re-pick
+    /// only when `lost` says so (its MAC failed to resolve, not merely "not known yet":
+    /// a neighbour entry flushed for a moment must not move its connections).
+    pub fn image_with(
+        &mut self,
+        neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>,
+        lost: &dyn Fn(IpAddr) -> bool,
+    ) -> Image {
         let c = &self.conntrack;
         let mut img = Image {
             timeouts: lb_common::Timeouts {
@@ -807,7 +919,7 @@ impl Runtime {
                 // MAC is lost; drained and weight-0 backends keep theirs.
                 let repick = b.config.state == AdminState::Maint
                     || b.health == Health::Down
-                    || (!nat && n.is_none());
+                    || (!nat && n.is_none() && lost(b.config.address));
                 let (word, family) = match addr {
                     SocketAddr::V4(a) => (v4_word(*a.ip()), 0),
                     SocketAddr::V6(a) => {
@@ -858,6 +970,35 @@ impl Runtime {
                         _ => unreachable!("a service's backends are of its VIP's family"),
                     }
                 }
+            }
+        }
+        // Retired NAT backends keep their translation (no stats: their ids may be reused).
+        for ((addr, protocol), r) in &self.retired_nat {
+            let (vport, backend, service) = (r.vport.to_be(), NO_BACKEND, u32::MAX);
+            match (addr, r.vip) {
+                (SocketAddr::V4(a), IpAddr::V4(vip)) => {
+                    img.nat_backends
+                        .entry(nat_backend_key(*a, *protocol))
+                        .or_insert(lb_common::NatBackend {
+                            vip: v4_word(vip),
+                            vport,
+                            _pad: 0,
+                            backend,
+                            service,
+                        });
+                }
+                (SocketAddr::V6(a), IpAddr::V6(vip)) => {
+                    img.nat_backends6
+                        .entry(nat_backend_key6(*a, *protocol))
+                        .or_insert(lb_common::NatBackend6 {
+                            vip: v6_words(vip),
+                            vport,
+                            _pad: 0,
+                            backend,
+                            service,
+                        });
+                }
+                _ => unreachable!("a NAT backend is of its VIP's family"),
             }
         }
         img
@@ -1148,6 +1289,51 @@ mod tests {
         // And once it left a service, another may take it.
         r.remove_backend(&b, addr("10.0.0.1:80")).unwrap();
         r.add_backend(&a, cfg, Health::Up).unwrap();
+    }
+
+    #[test]
+    fn removed_nat_backends_keep_their_translation_until_their_connections_time_out() {
+        let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
+        let nat = key("10.100.0.20:8080/tcp");
+        let k11 = nat_backend_key(addr4("10.1.0.11:80"), Protocol::Tcp);
+        r.remove_backend(&nat, addr("10.1.0.11:80")).unwrap();
+        r.set_clock(1000);
+        let img = r.image(&neighbours);
+        let back = img.nat_backends[&k11];
+        assert_eq!(
+            (back.vip, u16::from_be(back.vport), back.backend),
+            (u32::from_ne_bytes([10, 100, 0, 20]), 8080, NO_BACKEND),
+            "still translated, without stats"
+        );
+        // Any NAT service may take it meanwhile (its own translation replaces it).
+        assert!(!r.retired_due(1000 + 899));
+        r.purge_retired(1000 + 899);
+        assert!(r.image(&neighbours).nat_backends.contains_key(&k11));
+        assert!(r.retired_due(1000 + 900), "tcp_timeout_s (900) has passed");
+        r.purge_retired(1000 + 900);
+        assert!(!r.image(&neighbours).nat_backends.contains_key(&k11));
+
+        // Retired with its (now empty) service, then taken by a new NAT service: a live
+        // translation, and no longer retired.
+        r.add_backend(
+            &nat,
+            serde_json::from_str(r#"{"address": "10.1.0.11", "port": 80}"#).unwrap(),
+            Health::Up,
+        )
+        .unwrap();
+        r.remove_service(&nat).unwrap();
+        r.set_clock(2000);
+        assert_eq!(r.image(&neighbours).nat_backends[&k11].backend, NO_BACKEND);
+        let svc: ServiceConfig = serde_json::from_str(
+            r#"{"vip": "10.100.0.30", "port": 80, "forwarding": "nat", "table_size": 251,
+                "backends": [{"address": "10.1.0.11"}]}"#,
+        )
+        .unwrap();
+        r.add_service(svc, Health::Up).unwrap();
+        let back = r.image(&neighbours).nat_backends[&k11];
+        assert_eq!(back.vip, u32::from_ne_bytes([10, 100, 0, 30]));
+        assert_ne!(back.backend, NO_BACKEND);
+        assert!(r.retired_nat().is_empty());
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub enum Unreachable {
     Unresolved {
         iface: String,
     },
+    /// On-link, and the kernel's probes got no answer (its neighbour entry failed): the
+    /// backend is gone from the link, or stopped answering ARP/ND.
+    Failed {
+        iface: String,
+    },
     /// Anything else, said in words: a route that drops, an address of this host, an
     /// interface without an Ethernet address, a lookup the kernel refused.
     Other(String),
@@ -48,6 +53,10 @@ impl std::fmt::Display for Unreachable {
                 "reached through the router {via} on {iface}: DSR needs it on a directly connected network"
             ),
             Unreachable::Unresolved { iface } => write!(f, "its MAC on {iface} is not known yet"),
+            Unreachable::Failed { iface } => write!(
+                f,
+                "it does not answer ARP on {iface} (the kernel's neighbour entry failed)"
+            ),
             Unreachable::Other(s) => f.write_str(s),
         }
     }
@@ -141,10 +150,20 @@ async fn resolve_one(
             }))
         }
         Ok(None) => {
+            // Failed (probes unanswered) or not known (no entry, or being resolved):
+            // only the first takes the backend's connections elsewhere.
+            let failed = matches!(
+                nl.neighbour_state(oif, addr).await,
+                Ok(Some(NeighbourState::Failed))
+            );
             if solicit_missing && let Err(e) = nl.solicit(oif, addr).await {
                 log::debug!("{}", chain(&e));
             }
-            Ok(Err(Unreachable::Unresolved { iface: iface.name }))
+            Ok(Err(if failed {
+                Unreachable::Failed { iface: iface.name }
+            } else {
+                Unreachable::Unresolved { iface: iface.name }
+            }))
         }
         Err(e) => per_backend(e),
     }

@@ -696,13 +696,37 @@ impl Netlink {
         ifindex: u32,
         addr: IpAddr,
     ) -> Result<Option<NeighbourEntry>, NetError> {
+        Ok(self
+            .neighbour_message(ifindex, addr)
+            .await?
+            .and_then(|n| usable_entry(&n)))
+    }
+
+    /// The state of the kernel's neighbour entry of `addr` on interface `ifindex`;
+    /// `None` when there is no entry.
+    pub async fn neighbour_state(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<Option<NeighbourState>, NetError> {
+        Ok(self
+            .neighbour_message(ifindex, addr)
+            .await?
+            .map(|n| NeighbourState::from_raw(n.header.state.into())))
+    }
+
+    async fn neighbour_message(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<Option<NeighbourMessage>, NetError> {
         let m = neighbour_message(ifindex, addr);
         match self
             .ask(RouteNetlinkMessage::GetNeighbour(m), NLM_F_REQUEST)
             .await
         {
-            Ok(answer) => Ok(answer.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => usable_entry(n),
+            Ok(answer) => Ok(answer.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => Some(n),
                 _ => None,
             })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),

@@ -62,6 +62,52 @@ fn ip(args: &[&str]) {
     must(Command::new("ip").args(args));
 }
 
+/// A veth pair from interface `a` in namespace `a_ns` to `b` in `b_ns`, both ends up.
+pub fn veth(a_ns: &str, a: &str, b_ns: &str, b: &str) {
+    ip(&[
+        "link", "add", "name", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+    ]);
+    ip(&["-n", a_ns, "link", "set", a, "up"]);
+    ip(&["-n", b_ns, "link", "set", b, "up"]);
+}
+
+/// Adds the address `cidr` (`10.0.0.1/24`) to `dev` in namespace `ns`.
+pub fn addr(ns: &str, cidr: &str, dev: &str) {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev]);
+}
+
+/// A bridge `br0` in namespace `ns`, up.
+pub fn bridge(ns: &str) {
+    ip(&["-n", ns, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", ns, "link", "set", "br0", "up"]);
+}
+
+/// Makes `port` (in the namespace `ns` of a [`bridge`]) a port of `br0`.
+pub fn to_bridge(ns: &str, port: &str) {
+    ip(&["-n", ns, "link", "set", port, "master", "br0"]);
+}
+
+/// Sets a sysctl (`key=value`) inside namespace `ns`.
+pub fn sysctl(ns: &str, kv: &str) {
+    must(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", kv]));
+}
+
+/// Makes a lab host send full checksums on `dev`: its frames cross XDP, which cannot
+/// finish a checksum the sender left partial for "hardware" (veth offload). Frames from
+/// a physical NIC always carry full checksums.
+pub fn full_checksums(ns: &str, dev: &str) {
+    must(Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]));
+}
+
+/// Attaches the pass-only XDP program `pass` to `dev` in `ns`: a veth delivers the
+/// XDP_TX/XDP_REDIRECT frames of its peer only when it runs an XDP program itself.
+pub fn attach_pass(ns: &str, dev: &str, pass: &Path) {
+    let pass = pass.to_str().expect("UTF-8 path");
+    ip(&[
+        "-n", ns, "link", "set", "dev", dev, "xdp", "obj", pass, "sec", "xdp",
+    ]);
+}
+
 /// Stops a process we started: SIGTERM, then SIGKILL after a bounded wait.
 pub fn stop_child(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
@@ -106,15 +152,21 @@ pub struct Lab {
 impl Lab {
     /// The pin directory for lb's datapath, in the lab's own bpffs (`--pin-dir`).
     pub fn pin_dir(&self) -> PathBuf {
+        self.pin_dir_of("lb")
+    }
+
+    /// The pin directory of the lb instance `name` (labs with several balancers).
+    pub fn pin_dir_of(&self, name: &str) -> PathBuf {
         self.bpffs
             .as_ref()
             .map_or_else(|| self.dir.join("bpf"), |b| b.path().to_path_buf())
-            .join("lb")
+            .join(name)
     }
 
-    /// Builds the topology and starts nginx and the UDP echo on every backend.
-    /// `pass_object`: the `xdp-pass` object (`OUT_DIR/xdp-pass` or target/ebpf/...).
-    pub fn up(mode: Mode, prefix: &str, backends: usize, pass_object: &Path) -> Lab {
+    /// An empty lab: its directory and bpffs, no namespace yet (topologies of their own,
+    /// like the redundancy labs, add theirs with [`Lab::add_ns`] and
+    /// [`Lab::add_backend`]). `mode` decides the VIP and how backends are set up.
+    pub fn empty(mode: Mode, prefix: &str) -> Lab {
         assert!(
             prefix.len() <= 8,
             "prefix {prefix} too long for interface names"
@@ -125,7 +177,7 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the lab directory");
         let bpffs = crate::bpffs::BpfFs::mount(&dir.join("bpf")).expect("mounting a bpffs");
-        let mut lab = Lab {
+        Lab {
             mode,
             prefix: prefix.to_string(),
             dir,
@@ -133,50 +185,31 @@ impl Lab {
             namespaces: Vec::new(),
             extra: Vec::new(),
             bpffs: Some(bpffs),
-        };
+        }
+    }
+
+    /// Builds the topology and starts nginx and the UDP echo on every backend.
+    /// `pass_object`: the `xdp-pass` object (`OUT_DIR/xdp-pass` or target/ebpf/...).
+    pub fn up(mode: Mode, prefix: &str, backends: usize, pass_object: &Path) -> Lab {
+        let mut lab = Lab::empty(mode, prefix);
         let sw = lab.add_ns("sw");
         let lb = lab.add_ns("lb");
         let cli = lab.add_ns("cli");
-        lab.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])
-            .status()
-            .ok();
-        ip(&["-n", &sw, "link", "set", "br0", "up"]);
-        let pass = pass_object.to_str().expect("UTF-8 path");
-        let veth = |a_ns: &str, a: &str, b_ns: &str, b: &str| {
-            ip(&[
-                "link", "add", "name", a, "netns", a_ns, "type", "veth", "peer", "name", b,
-                "netns", b_ns,
-            ]);
-            ip(&["-n", a_ns, "link", "set", a, "up"]);
-            ip(&["-n", b_ns, "link", "set", b, "up"]);
-        };
-        let to_bridge = |port: &str| ip(&["-n", &sw, "link", "set", port, "master", "br0"]);
-        let sysctl = |ns: &str, kv: &str| {
-            must(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", kv]));
-        };
-        // Endpoints compute full checksums: their frames cross XDP, which cannot finish
-        // a checksum the sender left partial for "hardware" (veth offload). Frames from
-        // a physical NIC always carry full checksums.
-        let full_checksums = |ns: &str| {
-            must(
-                Command::new("ip")
-                    .args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]),
-            );
-        };
+        bridge(&sw);
         for ns in [&lb, &cli] {
             sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
             sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
         }
-        let (vip, net) = match mode {
-            Mode::Dsr => (DSR_VIP, "10.0.0"),
-            Mode::Nat => (NAT_VIP, "10.0.2"),
+        let (net, gateway) = match mode {
+            Mode::Dsr => ("10.0.0", None),
+            Mode::Nat => ("10.0.2", Some(Ipv4Addr::new(10, 0, 2, 1))),
         };
         match mode {
             Mode::Dsr => {
                 veth(&lb, "eth0", &sw, "p-lb");
                 veth(&cli, "eth0", &sw, "p-cli");
-                to_bridge("p-lb");
-                to_bridge("p-cli");
+                to_bridge(&sw, "p-lb");
+                to_bridge(&sw, "p-cli");
                 ip(&["-n", &lb, "addr", "add", "10.0.0.1/24", "dev", "eth0"]);
                 ip(&["-n", &cli, "addr", "add", "10.0.0.2/24", "dev", "eth0"]);
                 ip(&[
@@ -189,70 +222,26 @@ impl Lab {
                     "10.0.0.1",
                 ]);
                 // lb sends XDP_TX frames out of eth0: its peer must run an XDP program.
-                ip(&[
-                    "-n", &sw, "link", "set", "dev", "p-lb", "xdp", "obj", pass, "sec", "xdp",
-                ]);
+                attach_pass(&sw, "p-lb", pass_object);
             }
             Mode::Nat => {
                 veth(&cli, "eth0", &lb, "eth0");
                 veth(&lb, "eth1", &sw, "p-lb");
-                to_bridge("p-lb");
+                to_bridge(&sw, "p-lb");
                 ip(&["-n", &cli, "addr", "add", "10.0.1.2/24", "dev", "eth0"]);
                 ip(&["-n", &cli, "route", "add", "default", "via", "10.0.1.1"]);
                 ip(&["-n", &lb, "addr", "add", "10.0.1.1/24", "dev", "eth0"]);
                 ip(&["-n", &lb, "addr", "add", "10.0.2.1/24", "dev", "eth1"]);
                 sysctl(&lb, "net.ipv4.ip_forward=1");
                 // lb redirects client->backend frames into eth1 and replies into eth0.
-                ip(&[
-                    "-n", &sw, "link", "set", "dev", "p-lb", "xdp", "obj", pass, "sec", "xdp",
-                ]);
-                ip(&[
-                    "-n", &cli, "link", "set", "dev", "eth0", "xdp", "obj", pass, "sec", "xdp",
-                ]);
+                attach_pass(&sw, "p-lb", pass_object);
+                attach_pass(&cli, "eth0", pass_object);
             }
         }
-        full_checksums(&cli);
+        full_checksums(&cli, "eth0");
         for i in 0..backends {
-            let name = format!("b{}", i + 1);
-            let ns = lab.add_ns(&name);
-            let port = format!("p-{name}");
-            veth(&ns, "eth0", &sw, &port);
-            to_bridge(&port);
             let addr: Ipv4Addr = format!("{net}.{}", 11 + i).parse().expect("address");
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
-            full_checksums(&ns);
-            sysctl(&ns, "net.ipv4.conf.all.rp_filter=0");
-            match mode {
-                Mode::Dsr => {
-                    // The VIP on lo, never announced or answered for on the wire.
-                    ip(&["-n", &ns, "addr", "add", &format!("{vip}/32"), "dev", "lo"]);
-                    sysctl(&ns, "net.ipv4.conf.all.arp_ignore=1");
-                    sysctl(&ns, "net.ipv4.conf.all.arp_announce=2");
-                    sysctl(&ns, "net.ipv4.conf.eth0.arp_ignore=1");
-                    sysctl(&ns, "net.ipv4.conf.eth0.arp_announce=2");
-                }
-                Mode::Nat => ip(&["-n", &ns, "route", "add", "default", "via", "10.0.2.1"]),
-            }
-            let dir = lab.dir.join(&name);
-            std::fs::create_dir_all(&dir).expect("backend directory");
-            lab.backends.push(Backend {
-                name,
-                ns,
-                addr,
-                dir,
-                nginx: None,
-                udp: None,
-                slow: None,
-                status: 200,
-            });
+            lab.add_backend(&sw, addr, gateway);
         }
         for i in 0..backends {
             lab.start_backend(i);
@@ -260,7 +249,54 @@ impl Lab {
         lab
     }
 
-    fn add_ns(&mut self, role: &str) -> String {
+    /// Adds a backend host (its servers not started: [`Lab::start_backend`]): namespace
+    /// `b<n>`, `eth0` with `addr`/24 on the bridge of namespace `sw` (port `p-b<n>`),
+    /// full checksums, the default route via `gateway` when given. For DSR it holds the
+    /// VIP on `lo` and neither answers nor announces it on the wire.
+    pub fn add_backend(&mut self, sw: &str, addr: Ipv4Addr, gateway: Option<Ipv4Addr>) {
+        let name = format!("b{}", self.backends.len() + 1);
+        let ns = self.add_ns(&name);
+        let port = format!("p-{name}");
+        veth(&ns, "eth0", sw, &port);
+        to_bridge(sw, &port);
+        self::addr(&ns, &format!("{addr}/24"), "eth0");
+        full_checksums(&ns, "eth0");
+        sysctl(&ns, "net.ipv4.conf.all.rp_filter=0");
+        if self.mode == Mode::Dsr {
+            // The VIP on lo, never announced or answered for on the wire.
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/32", self.vip()),
+                "dev",
+                "lo",
+            ]);
+            sysctl(&ns, "net.ipv4.conf.all.arp_ignore=1");
+            sysctl(&ns, "net.ipv4.conf.all.arp_announce=2");
+            sysctl(&ns, "net.ipv4.conf.eth0.arp_ignore=1");
+            sysctl(&ns, "net.ipv4.conf.eth0.arp_announce=2");
+        }
+        if let Some(gw) = gateway {
+            ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()]);
+        }
+        let dir = self.dir.join(&name);
+        std::fs::create_dir_all(&dir).expect("backend directory");
+        self.backends.push(Backend {
+            name,
+            ns,
+            addr,
+            dir,
+            nginx: None,
+            udp: None,
+            slow: None,
+            status: 200,
+        });
+    }
+
+    /// Adds the namespace `<prefix>-<role>` (with `lo` up); removed with the lab.
+    pub fn add_ns(&mut self, role: &str) -> String {
         let ns = format!("{}-{role}", self.prefix);
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -585,6 +621,33 @@ impl Lab {
         }
     }
 
+    /// Every backend as a configuration's backend object, with `port` (else the
+    /// service's), separated by commas.
+    fn backend_list(&self, port: Option<u16>) -> String {
+        self.backends
+            .iter()
+            .map(|b| match port {
+                Some(p) => format!(r#"{{"address": "{}", "port": {p}}}"#, b.addr),
+                None => format!(r#"{{"address": "{}"}}"#, b.addr),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A configuration with one service only: HTTP on VIP:80 over every backend's port
+    /// 80, forwarded as the lab's mode says, with `check` as its health_check.
+    pub fn http_service(&self, check: &str) -> String {
+        let fwd = match self.mode {
+            Mode::Dsr => "dsr",
+            Mode::Nat => "nat",
+        };
+        format!(
+            r#"{{"services": [{{"vip": "{}", "port": 80, "forwarding": "{fwd}", "health_check": {check}, "backends": [{}]}}]}}"#,
+            self.vip(),
+            self.backend_list(None)
+        )
+    }
+
     /// A configuration for this lab: an HTTP (TCP) service on VIP:80 and a UDP service on
     /// VIP:5353 over all backends; NAT translates port 80 to 8080. `check` is the
     /// health_check object of the HTTP service (JSON).
@@ -593,16 +656,8 @@ impl Lab {
             Mode::Dsr => ("dsr", 80),
             Mode::Nat => ("nat", ALT_PORT),
         };
-        let tcp_backends: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| format!(r#"{{"address": "{}", "port": {port}}}"#, b.addr))
-            .collect();
-        let udp_backends: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| format!(r#"{{"address": "{}"}}"#, b.addr))
-            .collect();
+        let tcp_backends = self.backend_list(Some(port));
+        let udp_backends = self.backend_list(None);
         format!(
             r#"{{"conntrack": {{"tcp_timeout_s": 900, "tcp_fin_timeout_s": 30, "udp_timeout_s": 30, "ageing_interval_s": 2}},
   "services": [
@@ -612,8 +667,8 @@ impl Lab {
     {{"vip": "{vip}", "port": {UDP_PORT}, "protocol": "udp", "forwarding": "{fwd}",
       "health_check": {{"kind": "tcp", "probe_port": 80, "interval_ms": 1000, "timeout_ms": 1000, "rise": 1, "fall": 3}},
       "backends": [{}]}}]}}"#,
-            tcp_backends.join(", "),
-            udp_backends.join(", "),
+            tcp_backends,
+            udp_backends,
             vip = self.vip(),
         )
     }

@@ -253,3 +253,85 @@ impl Drop for Session {
         }
     }
 }
+
+/// What the redundancy tests and demos keep running: a [`Load`] of new connections (one
+/// every 20 ms at most) and long-lived [`Session`]s (a request every 100 ms each).
+pub struct Traffic {
+    pub load: Load,
+    pub sessions: Vec<Session>,
+}
+
+impl Traffic {
+    /// Starts `sessions` long-lived connections to `target` from namespace `ns` (each
+    /// must connect), then the load.
+    pub fn start(ns: &str, target: SocketAddr, sessions: usize) -> Traffic {
+        let sessions: Vec<Session> = (0..sessions)
+            .map(|_| Session::start(ns, target, Duration::from_millis(100)))
+            .collect();
+        for s in &sessions {
+            let seen = s.seen();
+            assert!(
+                seen.broken.is_none(),
+                "a long-lived connection failed: {seen:?}"
+            );
+        }
+        Traffic {
+            load: Load::start(ns, target, Duration::from_millis(20)),
+            sessions,
+        }
+    }
+
+    /// Requests answered by each long-lived connection so far.
+    pub fn answered(&self) -> Vec<usize> {
+        self.sessions.iter().map(|s| s.seen().answered).collect()
+    }
+
+    /// Panics unless nothing went wrong since `before` (see [`Traffic::problems`]),
+    /// with the first problems and `logs()` (what the balancers said).
+    pub fn assert_clean(&self, when: &str, before: &[usize], logs: impl FnOnce() -> String) {
+        let problems = self.problems(before);
+        if !problems.is_empty() {
+            let t = self.load.tally();
+            panic!(
+                "{when}: {} of {} requests failed, {} problems: {:#?}\n{}",
+                t.failed.len(),
+                t.ok + t.failed.len(),
+                problems.len(),
+                &problems[..problems.len().min(10)],
+                logs()
+            );
+        }
+    }
+
+    /// What went wrong so far, one line each (empty: nothing): failed requests, and
+    /// long-lived connections that broke, moved to another backend or have answered
+    /// nothing since `before` (what [`Traffic::answered`] returned).
+    pub fn problems(&self, before: &[usize]) -> Vec<String> {
+        let t = self.load.tally();
+        let mut out: Vec<String> = t
+            .failed
+            .iter()
+            .map(|(at, why)| format!("request at {:.2} s failed: {why}", at.as_secs_f64()))
+            .collect();
+        for (i, s) in self.sessions.iter().enumerate() {
+            let seen = s.seen();
+            let then = before.get(i).copied().unwrap_or(0);
+            if let Some(why) = &seen.broken {
+                out.push(format!(
+                    "long-lived connection {i} (port {}) broke: {why}",
+                    seen.local_port
+                ));
+            } else if seen.backends.len() != 1 {
+                out.push(format!(
+                    "long-lived connection {i} moved between backends: {:?}",
+                    seen.backends
+                ));
+            } else if seen.answered <= then {
+                out.push(format!(
+                    "long-lived connection {i} answered nothing since {then}"
+                ));
+            }
+        }
+        out
+    }
+}

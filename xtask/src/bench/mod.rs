@@ -1,6 +1,7 @@
 //! `cargo xtask bench throughput|pps|cps`: lb side by side with its peers (a direct path,
 //! a bare XDP forwarder, HAProxy, nftables DNAT) in one run, on the lab's topologies
-//! (network namespaces, veths and a bridge on this machine), with ratios.
+//! (network namespaces, veths and a bridge on this machine), with ratios; and `bench
+//! failover`: failovers of a keepalived pair and of ECMP nodes under load.
 //!
 //! Every benchmark brings up one DSR lab and one NAT lab (the `lb-lab` crate) at once
 //! and runs every row of its table in each of a few interleaved rounds, so that the noise
@@ -16,6 +17,7 @@
 //! `peers` starts and stops what takes a lab's traffic (lb, HAProxy, nftables, the bare
 //! forwarder); `generator` is the XDP live-frame generator of `pps`.
 mod cps;
+mod failover;
 mod generator;
 mod peers;
 mod pps;
@@ -34,7 +36,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_lab::lab::{Lab, Mode};
 
-pub use self::{cps::cps, pps::pps, throughput::throughput};
+pub use self::{cps::cps, failover::failover, pps::pps, throughput::throughput};
 use crate::util::{self, root, step};
 
 // ---- interruption ---------------------------------------------------------------------
