@@ -118,6 +118,12 @@ fn nat_backend(a: &str, port: u16, service: u32) -> Backend {
     }
 }
 
+/// The fixture's connection tables: small, so tests can fill them.
+const LIMITS: Limits = Limits {
+    conntrack_entries: 4096,
+    conntrack6_entries: 4096,
+};
+
 impl Fixture {
     fn new() -> Self {
         support::require_root();
@@ -128,11 +134,7 @@ impl Fixture {
                 mac_str(mac)
             ));
         }
-        let dp = Dataplane::load(Limits {
-            conntrack_entries: 4096,
-            conntrack6_entries: 4096,
-        })
-        .expect("load the XDP object");
+        let dp = Dataplane::load(LIMITS).expect("load the XDP object");
         let mut dp = dp;
         dp.set_timeouts(TIMEOUTS).unwrap();
         let mut f = Fixture {
@@ -1861,22 +1863,85 @@ fn now_s() -> u32 {
 #[test]
 fn syn_floods_evict_nothing() {
     let mut f = Fixture::new();
+    let web = Web::v4(&f);
+    syn_flood_evicts_nothing(&mut f, &web);
+}
+
+#[test]
+fn ipv6_syn_floods_evict_nothing() {
+    let mut f = Fixture::new();
+    let web = Web::v6(&f);
+    syn_flood_evicts_nothing(&mut f, &web);
+}
+
+/// A family's DSR web service in the fixture (the client `CLIENT`/`CLIENT6`, VIP:80),
+/// for the stateful tests written once for both families.
+struct Web {
+    id: u32,
+    backends: Vec<u32>,
+    client: &'static str,
+    /// A client's packet to the service: source address, source port, TCP flags.
+    pkt: fn(&str, u16, u8) -> Vec<u8>,
+    /// A source address made of the bits of `x` (floods).
+    source: fn(u32) -> String,
+    /// How many entries the family's connection table holds.
+    entries: fn(&Fixture) -> usize,
+    /// The entry of the client's connection from `port`.
+    flow: fn(&Fixture, u16) -> Option<Flow>,
+    /// Writes the entry of the client's connection from `port`.
+    insert: fn(&mut Fixture, u16, Flow),
+}
+
+impl Web {
+    fn v4(f: &Fixture) -> Web {
+        fn key(port: u16) -> FlowKey {
+            FlowKey::new(ne(CLIENT), ne(DSR_VIP), port.to_be(), 80u16.to_be(), TCP)
+        }
+        Web {
+            id: f.services["dsr_web"].rec.id,
+            backends: f.services["dsr_web"].backends.clone(),
+            client: CLIENT,
+            pkt: |src, sport, flags| from_client(ipv4(src, DSR_VIP, tcp(sport, 80, flags))).bytes(),
+            source: |x| std::net::Ipv4Addr::from(0x0a00_0000 | (x >> 8)).to_string(),
+            entries: |f| f.dp.flows().unwrap().len(),
+            flow: |f, port| f.dp.flow(&key(port)).unwrap(),
+            insert: |f, port, flow| f.dp.insert_flow(key(port), flow).unwrap(),
+        }
+    }
+
+    fn v6(f: &Fixture) -> Web {
+        fn key(port: u16) -> FlowKey6 {
+            FlowKey6::new(w6(CLIENT6), w6(DSR_VIP6), port.to_be(), 80u16.to_be(), TCP)
+        }
+        Web {
+            id: f.services6["dsr_web6"].rec.id,
+            backends: f.services6["dsr_web6"].backends.clone(),
+            client: CLIENT6,
+            pkt: |src, sport, flags| {
+                from_client6(ipv6(src, DSR_VIP6, tcp(sport, 80, flags))).bytes()
+            },
+            source: |x| format!("2001:db8:f00d::{:x}:{:x}", x >> 16, x & 0xffff),
+            entries: |f| f.dp.flows6().unwrap().len(),
+            flow: |f, port| f.dp.flow6(&key(port)).unwrap(),
+            insert: |f, port, flow| f.dp.insert_flow6(key(port), flow).unwrap(),
+        }
+    }
+}
+
+fn syn_flood_evicts_nothing(f: &mut Fixture, web: &Web) {
     let cli = f.cli;
-    let web = f.services["dsr_web"].backends.clone();
-    let (a, b) = (web[0], web[1]);
-    f.set_table(0, &[a]);
-    let pkt = |src: &str, sport: u16, flags: u8| {
-        from_client(ipv4(src, DSR_VIP, tcp(sport, 80, flags))).bytes()
-    };
+    let (a, b) = (web.backends[0], web.backends[1]);
+    f.set_table(web.id, &[a]);
+    let (pkt, client) = (web.pkt, web.client);
     // 100 established connections on a.
     for port in 20000..20100 {
-        run(&f, &pkt(CLIENT, port, SYN), cli);
-        run(&f, &pkt(CLIENT, port, ACK), cli);
+        run(f, &pkt(client, port, SYN), cli);
+        run(f, &pkt(client, port, ACK), cli);
     }
-    assert_eq!(f.dp.flows().unwrap().len(), 100);
+    assert_eq!((web.entries)(f), 100);
     // A handshake in flight: its SYN went to a.
     assert_eq!(
-        dmac(&run(&f, &pkt(CLIENT, 30000, SYN), cli).1),
+        dmac(&run(f, &pkt(client, 30000, SYN), cli).1),
         f.backend(a).mac
     );
 
@@ -1885,14 +1950,17 @@ fn syn_floods_evict_nothing() {
     let before = f.counters();
     for _ in 0..2 * 4096 {
         x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let src = std::net::Ipv4Addr::from(0x0a00_0000 | (x >> 8)).to_string();
-        run(&f, &pkt(&src, (x & 0xffff) as u16 | 1024, SYN), cli);
+        run(
+            f,
+            &pkt(&(web.source)(x), (x & 0xffff) as u16 | 1024, SYN),
+            cli,
+        );
     }
     let after = f.counters();
     let syns = after[Counter::FlowSyn as usize] - before[Counter::FlowSyn as usize];
     assert_eq!(syns, 2 * 4096);
     assert_eq!(
-        f.dp.flows().unwrap().len(),
+        (web.entries)(f),
         100,
         "the flood made no entry and evicted none"
     );
@@ -1900,9 +1968,9 @@ fn syn_floods_evict_nothing() {
     // The table changes: every slot moves to b. Established connections stay on a (from
     // the connection table, or from the flow cache, which only ever holds what the
     // table decided).
-    f.set_table(0, &[b]);
+    f.set_table(web.id, &[b]);
     for port in 20000..20100 {
-        let (_, out, moved) = run(&f, &pkt(CLIENT, port, ACK | PSH), cli);
+        let (_, out, moved) = run(f, &pkt(client, port, ACK | PSH), cli);
         assert_eq!(dmac(&out), f.backend(a).mac, "port {port} kept its backend");
         assert!(
             moved == vec![("tx", 1), ("flow_hit", 1)]
@@ -1912,22 +1980,22 @@ fn syn_floods_evict_nothing() {
     }
     // The handshake in flight completes on a (unless the flood overwrote its half-open
     // slot: then it goes where the table says, like a flow whose SYN another node saw).
-    let (_, out, moved) = run(&f, &pkt(CLIENT, 30000, ACK), cli);
+    let (_, out, moved) = run(f, &pkt(client, 30000, ACK), cli);
     assert_eq!(moved, vec![("tx", 1), ("flow_new", 1)]);
     assert!([f.backend(a).mac, f.backend(b).mac].contains(&dmac(&out)));
     // A new one follows the table, and so does its retransmitted SYN and its ACK even if
     // the table changes again meanwhile.
     assert_eq!(
-        dmac(&run(&f, &pkt(CLIENT, 30001, SYN), cli).1),
+        dmac(&run(f, &pkt(client, 30001, SYN), cli).1),
         f.backend(b).mac
     );
-    f.set_table(0, &[a]);
+    f.set_table(web.id, &[a]);
     assert_eq!(
-        dmac(&run(&f, &pkt(CLIENT, 30001, SYN), cli).1),
+        dmac(&run(f, &pkt(client, 30001, SYN), cli).1),
         f.backend(b).mac
     );
     assert_eq!(
-        dmac(&run(&f, &pkt(CLIENT, 30001, ACK), cli).1),
+        dmac(&run(f, &pkt(client, 30001, ACK), cli).1),
         f.backend(b).mac
     );
 }
@@ -1937,57 +2005,10 @@ fn syn_floods_evict_nothing() {
 #[test]
 fn idle_entries_expire_in_the_datapath() {
     let mut f = Fixture::new();
-    let cli = f.cli;
-    let web = f.services["dsr_web"].backends.clone();
-    let (a, b) = (web[0], web[1]);
-    f.set_table(0, &[b]);
-    let key = |port: u16, proto| {
-        FlowKey::new(ne(CLIENT), ne(DSR_VIP), port.to_be(), 80u16.to_be(), proto)
-    };
-    let pinned = |idle: u32, state| Flow {
-        backend: a,
-        epoch: f.backend(a).epoch,
-        state,
-        last_seen: now_s() - idle,
-    };
-    let est = lb_common::FLOW_ESTABLISHED;
-    for (port, flow, expired) in [
-        (21000, pinned(TIMEOUTS.tcp_s - 5, est), false),
-        (21001, pinned(TIMEOUTS.tcp_s + 1, est), true),
-        (
-            21002,
-            pinned(TIMEOUTS.tcp_fin_s + 1, est | lb_common::FLOW_FIN),
-            true,
-        ),
-        (
-            21003,
-            pinned(TIMEOUTS.tcp_fin_s - 5, est | lb_common::FLOW_FIN),
-            false,
-        ),
-    ] {
-        f.dp.insert_flow(key(port, TCP), flow).unwrap();
-        let (_, out, moved) = run(
-            &f,
-            &from_client(ipv4(CLIENT, DSR_VIP, tcp(port, 80, ACK))).bytes(),
-            cli,
-        );
-        if expired {
-            assert_eq!(
-                (dmac(&out), moved),
-                (f.backend(b).mac, vec![("tx", 1), ("flow_expired", 1)]),
-                "port {port}"
-            );
-            let now = f.dp.flow(&key(port, TCP)).unwrap().unwrap();
-            assert_eq!((now.backend, now.state), (b, est), "rewritten afresh");
-        } else {
-            assert_eq!(
-                (dmac(&out), moved),
-                (f.backend(a).mac, vec![("tx", 1), ("flow_hit", 1)]),
-                "port {port}"
-            );
-        }
-    }
+    let web = Web::v4(&f);
+    tcp_entries_expire(&mut f, &web);
     // UDP, from the DSR UDP service's timeout.
+    let cli = f.cli;
     f.dp.insert_flow(
         FlowKey::new(
             ne(CLIENT),
@@ -2010,36 +2031,100 @@ fn idle_entries_expire_in_the_datapath() {
         cli,
     );
     assert_eq!(moved, vec![("tx", 1), ("flow_expired", 1)]);
+}
 
-    // A half-open slot older than its timeout no longer holds the SYN's backend.
+#[test]
+fn ipv6_idle_entries_expire_in_the_datapath() {
+    let mut f = Fixture::new();
+    let web = Web::v6(&f);
+    tcp_entries_expire(&mut f, &web);
+    // UDP, from the NAT UDP service's timeout.
+    let cli = f.cli;
+    let backend = f.services6["nat_dns6"].backends[0];
+    f.dp.insert_flow6(
+        FlowKey6::new(
+            w6(CLIENT6),
+            w6(NAT_VIP6),
+            21004u16.to_be(),
+            53u16.to_be(),
+            UDP,
+        ),
+        Flow {
+            backend,
+            epoch: f.backend(backend).epoch,
+            state: 0,
+            last_seen: now_s() - TIMEOUTS.udp_s - 1,
+        },
+    )
+    .unwrap();
+    let (_, _, moved) = run(
+        &f,
+        &from_client6(ipv6(CLIENT6, NAT_VIP6, udp(21004, 53, b"q"))).bytes(),
+        cli,
+    );
+    assert_eq!(moved, vec![("redirect", 1), ("flow_expired", 1)]);
+}
+
+/// TCP entries older than their state's timeout are re-placed by the packet that finds
+/// them; a half-open slot older than its timeout no longer holds the SYN's backend.
+fn tcp_entries_expire(f: &mut Fixture, web: &Web) {
+    let cli = f.cli;
+    let (a, b) = (web.backends[0], web.backends[1]);
+    f.set_table(web.id, &[b]);
+    let pinned = |idle: u32, state| Flow {
+        backend: a,
+        epoch: f.backend(a).epoch,
+        state,
+        last_seen: now_s() - idle,
+    };
+    let est = lb_common::FLOW_ESTABLISHED;
+    for (port, flow, expired) in [
+        (21000, pinned(TIMEOUTS.tcp_s - 5, est), false),
+        (21001, pinned(TIMEOUTS.tcp_s + 1, est), true),
+        (
+            21002,
+            pinned(TIMEOUTS.tcp_fin_s + 1, est | lb_common::FLOW_FIN),
+            true,
+        ),
+        (
+            21003,
+            pinned(TIMEOUTS.tcp_fin_s - 5, est | lb_common::FLOW_FIN),
+            false,
+        ),
+    ] {
+        (web.insert)(f, port, flow);
+        let (_, out, moved) = run(f, &(web.pkt)(web.client, port, ACK), cli);
+        if expired {
+            assert_eq!(
+                (dmac(&out), moved),
+                (f.backend(b).mac, vec![("tx", 1), ("flow_expired", 1)]),
+                "port {port}"
+            );
+            let now = (web.flow)(f, port).unwrap();
+            assert_eq!((now.backend, now.state), (b, est), "rewritten afresh");
+        } else {
+            assert_eq!(
+                (dmac(&out), moved),
+                (f.backend(a).mac, vec![("tx", 1), ("flow_hit", 1)]),
+                "port {port}"
+            );
+        }
+    }
+
     f.dp.set_timeouts(Timeouts {
         half_open_s: 1,
         ..TIMEOUTS
     })
     .unwrap();
-    f.set_table(0, &[a]);
+    f.set_table(web.id, &[a]);
     assert_eq!(
-        dmac(
-            &run(
-                &f,
-                &from_client(ipv4(CLIENT, DSR_VIP, tcp(21005, 80, SYN))).bytes(),
-                cli
-            )
-            .1
-        ),
+        dmac(&run(f, &(web.pkt)(web.client, 21005, SYN), cli).1),
         f.backend(a).mac
     );
-    f.set_table(0, &[b]);
+    f.set_table(web.id, &[b]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert_eq!(
-        dmac(
-            &run(
-                &f,
-                &from_client(ipv4(CLIENT, DSR_VIP, tcp(21005, 80, ACK))).bytes(),
-                cli
-            )
-            .1
-        ),
+        dmac(&run(f, &(web.pkt)(web.client, 21005, ACK), cli).1),
         f.backend(b).mac,
         "the ACK of a handshake older than the half-open timeout follows the table"
     );
@@ -2050,63 +2135,94 @@ fn idle_entries_expire_in_the_datapath() {
 /// past its capacity by one-way traffic (twice 4,096 connections that evict one
 /// another), every reply of every one of them is translated back to VIP:port (from the
 /// configuration, not from any per-connection state) or dropped with a counter.
-#[test]
-fn nat_replies_are_translated_whatever_the_table_holds() {
-    let f = Fixture::new();
+/// Fills the connection table far past its size with `n` one-way NAT connections
+/// (`handshake(i)`: the SYN and ACK of connection `i`), then sends every connection's
+/// reply (`reply(i, ack_out)`: the reply frame, built from the ACK as forwarded, and the
+/// frame it must become): each is translated, or dropped with a counter. `entries`:
+/// how many entries the family's table holds. Returns the forwarded ACKs.
+fn nat_replies_under_pressure(
+    f: &Fixture,
+    n: u32,
+    handshake: impl Fn(u32) -> [Vec<u8>; 2],
+    reply: impl Fn(u32, &[u8]) -> (Vec<u8>, Vec<u8>),
+    entries: impl Fn(&Fixture) -> (usize, u32),
+) -> Vec<Vec<u8>> {
     let (cli, srv) = (f.cli, f.srv);
-    let mut flows = Vec::new();
-    for i in 0..2 * 4096u32 {
-        let client = std::net::Ipv4Addr::from(0xc633_6400 | (i >> 8)).to_string(); // 198.51.100.x
-        let port = 20000 + (i & 0xff) as u16;
-        run(
-            &f,
-            &from_client(ipv4(&client, NAT_VIP, tcp(port, 8080, SYN))).bytes(),
-            cli,
-        );
-        let (action, out, _) = run(
-            &f,
-            &from_client(ipv4(&client, NAT_VIP, tcp(port, 8080, ACK))).bytes(),
-            cli,
-        );
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let [syn, ack] = handshake(i);
+        run(f, &syn, cli);
+        let (action, out, _) = run(f, &ack, cli);
         assert_eq!(action, XDP_REDIRECT);
-        flows.push((client, port, frame::ip_dst(&out).unwrap().to_string()));
+        acks.push(out);
     }
-    let size = Limits {
-        conntrack_entries: 4096,
-        conntrack6_entries: 4096,
-    }
-    .conntrack_map_entries()
-    .unwrap();
-    assert!(
-        f.dp.flows().unwrap().len() <= size as usize,
-        "the table holds at most its size"
-    );
+    let (held, size) = entries(f);
+    assert!(held <= size as usize, "the table holds at most its size");
     let before = f.counters();
-    for (client, port, rip) in &flows {
-        let reply = ipv4(rip, client, tcp(80, *port, ACK | PSH));
-        let (action, out, moved) = run(&f, &from_backend(reply.clone()).bytes(), srv);
+    for (i, ack) in acks.iter().enumerate() {
+        let (frame, translated) = reply(i as u32, ack);
+        let (action, out, moved) = run(f, &frame, srv);
         let dropped = moved.iter().any(|(name, _)| name.starts_with("drop_"));
         if action == XDP_REDIRECT {
             assert_eq!(
                 hex(&out),
-                hex(&Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080)).bytes()),
-                "reply to {client}:{port}: translated, checksums right"
+                hex(&translated),
+                "reply {i}: translated, checksums right"
             );
         } else {
             assert!(
                 action == XDP_DROP && dropped,
-                "reply to {client}:{port} neither translated nor counted as dropped: {action} {moved:?}"
+                "reply {i} neither translated nor counted as dropped: {action} {moved:?}"
             );
         }
     }
     let after = f.counters();
     let translated = after[Counter::NatReply as usize] - before[Counter::NatReply as usize];
-    assert_eq!(translated, flows.len() as u64, "every reply translated");
+    assert_eq!(translated, u64::from(n), "every reply translated");
+    acks
+}
+
+/// NAT replies never leak the backend's address: with the connection table filled far
+/// past its capacity by one-way traffic (twice 4,096 connections that evict one
+/// another), every reply of every one of them is translated back to VIP:port (from the
+/// configuration, not from any per-connection state) or dropped with a counter.
+#[test]
+fn nat_replies_are_translated_whatever_the_table_holds() {
+    let f = Fixture::new();
+    let srv = f.srv;
+    // 198.51.100.x, 256 ports each.
+    let client = |i: u32| std::net::Ipv4Addr::from(0xc633_6400 | (i >> 8)).to_string();
+    let port = |i: u32| 20000 + (i & 0xff) as u16;
+    let acks = nat_replies_under_pressure(
+        &f,
+        2 * 4096,
+        |i| {
+            [SYN, ACK].map(|flags| {
+                from_client(ipv4(&client(i), NAT_VIP, tcp(port(i), 8080, flags))).bytes()
+            })
+        },
+        |i, ack| {
+            let rip = frame::ip_dst(ack).unwrap().to_string();
+            let reply = ipv4(&rip, &client(i), tcp(80, port(i), ACK | PSH));
+            let translated = Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080));
+            (from_backend(reply).bytes(), translated.bytes())
+        },
+        |f| {
+            (
+                f.dp.flows().unwrap().len(),
+                LIMITS.conntrack_map_entries().unwrap(),
+            )
+        },
+    );
+    let (client, port, rip) = (
+        client(0),
+        port(0),
+        frame::ip_dst(&acks[0]).unwrap().to_string(),
+    );
 
     // A backend taken out of its service is retired, not forgotten: its translation stays
     // (without a backend index, so no statistics) while its connections may be open.
     let mut f = f;
-    let (client, port, rip) = flows[0].clone();
     let nat_key = NatBackendKey {
         addr: ne(&rip),
         port: 80u16.to_be(),
@@ -2148,26 +2264,104 @@ fn nat_replies_are_translated_whatever_the_table_holds() {
 #[test]
 fn handshakes_survive_table_changes() {
     let mut f = Fixture::new();
+    let web = Web::v4(&f);
+    handshakes_keep_their_backend(&mut f, &web);
+}
+
+fn handshakes_keep_their_backend(f: &mut Fixture, web: &Web) {
     let cli = f.cli;
-    let web = f.services["dsr_web"].backends.clone();
-    let pkt =
-        |sport: u16, flags: u8| from_client(ipv4(CLIENT, DSR_VIP, tcp(sport, 80, flags))).bytes();
+    let (id, pkt) = (web.id, |sport, flags| (web.pkt)(web.client, sport, flags));
+    let web = &web.backends;
     let mut failed = 0;
     for i in 0..1000u16 {
         let sport = 30000 + i;
-        f.set_table(0, &[web[usize::from(i) % 3]]);
-        let (_, out, _) = run(&f, &pkt(sport, SYN), cli);
+        f.set_table(id, &[web[usize::from(i) % 3]]);
+        let (_, out, _) = run(f, &pkt(sport, SYN), cli);
         let syn_mac = dmac(&out);
-        f.set_table(0, &[web[(usize::from(i) + 1) % 3]]);
-        let (_, out, _) = run(&f, &pkt(sport, SYN), cli);
+        f.set_table(id, &[web[(usize::from(i) + 1) % 3]]);
+        let (_, out, _) = run(f, &pkt(sport, SYN), cli);
         let again = dmac(&out);
-        f.set_table(0, &[web[(usize::from(i) + 2) % 3]]);
-        let (_, out, _) = run(&f, &pkt(sport, ACK), cli);
+        f.set_table(id, &[web[(usize::from(i) + 2) % 3]]);
+        let (_, out, _) = run(f, &pkt(sport, ACK), cli);
         if again != syn_mac || dmac(&out) != syn_mac {
             failed += 1;
         }
     }
     assert_eq!(failed, 0, "handshakes that lost their backend");
+}
+
+#[test]
+fn ipv6_handshakes_survive_table_changes() {
+    let mut f = Fixture::new();
+    let web = Web::v6(&f);
+    handshakes_keep_their_backend(&mut f, &web);
+}
+
+/// [`nat_replies_are_translated_whatever_the_table_holds`] for IPv6 (`CONNTRACK6`).
+#[test]
+fn ipv6_nat_replies_are_translated_whatever_the_table_holds() {
+    let f = Fixture::new();
+    let srv = f.srv;
+    // 2001:db8:cafe::1:x (behind the client-side router), 256 ports each.
+    let client = |i: u32| format!("2001:db8:cafe::1:{:x}", i >> 8);
+    let port = |i: u32| 20000 + (i & 0xff) as u16;
+    let acks = nat_replies_under_pressure(
+        &f,
+        2 * 4096,
+        |i| {
+            [SYN, ACK].map(|flags| {
+                from_client6(ipv6(&client(i), NAT_VIP6, tcp(port(i), 8080, flags))).bytes()
+            })
+        },
+        |i, ack| {
+            let rip = frame::ip6_dst(ack).unwrap().to_string();
+            let reply = ipv6(&rip, &client(i), tcp(80, port(i), ACK | PSH));
+            let translated = Frame6::new(LB_CLI_MAC, ROUTER_MAC, nat_src6(&reply, NAT_VIP6, 8080));
+            (from_backend6(reply).bytes(), translated.bytes())
+        },
+        |f| {
+            let size = LIMITS.conntrack6_map_entries().unwrap();
+            (f.dp.flows6().unwrap().len(), size)
+        },
+    );
+    let (client, port) = (client(0), port(0));
+    let rip = frame::ip6_dst(&acks[0]).unwrap().to_string();
+
+    // A retired backend's replies are still translated, without statistics.
+    let mut f = f;
+    let nat_key = NatBackendKey6 {
+        addr: w6(&rip),
+        port: 80u16.to_be(),
+        proto: TCP,
+        _pad: 0,
+    };
+    let idx = f.dp.nat_backend6(&nat_key).unwrap().unwrap().backend;
+    f.dp.set_nat_backend6(
+        nat_key,
+        Some(NatBackend6 {
+            vip: w6(NAT_VIP6),
+            vport: 8080u16.to_be(),
+            _pad: 0,
+            backend: NO_BACKEND,
+            service: u32::MAX,
+        }),
+    )
+    .unwrap();
+    let mut gone = f.backend(idx);
+    gone.flags = 0;
+    f.dp.set_backend(idx, gone).unwrap();
+    let stats = f.dp.backend_stats(idx).unwrap();
+    let reply = ipv6(&rip, &client, tcp(80, port, FIN | ACK));
+    let (action, out, moved) = run(&f, &from_backend6(reply.clone()).bytes(), srv);
+    assert_eq!(
+        (action, moved),
+        (XDP_REDIRECT, vec![("redirect", 1), ("nat_reply", 1)])
+    );
+    assert_eq!(
+        hex(&out),
+        hex(&Frame6::new(LB_CLI_MAC, ROUTER_MAC, nat_src6(&reply, NAT_VIP6, 8080)).bytes())
+    );
+    assert_eq!(f.dp.backend_stats(idx).unwrap(), stats);
 }
 
 // ---- IPv6 ------------------------------------------------------------------------
@@ -2637,6 +2831,16 @@ fn packet_cases_ipv6() {
         Some(Frame6::new(LB_CLI_MAC, be_rst.mac, rst).bytes()),
         &[(Tx, 1), (FlowRstNoEntry, 1)],
     ));
+    let synack = ipv6(CLIENT6, DSR_VIP6, tcp(45001, 80, SYN | ACK));
+    let be_synack = f.backend(f.pick6("dsr_web6", CLIENT6, 45001, 80));
+    cases.push(case(
+        "tcp syn|ack from a client (a reflection) of an unknown flow: forwarded, no entry",
+        cli,
+        from_client6(synack.clone()).bytes(),
+        XDP_TX,
+        Some(Frame6::new(LB_CLI_MAC, be_synack.mac, synack).bytes()),
+        &[(Tx, 1), (FlowSynAckNoEntry, 1)],
+    ));
 
     // ---- NAT66 ----
     let syn = ipv6(CLIENT6, NAT_VIP6, tcp(40001, 8080, SYN));
@@ -2674,6 +2878,29 @@ fn packet_cases_ipv6() {
         XDP_PASS,
         None,
         &[(PassNatLocal, 1)],
+    ));
+    let mut tagged_local = from_backend6(ipv6(&rip, "2001:db8:b::1", tcp(80, 33001, ACK)));
+    tagged_local.vlans = vec![100];
+    cases.push(case(
+        "a NAT backend's packet to this host with a VLAN tag: untranslated too",
+        srv,
+        tagged_local.bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNatLocal, 1)],
+    ));
+    let mut fragment = ipv6(&rip, CLIENT6, udp(53, 5000, b"a large answer"));
+    fragment.ext = vec![Ext::Fragment {
+        offset: 0,
+        more: true,
+    }];
+    cases.push(case(
+        "fragment from a NAT backend (a reply cannot be translated): dropped, never leaked",
+        srv,
+        from_backend6(fragment).bytes(),
+        XDP_DROP,
+        None,
+        &[(DropFragment, 1)],
     ));
     cases.push(case(
         "a NAT backend's packet from another port: not a reply",
@@ -3320,6 +3547,12 @@ fn packet_cases_ipv6() {
             .unwrap()
             .is_none(),
         "RST must not create an entry"
+    );
+    assert!(
+        f.dp.flow6(&key(CLIENT6, DSR_VIP6, 45001, 80, TCP))
+            .unwrap()
+            .is_none(),
+        "a client's SYN|ACK must not create an entry"
     );
     assert!(
         f.dp.flow6(&key(CLIENT6, DSR_VIP6, 40000, 80, TCP))

@@ -128,7 +128,7 @@ impl Announcer {
         for (dst, len) in &plan.delete {
             if self.nl.route_delete(table, PROTOCOL, *dst, *len).await? {
                 let why = match dst {
-                    IpAddr::V4(v) if snapshot.runtime.services().any(|s| s.config.vip == *v) => {
+                    dst if snapshot.runtime.services().any(|s| s.config.vip == *dst) => {
                         if *len == host_len(*dst) && wanted.contains(dst) {
                             "it was not lb's blackhole route: written again"
                         } else {
