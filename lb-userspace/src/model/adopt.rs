@@ -80,7 +80,7 @@ impl Pinned {
     }
 
     /// The ids of every service record, of both families.
-    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn service_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.services
             .values()
             .map(|s| s.id)
@@ -220,8 +220,10 @@ impl Runtime {
             }
             placed.push((s.clone(), rec.id, backends));
         }
-        let released_ids: BTreeSet<u32> =
-            pinned.ids().filter(|id| !kept_ids.contains(id)).collect();
+        let released_ids: BTreeSet<u32> = pinned
+            .service_ids()
+            .filter(|id| !kept_ids.contains(id))
+            .collect();
         let released_indexes: BTreeSet<u32> = pinned
             .backends
             .iter()
@@ -230,7 +232,7 @@ impl Runtime {
             .collect();
         let epochs: BTreeMap<u32, u32> =
             pinned.backends.iter().map(|(i, b)| (*i, b.epoch)).collect();
-        r.adopt_ids(pinned.ids(), &kept_ids, released_ids);
+        r.adopt_ids(pinned.service_ids(), &kept_ids, released_ids);
         r.adopt_indexes(&kept_indexes, released_indexes, epochs);
         let mut rest: Vec<ServiceConfig> = Vec::new();
         for s in &config.services {

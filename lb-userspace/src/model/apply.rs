@@ -176,7 +176,8 @@ pub fn apply<M: Maps + ?Sized>(maps: &mut M, old: &Image, new: &Image) -> Result
             continue;
         }
         let old_len = old.tables.get(id).map_or(0, |t| t.len());
-        let is_new_id = !old.services.values().any(|s| s.id == *id);
+        // (Of either family: IPv6 services take ids from the same space.)
+        let is_new_id = !old.service_ids().any(|s| s == *id);
         if is_new_id {
             maps.reset_service_stats(*id)?;
         }
@@ -224,12 +225,7 @@ pub fn apply<M: Maps + ?Sized>(maps: &mut M, old: &Image, new: &Image) -> Result
         m.set_nat_backend6(k, None)
     })?;
     // (7) tables of services that went: an empty table frees the old one's memory.
-    let live: BTreeSet<u32> = new
-        .services
-        .values()
-        .chain(new.services6.values())
-        .map(|s| s.id)
-        .collect();
+    let live: BTreeSet<u32> = new.service_ids().collect();
     for id in old.tables.keys() {
         if !live.contains(id) && !new.tables.contains_key(id) {
             maps.set_table(*id, &[])?;
@@ -269,6 +265,8 @@ pub(crate) mod tests {
         /// The write (counted from 1) that fails, to test rollbacks.
         pub fail_at: Option<usize>,
         pub grace_requests: std::cell::Cell<u64>,
+        /// Service ids whose statistics were zeroed, in order.
+        pub service_stats_resets: Vec<u32>,
     }
 
     /// The write `fail_at` asked to fail.
@@ -475,7 +473,8 @@ pub(crate) mod tests {
         fn reset_backend_stats(&mut self, _: u32) -> Result<()> {
             Ok(())
         }
-        fn reset_service_stats(&mut self, _: u32) -> Result<()> {
+        fn reset_service_stats(&mut self, id: u32) -> Result<()> {
+            self.service_stats_resets.push(id);
             Ok(())
         }
         fn grace_request(&self) -> u64 {
@@ -519,7 +518,15 @@ pub(crate) mod tests {
         for step in std::iter::once(&initial).chain(steps.iter()) {
             step(&mut r);
             let new = r.image(&neighbours);
+            let resets = maps.service_stats_resets.len();
             apply(&mut maps, &old, &new).unwrap();
+            // Only a new service's id starts its statistics afresh (either family).
+            for id in &maps.service_stats_resets[resets..] {
+                assert!(
+                    !old.service_ids().any(|o| o == *id),
+                    "the statistics of service {id}, live before, were reset"
+                );
+            }
             assert_eq!(maps.services, new.services);
             assert_eq!(maps.vips, new.vips);
             assert_eq!(maps.nat_backends, new.nat_backends);

@@ -352,6 +352,16 @@ pub struct Image {
     pub backend_addrs6: BTreeMap<u32, Addr6>,
 }
 
+impl Image {
+    /// The ids of every service record, of both families (one id space).
+    pub fn service_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.services
+            .values()
+            .chain(self.services6.values())
+            .map(|s| s.id)
+    }
+}
+
 /// The datapath form of an IPv4 address (network order in a native integer).
 pub fn v4_word(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
