@@ -386,8 +386,22 @@ pub fn icmp_quoted(ctx: &XdpContext, ip: &Ip4) -> Option<Quoted<u32>> {
     if h.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return None;
     }
-    let l4 = l3 + ihl;
-    // The quoted ports must lie inside the ICMP packet, not just inside the frame.
+    let (src, dst) = (ne32(&h.src_addr), ne32(&h.dst_addr));
+    quoted_ports(ctx, ip, l3, l3 + ihl, src, dst, h.proto)
+}
+
+/// The quoted packet at `l3` (its L4 header at `l4`) of the ICMP error in `ip`, once its
+/// ports are read: they must lie inside the ICMP packet, not just inside the frame.
+#[inline(always)]
+fn quoted_ports<A>(
+    ctx: &XdpContext,
+    ip: &Ip<A>,
+    l3: usize,
+    l4: usize,
+    src: A,
+    dst: A,
+    proto: u8,
+) -> Option<Quoted<A>> {
     if l4 + 4 > ip.l3 + ip.tot_len {
         return None;
     }
@@ -397,11 +411,11 @@ pub fn icmp_quoted(ctx: &XdpContext, ip: &Ip4) -> Option<Quoted<u32>> {
     Some(Quoted {
         l3,
         l4,
-        src: ne32(&h.src_addr),
-        dst: ne32(&h.dst_addr),
+        src,
+        dst,
         sport: u16::from_ne_bytes([p[0], p[1]]),
         dport: u16::from_ne_bytes([p[2], p[3]]),
-        proto: h.proto,
+        proto,
     })
 }
 
@@ -417,20 +431,6 @@ pub fn icmp6_quoted(ctx: &XdpContext, ip: &Ip6) -> Option<Quoted<Addr6>> {
     if h.vcf[0] >> 4 != 6 {
         return None;
     }
-    let l4 = l3 + Ipv6Hdr::LEN;
-    if l4 + 4 > ip.l3 + ip.tot_len {
-        return None;
-    }
-    let ports: *const [u8; 4] = ptr_at(ctx, l4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { &*ports };
-    Some(Quoted {
-        l3,
-        l4,
-        src: addr6(&h.src_addr),
-        dst: addr6(&h.dst_addr),
-        sport: u16::from_ne_bytes([p[0], p[1]]),
-        dport: u16::from_ne_bytes([p[2], p[3]]),
-        proto: h.next_hdr,
-    })
+    let (src, dst) = (addr6(&h.src_addr), addr6(&h.dst_addr));
+    quoted_ports(ctx, ip, l3, l3 + Ipv6Hdr::LEN, src, dst, h.next_hdr)
 }

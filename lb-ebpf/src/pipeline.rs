@@ -42,18 +42,7 @@ use crate::{
 /// Entry point of the XDP program.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let v = handle(ctx);
-    if v.counter == Counter::DropInternal
-        && let Some(n) = stats::rare(Counter::DropInternal)
-    {
-        error!(
-            ctx,
-            "internal inconsistency: a map entry the control plane should have written is missing ({} packets dropped so far on this CPU)",
-            n
-        );
-    }
-    stats::count(v.counter);
-    v.action
+    finish(ctx, handle(ctx))
 }
 
 #[inline(always)]

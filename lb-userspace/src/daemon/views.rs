@@ -661,4 +661,75 @@ mod tests {
         );
         assert_eq!(other.total, 0);
     }
+
+    /// IPv6 services in the metrics (VIP label as written, backend label bracketed) and
+    /// in `lb conns` (the IPv6 table's entries, bracketed addresses).
+    #[test]
+    fn ipv6_services_show_bracketed_socket_addresses() {
+        let config = Config::parse(
+            r#"{"services": [{"vip": "2001:db8::10", "port": 80, "forwarding": "nat",
+             "table_size": 251, "health_check": {"kind": "none"},
+             "backends": [{"address": "2001:db8:1::11", "port": 8080}]}]}"#,
+        )
+        .unwrap();
+        let snap = Controller::new(
+            CheckedMaps::default(),
+            &config,
+            "lb.json",
+            Neighbours::new(),
+        )
+        .unwrap()
+        .snapshot();
+        let text = metrics::render(&metrics(
+            &snap,
+            &ConnCounts::default(),
+            &Readings::default(),
+        ));
+        assert!(
+            text.contains("lb_backend_up{vip=\"2001:db8::10\",port=\"80\",proto=\"tcp\",backend=\"[2001:db8:1::11]:8080\"} 1\n"),
+            "{text}"
+        );
+        let index = index(&snap, "[2001:db8::10]:80/tcp", "[2001:db8:1::11]:8080");
+        let words =
+            |a: &str| lb_common::ipv6_words(a.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let flow = (
+            lb_common::FlowKey6::new(
+                words("2001:db8:cafe::7"),
+                words("2001:db8::10"),
+                40000u16.to_be(),
+                80u16.to_be(),
+                6,
+            ),
+            Flow {
+                backend: index,
+                epoch: snap
+                    .runtime
+                    .services()
+                    .next()
+                    .unwrap()
+                    .backends
+                    .values()
+                    .next()
+                    .unwrap()
+                    .epoch,
+                state: FLOW_ESTABLISHED,
+                last_seen: 9_997,
+            },
+        );
+        let mut view = ConnsView::new(
+            &snap,
+            10_000,
+            ConnFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        );
+        view.add(&[flow]);
+        let c = view.finish();
+        assert_eq!(c.total, 1);
+        let row = serde_json::to_value(&c.conns[0]).unwrap();
+        assert_eq!(row["client"], "[2001:db8:cafe::7]:40000");
+        assert_eq!(row["service"], "[2001:db8::10]:80/tcp");
+        assert_eq!(row["backend"], "[2001:db8:1::11]:8080");
+    }
 }
