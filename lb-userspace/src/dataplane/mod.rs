@@ -58,22 +58,8 @@ use self::{
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections `CONNTRACK` must hold (`conntrack.max_entries`).
+    /// Entries of `CONNTRACK` (`conntrack.max_entries`).
     pub conntrack_entries: u32,
-}
-
-impl Limits {
-    /// The size `CONNTRACK` is created with: the connections it must hold, plus what the
-    /// kernel's LRU may keep in each possible CPU's local free list
-    /// ([`lb_common::LRU_LOCAL_FREE`]).
-    pub fn conntrack_map_entries(&self) -> Result<u32> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| {
-            Error::Invalid(format!("reading {what} (the possible CPUs): {e}"))
-        })? as u32;
-        Ok(self
-            .conntrack_entries
-            .saturating_add(lb_common::LRU_LOCAL_FREE.saturating_mul(cpus)))
-    }
 }
 
 impl Default for Limits {
@@ -178,10 +164,8 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
                 pins.path().display()
             )));
         }
-        if name == MAP_CONNTRACK && info.max_entries() != limits.conntrack_map_entries()? {
-            let held = info
-                .max_entries()
-                .saturating_sub(limits.conntrack_map_entries()? - limits.conntrack_entries);
+        if name == MAP_CONNTRACK && info.max_entries() != limits.conntrack_entries {
+            let held = info.max_entries();
             return Err(Error::Invalid(format!(
                 "the pinned connection table in {} has {} entries and the configuration asks for {} \
                  (conntrack.max_entries): set it back to {}, or stop lb, remove the datapath with \
@@ -242,7 +226,7 @@ impl Dataplane {
             )));
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_map_entries()?);
+        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_entries);
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
