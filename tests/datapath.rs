@@ -2207,12 +2207,7 @@ fn nat_replies_are_translated_whatever_the_table_holds() {
             let translated = Frame::new(LB_CLI_MAC, ROUTER_MAC, nat_src(&reply, NAT_VIP, 8080));
             (from_backend(reply).bytes(), translated.bytes())
         },
-        |f| {
-            (
-                f.dp.flows().unwrap().len(),
-                LIMITS.conntrack_map_entries().unwrap(),
-            )
-        },
+        |f| (f.dp.flows().unwrap().len(), LIMITS.conntrack_entries),
     );
     let (client, port, rip) = (
         client(0),
@@ -2320,7 +2315,7 @@ fn ipv6_nat_replies_are_translated_whatever_the_table_holds() {
             (from_backend6(reply).bytes(), translated.bytes())
         },
         |f| {
-            let size = LIMITS.conntrack6_map_entries().unwrap();
+            let size = LIMITS.conntrack6_entries;
             (f.dp.flows6().unwrap().len(), size)
         },
     );

@@ -61,8 +61,9 @@ pub const MAX_NAT_BACKENDS: u32 = MAX_BACKENDS;
 /// Entries each CPU of a common-LRU hash map may hold in its local free list
 /// (`LOCAL_FREE_TARGET` in the kernel's bpf_lru_list.c): when the shared free list runs
 /// short, a CPU refills its own by evicting live entries even while others hold free
-/// ones. `CONNTRACK` is made larger by this much per possible CPU, so that the configured
-/// number of connections fits.
+/// ones, so a table of N entries holds at least N - 128 x CPUs live ones. (Making
+/// `CONNTRACK` that much larger would double its hash buckets at the default size, a
+/// power of two: 16 more bytes per entry.)
 pub const LRU_LOCAL_FREE: u32 = 128;
 
 /// Default size of `CONNTRACK` (configurable at start).

@@ -108,15 +108,11 @@ async fn probe_loop(check: Check, writer: Writer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::Config,
-        daemon::controller::{Controller, Neighbours},
-        model::apply::tests::CheckedMaps,
-    };
+    use crate::daemon::controller::snapshot_of;
 
     #[test]
     fn checks_follow_the_configuration() {
-        let config = Config::parse(
+        let snap = snapshot_of(
             r#"{"services": [
             {"vip": "10.100.0.20", "port": 80, "forwarding": "nat", "table_size": 251,
              "health_check": {"kind": "http", "path": "/healthz", "probe_port": 8081, "interval_ms": 500, "timeout_ms": 400},
@@ -126,16 +122,7 @@ mod tests {
              "backends": [{"address": "10.1.0.11"}]},
             {"vip": "10.100.0.20", "port": 443, "forwarding": "nat", "table_size": 251,
              "backends": [{"address": "10.1.0.11"}]}]}"#,
-        )
-        .unwrap();
-        let snap = Controller::new(
-            CheckedMaps::default(),
-            &config,
-            "lb.json",
-            Neighbours::new(),
-        )
-        .unwrap()
-        .snapshot();
+        );
         let got: Vec<(String, String, bool)> = checks(&snap)
             .into_iter()
             .map(|c| {

@@ -497,6 +497,20 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The snapshot of a controller running the configuration `text` over the checked fake
+/// datapath, without neighbours (the readers' tests build their views from it).
+#[cfg(test)]
+pub(crate) fn snapshot_of(text: &str) -> Snapshot {
+    Controller::new(
+        crate::model::apply::tests::CheckedMaps::default(),
+        &Config::parse(text).unwrap_or_else(|e| panic!("{e}")),
+        "lb.json",
+        Neighbours::new(),
+    )
+    .unwrap()
+    .snapshot()
+}
+
 #[cfg(test)]
 mod tests {
     use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, NO_BACKEND};

@@ -376,29 +376,16 @@ fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::Config,
-        daemon::controller::{Controller, Neighbours},
-        model::apply::tests::CheckedMaps,
-    };
+    use crate::daemon::controller::snapshot_of;
 
     fn snapshot() -> Snapshot {
-        let config = Config::parse(
+        snapshot_of(
             r#"{"conntrack": {"tcp_timeout_s": 900, "tcp_fin_timeout_s": 120, "udp_timeout_s": 300},
             "services": [{"vip": "10.100.0.20", "port": 80, "forwarding": "nat", "table_size": 251,
                 "backends": [{"address": "10.1.0.11"}, {"address": "10.1.0.12"}]},
                 {"vip": "10.100.0.20", "port": 53, "protocol": "udp", "forwarding": "nat",
                 "table_size": 251, "backends": [{"address": "10.1.0.11"}]}]}"#,
         )
-        .unwrap();
-        Controller::new(
-            CheckedMaps::default(),
-            &config,
-            "lb.json",
-            Neighbours::new(),
-        )
-        .unwrap()
-        .snapshot()
     }
 
     fn ne(a: &str) -> u32 {
@@ -515,19 +502,10 @@ mod tests {
 
     #[test]
     fn ipv6_entries_are_judged_and_counted_apart() {
-        let config = Config::parse(
+        let snap = snapshot_of(
             r#"{"services": [{"vip": "2001:db8::20", "port": 80, "forwarding": "nat", "table_size": 251,
                 "backends": [{"address": "2001:db8:1::11"}]}]}"#,
-        )
-        .unwrap();
-        let snap = Controller::new(
-            CheckedMaps::default(),
-            &config,
-            "lb.json",
-            Neighbours::new(),
-        )
-        .unwrap()
-        .snapshot();
+        );
         let svc = snap
             .runtime
             .service(&"[2001:db8::20]:80/tcp".parse().unwrap())

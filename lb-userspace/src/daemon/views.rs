@@ -666,20 +666,11 @@ mod tests {
     /// in `lb conns` (the IPv6 table's entries, bracketed addresses).
     #[test]
     fn ipv6_services_show_bracketed_socket_addresses() {
-        let config = Config::parse(
+        let snap = crate::daemon::controller::snapshot_of(
             r#"{"services": [{"vip": "2001:db8::10", "port": 80, "forwarding": "nat",
              "table_size": 251, "health_check": {"kind": "none"},
              "backends": [{"address": "2001:db8:1::11", "port": 8080}]}]}"#,
-        )
-        .unwrap();
-        let snap = Controller::new(
-            CheckedMaps::default(),
-            &config,
-            "lb.json",
-            Neighbours::new(),
-        )
-        .unwrap()
-        .snapshot();
+        );
         let text = metrics::render(&metrics(
             &snap,
             &ConnCounts::default(),

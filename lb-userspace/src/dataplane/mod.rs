@@ -60,32 +60,10 @@ use self::{
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections `CONNTRACK` must hold (`conntrack.max_entries`).
+    /// Entries of `CONNTRACK` (`conntrack.max_entries`).
     pub conntrack_entries: u32,
     /// Connections `CONNTRACK6` must hold (`conntrack.max_entries_ipv6`).
     pub conntrack6_entries: u32,
-}
-
-impl Limits {
-    /// The size `CONNTRACK` is created with: the connections it must hold, plus what the
-    /// kernel's LRU may keep in each possible CPU's local free list
-    /// ([`lb_common::LRU_LOCAL_FREE`]).
-    pub fn conntrack_map_entries(&self) -> Result<u32> {
-        lru_map_entries(self.conntrack_entries)
-    }
-
-    /// The size `CONNTRACK6` is created with (as [`Self::conntrack_map_entries`]).
-    pub fn conntrack6_map_entries(&self) -> Result<u32> {
-        lru_map_entries(self.conntrack6_entries)
-    }
-}
-
-/// The size of a common-LRU map that must hold `entries`.
-fn lru_map_entries(entries: u32) -> Result<u32> {
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(what, e)| Error::Invalid(format!("reading {what} (the possible CPUs): {e}")))?
-        as u32;
-    Ok(entries.saturating_add(lb_common::LRU_LOCAL_FREE.saturating_mul(cpus)))
 }
 
 impl Default for Limits {
@@ -234,24 +212,22 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
                 pins.path().display()
             )));
         }
-        for (map, configured, created, table, setting) in [
+        for (map, configured, table, setting) in [
             (
                 MAP_CONNTRACK,
                 limits.conntrack_entries,
-                limits.conntrack_map_entries()?,
                 "connection table",
                 "conntrack.max_entries",
             ),
             (
                 MAP_CONNTRACK6,
                 limits.conntrack6_entries,
-                limits.conntrack6_map_entries()?,
                 "IPv6 connection table",
                 "conntrack.max_entries_ipv6",
             ),
         ] {
-            if name == map && info.max_entries() != created {
-                let held = info.max_entries().saturating_sub(created - configured);
+            if name == map && info.max_entries() != configured {
+                let held = info.max_entries();
                 return Err(Error::Invalid(format!(
                     "the pinned {table} in {} has {held} entries and the configuration asks for {configured} \
                      ({setting}): set it back to {held}, or stop lb, remove the datapath with \
@@ -310,8 +286,8 @@ impl Dataplane {
             )));
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_map_entries()?);
-        loader.map_max_entries(MAP_CONNTRACK6, limits.conntrack6_map_entries()?);
+        loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_entries);
+        loader.map_max_entries(MAP_CONNTRACK6, limits.conntrack6_entries);
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));

@@ -159,14 +159,10 @@ mod tests {
     use lb_common::TrafficStats;
 
     use super::*;
-    use crate::{
-        config::Config,
-        daemon::{
-            controller::{Controller, Neighbours},
-            sweeper::ConnCounts,
-            views::{self, Readings, Samples},
-        },
-        model::apply::tests::CheckedMaps,
+    use crate::daemon::{
+        controller::snapshot_of,
+        sweeper::ConnCounts,
+        views::{self, Readings, Samples},
     };
 
     fn status() -> Status {
@@ -184,22 +180,13 @@ mod tests {
 
     #[test]
     fn services_and_backends_carry_list_and_stats_fields() {
-        let config = Config::parse(
+        let snap = snapshot_of(
             r#"{"services": [
             {"vip": "10.100.0.10", "port": 80, "table_size": 251, "forwarding": "nat",
              "backends": [{"address": "10.0.0.11", "weight": 7}, {"address": "10.0.0.12", "backup": true}]},
             {"vip": "10.100.0.20", "port": 53, "protocol": "udp", "forwarding": "nat",
              "table_size": 251, "backends": [{"address": "10.1.0.11", "state": "maint"}]}]}"#,
-        )
-        .unwrap();
-        let snap = Controller::new(
-            CheckedMaps::default(),
-            &config,
-            "lb.json",
-            Neighbours::new(),
-        )
-        .unwrap()
-        .snapshot();
+        );
         let counts = ConnCounts::default();
         let web = snap.runtime.services().next().unwrap();
         let b11 = web.backends[&"10.0.0.11:80".parse().unwrap()].index;
