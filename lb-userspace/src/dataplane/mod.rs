@@ -311,8 +311,7 @@ impl Dataplane {
                 .with_context(|| format!("the eBPF object has no program {name}"))?;
             let prog = <&mut Xdp>::try_from(prog)
                 .with_context(|| format!("program {name} is not an XDP program"))?;
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
+            ebpf::load(prog, name)?;
         }
         let mut tail_calls: ProgramArray<MapData> = take(&mut ebpf, MAP_PROGRAMS)?;
         if !programs.is_empty() {
@@ -394,12 +393,7 @@ impl Dataplane {
     fn load_program(&mut self) -> Result<u32> {
         let prog = ebpf::program_mut(&mut self.ebpf)?;
         if prog.fd().is_err() {
-            prog.load().with_context(|| {
-                format!(
-                    "the kernel verifier rejected the XDP program {}",
-                    ebpf::PROGRAM
-                )
-            })?;
+            ebpf::load(prog, ebpf::PROGRAM)?;
         }
         let id = prog.info().context("reading the XDP program's info")?.id();
         ebpf::install_tail_programs(&mut self.ebpf, &mut self.tail_calls)?;

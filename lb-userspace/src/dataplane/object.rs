@@ -18,6 +18,31 @@ pub fn sha256(object: &[u8]) -> [u8; 32] {
 /// Name of the XDP program inside [`OBJECT`] (also what `ip link` shows).
 pub const PROGRAM: &str = "lb";
 
+/// How many times a program load is tried while the verifier gives up with EAGAIN.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads the XDP program `prog` (called `name`) into the kernel. The verifier gives up
+/// with EAGAIN when a signal is pending for the loading thread (it checks as it goes, so
+/// the larger a program, the likelier); as libbpf does, the load is then tried again,
+/// up to [`LOAD_ATTEMPTS`] times.
+pub fn load(prog: &mut Xdp, name: &str) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            r => {
+                return r.with_context(|| {
+                    format!("the kernel verifier rejected the XDP program {name}")
+                });
+            }
+        }
+    }
+}
+
 /// The XDP program of a loaded object.
 pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let prog = ebpf
@@ -40,8 +65,7 @@ pub fn install_tail_programs(
         let prog = <&mut Xdp>::try_from(prog)
             .with_context(|| format!("program {name} is not an XDP program"))?;
         if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
+            load(prog, name)?;
         }
         let fd = prog
             .fd()
