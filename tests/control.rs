@@ -77,6 +77,8 @@ fn backend_set(backend: &str, field: &str, value: Value) -> String {
 
 fn key(s: &str) -> lb_common::ServiceKey {
     datapath_key(&s.parse::<ServiceKey>().expect("service name"))
+        .v4()
+        .expect("an IPv4 service")
 }
 
 /// An address as the datapath stores it (network order).
@@ -1178,6 +1180,7 @@ fn attach_through_netlink(ns: &Netns, object: &[u8], program: &str, iface: &str)
         &[program],
         Limits {
             conntrack_entries: 1024,
+            conntrack6_entries: 1024,
         },
     )
     .expect("loading the program");

@@ -1,8 +1,14 @@
 //! End-to-end tests on the lab: real clients (curl, socat, iperf3) and servers (nginx,
-//! socat) in network namespaces, through `lb run`, in both DSR and NAT modes.
+//! socat) in network namespaces, through `lb run`, in both DSR and NAT modes. The
+//! `ipv6_` tests run the same scenarios over IPv6 (a dual-stack lab, IPv6 services).
 mod support;
 
-use std::{collections::BTreeMap, thread::sleep, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    thread::sleep,
+    time::Duration,
+};
 
 use support::{
     lab::Mode,
@@ -47,6 +53,21 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
+/// The address family of a scenario's services and clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// The lab of a scenario: its services over `family`, [`QUICK_CHECK`]ed.
+fn start(mode: Mode, family: Family, prefix: &str) -> Running {
+    match family {
+        Family::V4 => Running::start(mode, prefix, QUICK_CHECK, false),
+        Family::V6 => Running::start6(mode, prefix, QUICK_CHECK, false),
+    }
+}
+
 fn run_ok(r: &Running, args: &[&str]) {
     let out = r.cli(args);
     assert!(
@@ -56,9 +77,10 @@ fn run_ok(r: &Running, args: &[&str]) {
     );
 }
 
-/// The HTTP service of the lab and a backend of it as lb names them.
+/// The HTTP service of the lab and a backend of it as lb names them (`[v6]:port` for
+/// IPv6).
 fn web(r: &Running) -> String {
-    format!("{}:80/tcp", r.lab.vip())
+    format!("{}/tcp", SocketAddr::new(r.vip(), 80))
 }
 
 fn backend_addr(r: &Running, name: &str) -> String {
@@ -67,35 +89,74 @@ fn backend_addr(r: &Running, name: &str) -> String {
         Mode::Dsr => 80,
         Mode::Nat => support::lab::ALT_PORT,
     };
-    format!("{}:{port}", r.lab.backends[i].addr)
+    let b = &r.lab.backends[i];
+    let addr = if r.ipv6 {
+        IpAddr::from(b.addr6.expect("a dual-stack lab"))
+    } else {
+        IpAddr::from(b.addr)
+    };
+    SocketAddr::new(addr, port).to_string()
 }
 
-/// The Maglev slot of a TCP connection to the lab's web service, and the backend index
-/// the live table gives that slot (read from the datapath's maps).
-fn slot_owner(r: &Running, client: std::net::SocketAddrV4) -> (u32, u32) {
-    use lb_common::hash::{flow_hash, ports_word};
-    let ne = |a: std::net::Ipv4Addr| u32::from_ne_bytes(a.octets());
-    let vip: std::net::Ipv4Addr = r.lab.vip().parse().unwrap();
+/// The Maglev slot of a TCP connection to the lab's web service (of the client's
+/// family), and the backend index the live table gives that slot (read from the
+/// datapath's maps).
+fn slot_owner(r: &Running, client: SocketAddr) -> (u32, u32) {
+    use lb_common::{
+        hash::{flow_hash, flow_hash6, ports_word},
+        ipv6_words,
+    };
     let prog = r.prog_ids()[0];
     let insp = lb_userspace::dataplane::inspect::Inspector::for_program(prog).expect("inspector");
-    let (_, svc) = insp
-        .services()
-        .expect("SERVICES")
-        .into_iter()
-        .find(|(k, _)| k.vip == ne(vip) && u16::from_be(k.port) == 80 && k.proto == 6)
-        .expect("the web service's record");
-    let hash = flow_hash(
-        ne(*client.ip()),
-        ne(vip),
-        ports_word(client.port().to_be(), 80u16.to_be()),
-        6,
+    let ports = ports_word(client.port().to_be(), 80u16.to_be());
+    let web = |port: u16, proto: u8| u16::from_be(port) == 80 && proto == 6;
+    let (hash, size, table) = match (client.ip(), r.vip()) {
+        (IpAddr::V4(client), IpAddr::V4(vip)) => {
+            let ne = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+            let (_, svc) = insp
+                .services()
+                .expect("SERVICES")
+                .into_iter()
+                .find(|(k, _)| k.vip == ne(vip) && web(k.port, k.proto))
+                .expect("the web service's record");
+            let table = insp.table(&svc, svc.table_size).expect("TABLES");
+            (
+                flow_hash(ne(client), ne(vip), ports, 6),
+                svc.table_size,
+                table,
+            )
+        }
+        (IpAddr::V6(client), IpAddr::V6(vip)) => {
+            let words = |a: Ipv6Addr| ipv6_words(a.octets());
+            let (_, svc) = insp
+                .services6()
+                .expect("SERVICES6")
+                .into_iter()
+                .find(|(k, _)| k.vip == words(vip) && web(k.port, k.proto))
+                .expect("the web service's record");
+            let table = insp.table(&svc, svc.table_size).expect("TABLES");
+            let hash = flow_hash6(&words(client), &words(vip), ports, 6);
+            (hash, svc.table_size, table)
+        }
+        _ => panic!("client {client} and VIP {} of different families", r.vip()),
+    };
+    let slot = hash % size;
+    (slot, table.expect("a table")[slot as usize])
+}
+
+/// `lb conns --json` lists a connection from `client` (bracketed for IPv6).
+fn conns_list(r: &Running, client: SocketAddr) -> bool {
+    let out = r.cli(&["conns", "--json", "--limit", "100000"]);
+    assert!(
+        out.status.success(),
+        "lb conns: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let slot = hash % svc.table_size;
-    let table = insp
-        .table(&svc, svc.table_size)
-        .expect("TABLES")
-        .expect("a table");
-    (slot, table[slot as usize])
+    let conns: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    conns["conns"].as_array().is_some_and(|rows| {
+        rows.iter()
+            .any(|c| c["client"].as_str() == Some(client.to_string().as_str()))
+    })
 }
 
 /// The connection table keeps a connection on its backend when the Maglev table moves
@@ -103,18 +164,25 @@ fn slot_owner(r: &Running, client: std::net::SocketAddrV4) -> (u32, u32) {
 /// backends that do not serve it) until the slot changes hands, and the download goes
 /// on to the end. Without the connection table it breaks (its packets follow the
 /// table to a backend that knows nothing of it).
-fn long_lived_connection_survives_table_changes(mode: Mode, prefix: &str) {
-    let r = Running::start(mode, prefix, QUICK_CHECK, false);
+fn long_lived_connection_survives_table_changes(mode: Mode, family: Family, prefix: &str) {
+    let r = start(mode, family, prefix);
     // Slower than the lab's rate (about 12 s): time to move the slot while it runs.
     // From a port of its own, so its slot is known without asking lb.
-    let client: std::net::SocketAddrV4 = match mode {
-        Mode::Dsr => "10.0.0.2:47123",
-        Mode::Nat => "10.0.1.2:47123",
+    let client: SocketAddr = match (mode, family) {
+        (Mode::Dsr, Family::V4) => "10.0.0.2:47123",
+        (Mode::Nat, Family::V4) => "10.0.1.2:47123",
+        (Mode::Dsr, Family::V6) => "[fd00:10::2]:47123",
+        (Mode::Nat, Family::V6) => "[fd00:11::2]:47123",
     }
     .parse()
     .unwrap();
     let stream = r.stream_with(&["--limit-rate", "700K", "--local-port", "47123"]);
     let serving = stream.backend();
+    assert!(
+        conns_list(&r, client),
+        "{}: lb conns lists the connection from {client}",
+        mode_name(mode)
+    );
     let (slot, owner) = slot_owner(&r, client);
     let others: Vec<usize> = (0..r.lab.backends.len())
         .filter(|i| r.lab.backends[*i].name != serving)
@@ -131,12 +199,21 @@ fn long_lived_connection_survives_table_changes(mode: Mode, prefix: &str) {
             mode_name(mode)
         );
         let host = &r.lab.backends[others[added % others.len()]];
-        let o = host.addr.octets();
-        let extra = std::net::Ipv4Addr::new(o[0], o[1], o[2], 100 + added as u8);
-        support::lab::must(&mut r.lab.exec(
-            &host.ns,
-            &["ip", "addr", "add", &format!("{extra}/24"), "dev", "eth0"],
-        ));
+        let extra: IpAddr = match family {
+            Family::V4 => {
+                let o = host.addr.octets();
+                let extra = Ipv4Addr::new(o[0], o[1], o[2], 100 + added as u8);
+                support::lab::addr(&host.ns, &format!("{extra}/24"), "eth0");
+                extra.into()
+            }
+            Family::V6 => {
+                let mut s = host.addr6.expect("a dual-stack lab").segments();
+                s[7] = 0x100 + added as u16;
+                let extra = Ipv6Addr::from(s);
+                support::lab::addr6(&host.ns, &format!("{extra}/64"), "eth0");
+                extra.into()
+            }
+        };
         // A heavy one takes nearly every slot (the others keep their top preferences
         // only): one or two adds move the connection's slot.
         run_ok(
@@ -145,7 +222,7 @@ fn long_lived_connection_survives_table_changes(mode: Mode, prefix: &str) {
                 "backend",
                 "add",
                 &web(&r),
-                &format!("{extra}:{port}"),
+                &SocketAddr::new(extra, port).to_string(),
                 "--weight",
                 "65535",
             ],
@@ -165,16 +242,26 @@ fn long_lived_connection_survives_table_changes(mode: Mode, prefix: &str) {
 
 #[test]
 fn dsr_long_lived_connection_survives_table_changes() {
-    long_lived_connection_survives_table_changes(Mode::Dsr, "lbt-d2");
+    long_lived_connection_survives_table_changes(Mode::Dsr, Family::V4, "lbt-d2");
 }
 
 #[test]
 fn nat_long_lived_connection_survives_table_changes() {
-    long_lived_connection_survives_table_changes(Mode::Nat, "lbt-n2");
+    long_lived_connection_survives_table_changes(Mode::Nat, Family::V4, "lbt-n2");
 }
 
-fn drain_keeps_connections_and_sends_new_ones_elsewhere(mode: Mode, prefix: &str) {
-    let r = Running::start(mode, prefix, QUICK_CHECK, false);
+#[test]
+fn ipv6_dsr_long_lived_connection_survives_table_changes() {
+    long_lived_connection_survives_table_changes(Mode::Dsr, Family::V6, "lbt6-d2");
+}
+
+#[test]
+fn ipv6_nat_long_lived_connection_survives_table_changes() {
+    long_lived_connection_survives_table_changes(Mode::Nat, Family::V6, "lbt6-n2");
+}
+
+fn drain_keeps_connections_and_sends_new_ones_elsewhere(mode: Mode, family: Family, prefix: &str) {
+    let r = start(mode, family, prefix);
     let stream = r.stream();
     let draining = stream.backend();
     run_ok(
@@ -204,16 +291,26 @@ fn drain_keeps_connections_and_sends_new_ones_elsewhere(mode: Mode, prefix: &str
 
 #[test]
 fn dsr_drain_keeps_connections_and_sends_new_ones_elsewhere() {
-    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Dsr, "lbt-d3");
+    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Dsr, Family::V4, "lbt-d3");
 }
 
 #[test]
 fn nat_drain_keeps_connections_and_sends_new_ones_elsewhere() {
-    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Nat, "lbt-n3");
+    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Nat, Family::V4, "lbt-n3");
 }
 
-fn failed_backend_is_taken_out(mode: Mode, prefix: &str) {
-    let mut r = Running::start(mode, prefix, QUICK_CHECK, false);
+#[test]
+fn ipv6_dsr_drain_keeps_connections_and_sends_new_ones_elsewhere() {
+    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Dsr, Family::V6, "lbt6-d3");
+}
+
+#[test]
+fn ipv6_nat_drain_keeps_connections_and_sends_new_ones_elsewhere() {
+    drain_keeps_connections_and_sends_new_ones_elsewhere(Mode::Nat, Family::V6, "lbt6-n3");
+}
+
+fn failed_backend_is_taken_out(mode: Mode, family: Family, prefix: &str) {
+    let mut r = start(mode, family, prefix);
     r.lab.stop_backend(1);
     let b2 = backend_addr(&r, "b2");
     r.wait_until("b2 down and out of rotation", |list| {
@@ -243,12 +340,51 @@ fn failed_backend_is_taken_out(mode: Mode, prefix: &str) {
 
 #[test]
 fn dsr_failed_backend_is_taken_out_and_no_request_fails_after_detection() {
-    failed_backend_is_taken_out(Mode::Dsr, "lbt-d4");
+    failed_backend_is_taken_out(Mode::Dsr, Family::V4, "lbt-d4");
 }
 
 #[test]
 fn nat_failed_backend_is_taken_out_and_no_request_fails_after_detection() {
-    failed_backend_is_taken_out(Mode::Nat, "lbt-n4");
+    failed_backend_is_taken_out(Mode::Nat, Family::V4, "lbt-n4");
+}
+
+#[test]
+fn ipv6_dsr_failed_backend_is_taken_out_and_no_request_fails_after_detection() {
+    failed_backend_is_taken_out(Mode::Dsr, Family::V6, "lbt6-d4");
+}
+
+#[test]
+fn ipv6_nat_failed_backend_is_taken_out_and_no_request_fails_after_detection() {
+    failed_backend_is_taken_out(Mode::Nat, Family::V6, "lbt6-n4");
+}
+
+/// IPv6 services spread TCP connections and UDP flows evenly over the three backends;
+/// lb names the service `[VIP]:80/tcp`. In NAT, IPv6 traffic to a backend's own address
+/// (not a VIP) crosses the balancer untouched (its kernel routes it).
+fn ipv6_tcp_and_udp_services_are_balanced(mode: Mode, prefix: &str) {
+    let r = start(mode, Family::V6, prefix);
+    let list = r.list();
+    assert_eq!(
+        list["services"][0]["service"],
+        format!("[{}]:80/tcp", r.lab.vip6()).as_str(),
+        "{list}"
+    );
+    assert_even(&r.spread(300), 300, &["b1", "b2", "b3"]);
+    assert_even(&r.udp_spread(300), 300, &["b1", "b2", "b3"]);
+    if mode == Mode::Nat {
+        let b1 = r.lab.backends[0].addr6.expect("IPv6");
+        assert_eq!(r.lab.curl(&format!("http://[{b1}]/")), Ok("b1".to_string()));
+    }
+}
+
+#[test]
+fn ipv6_dsr_tcp_and_udp_services_are_balanced() {
+    ipv6_tcp_and_udp_services_are_balanced(Mode::Dsr, "lbt6-d1");
+}
+
+#[test]
+fn ipv6_nat_tcp_and_udp_services_are_balanced() {
+    ipv6_tcp_and_udp_services_are_balanced(Mode::Nat, "lbt6-n1");
 }
 
 #[test]

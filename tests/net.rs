@@ -433,6 +433,7 @@ fn xdp_programs_are_seen_with_their_id_and_mode_and_detached() {
     in_ns(&a, async move |nl| {
         let mut dp = Dataplane::load(Limits {
             conntrack_entries: 1024,
+            conntrack6_entries: 1024,
         })
         .expect("loading lb's program");
         let prog: &mut aya::programs::Xdp = dp

@@ -46,11 +46,11 @@ macro_rules! counters {
 
 counters! {
     // ---- outcomes: passed to the kernel untouched ----
-    /// Not IPv4 (ARP, IPv6, ...) or shorter than an Ethernet header: passed.
+    /// Neither IPv4 nor IPv6 (ARP, ...), or shorter than an Ethernet header: passed.
     PassNotIpv4 = "pass_not_ipv4", outcome;
     /// More than one VLAN tag: passed.
     PassVlanNested = "pass_vlan_nested", outcome;
-    /// IPv4 not for a service, not a NAT reply, or too short to tell: passed.
+    /// IP not for a service, not a NAT reply, or too short to tell: passed.
     PassNotVip = "pass_not_vip", outcome;
     /// For a VIP address but no service on that port/protocol (or other ICMP): passed.
     PassVipOther = "pass_vip_other", outcome;
@@ -60,25 +60,35 @@ counters! {
     /// check's reply), or arriving where forwarding is off: not a balanced connection's
     /// reply, passed untranslated.
     PassNatLocal = "pass_nat_local", outcome;
+    /// ICMPv6 neighbour discovery (router and neighbour solicitations and
+    /// advertisements, redirects: types 133–137), to any address: passed untouched.
+    PassNdp = "pass_ndp", outcome;
     // ---- outcomes: forwarded ----
     /// Sent back out of the ingress interface (XDP_TX).
     Tx = "tx", outcome;
     /// Sent out of another interface (XDP_REDIRECT).
     Redirect = "redirect", outcome;
     // ---- outcomes: dropped, one counter per reason ----
-    /// For a VIP, but the IP version field is not 4.
+    /// For a VIP, but the IP version field is not the ethertype's (4 or 6).
     DropIpVersion = "drop_ip_version", outcome;
     /// For a VIP, but the IPv4 header length is below 20 bytes or past the frame.
     DropIpHeaderLen = "drop_ip_header_len", outcome;
-    /// For a VIP, but the IPv4 total length is shorter than its header or longer than the frame.
+    /// For a VIP, but the IPv4 total length is shorter than its header or longer than the
+    /// frame, or the IPv6 payload length runs past the frame.
     DropIpTotalLen = "drop_ip_total_len", outcome;
     /// For a VIP, but a fragment (first or later): ports are not in every fragment.
     DropFragment = "drop_fragment", outcome;
-    /// For a VIP with TTL 0 or 1.
+    /// IPv6 to a VIP whose extension headers are truncated, run past the payload, or are
+    /// more than the datapath parses (4).
+    DropIpv6ExtHeader = "drop_ipv6_ext_header", outcome;
+    /// IPv6 to a VIP with a routing header that has segments left: the VIP is not the
+    /// packet's final destination.
+    DropIpv6Routing = "drop_ipv6_routing", outcome;
+    /// For a VIP with TTL (IPv6: hop limit) 0 or 1.
     DropTtl = "drop_ttl", outcome;
     /// For a service, but the TCP/UDP header is truncated or inconsistent.
     DropL4Header = "drop_l4_header", outcome;
-    /// ICMP to a VIP too short for its header or quoted packet.
+    /// ICMP or ICMPv6 to a VIP too short for its header or quoted packet.
     DropIcmpHeader = "drop_icmp_header", outcome;
     /// The service has no usable backend (none ready, or all down).
     DropNoBackend = "drop_no_backend", outcome;
@@ -115,12 +125,16 @@ counters! {
     FlowInsertFailed = "flow_insert_failed", event;
     /// NAT: a backend's reply translated back to VIP:port.
     NatReply = "nat_reply", event;
-    /// ICMP echo request to a VIP answered by the balancer.
+    /// ICMP (ICMPv6) echo request to a VIP answered by the balancer.
     IcmpEchoReply = "icmp_echo_reply", event;
     /// ICMP error about a VIP flow forwarded to the flow's backend.
     IcmpErrorToBackend = "icmp_error_to_backend", event;
     /// NAT: ICMP error from a backend translated back to the client.
     IcmpErrorToClient = "icmp_error_to_client", event;
+    /// An IPv6 packet to a service (or a NAT reply) carried extension headers the
+    /// datapath skipped (hop-by-hop, destination options, a routing header with no
+    /// segments left, an atomic fragment header): forwarded with them as they are.
+    Ipv6ExtSkipped = "ipv6_ext_skipped", event;
 }
 
 #[cfg(test)]

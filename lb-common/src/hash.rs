@@ -43,6 +43,21 @@ pub const fn source_hash(src: u32) -> u32 {
     finish(mix(SEED, src))
 }
 
+/// Hash of an IPv6 5-tuple ([`crate::Addr6`] words): the same mixing over the eight
+/// address words, then ports and protocol.
+#[inline(always)]
+pub const fn flow_hash6(src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8) -> u32 {
+    let h = mix(mix(mix(mix(SEED, src[0]), src[1]), src[2]), src[3]);
+    let h = mix(mix(mix(mix(h, dst[0]), dst[1]), dst[2]), dst[3]);
+    finish(mix(mix(h, ports), proto as u32))
+}
+
+/// Hash of an IPv6 client address alone (persistence, and the address filters).
+#[inline(always)]
+pub const fn source_hash6(src: &[u32; 4]) -> u32 {
+    finish(mix(mix(mix(mix(SEED, src[0]), src[1]), src[2]), src[3]))
+}
+
 /// The `ports` word of [`flow_hash`].
 #[inline(always)]
 pub const fn ports_word(sport: u16, dport: u16) -> u32 {
@@ -63,6 +78,14 @@ mod tests {
             0x9f61_360f
         );
         assert_eq!(source_hash(0x0100_000a), 0xd5eb_4924);
+        // IPv6 (2001:db8::2 -> 2001:db8::10, ports 12345 -> 80, TCP), pinned likewise.
+        let src = crate::ipv6_words([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let dst = crate::ipv6_words([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert_eq!(
+            flow_hash6(&src, &dst, ports_word(0x3930, 0x5000), 6),
+            0x417a_f676
+        );
+        assert_eq!(source_hash6(&src), 0xef8d_21a0);
     }
 
     #[test]

@@ -13,6 +13,17 @@
 //! | `STATS` | per-CPU array | [`Counter`](crate::Counter) -> packets |
 //! | `SERVICE_STATS` | per-CPU array | service id -> [`TrafficStats`] |
 //! | `BACKEND_STATS` | per-CPU array | backend index -> [`TrafficStats`] |
+//! | `SERVICES6` | hash | [`ServiceKey6`] -> [`Service6`] |
+//! | `VIPS6` | hash | IPv6 VIP ([`Addr6`]) -> number of services on it |
+//! | `BACKEND_ADDRS6` | array | backend index -> [`Addr6`] (IPv6 backends) |
+//! | `CONNTRACK6` | LRU hash (one LRU for all CPUs) | [`FlowKey6`] -> [`Flow`] |
+//! | `HALF_OPEN6` | array | slot of a [`FlowKey6`] -> [`HalfOpen6`] |
+//! | `NAT_BACKENDS6` | hash | [`NatBackendKey6`] -> [`NatBackend6`] |
+//!
+//! The keys and values that hold addresses are generic over the address (`u32` for
+//! IPv4, [`Addr6`] for IPv6), so both families share one definition and the datapath one
+//! generic code path; the IPv4 instances keep their names and sizes (`FlowKey` is
+//! `FlowKeyOf<u32>`, 16 bytes).
 
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_TABLES: &str = "TABLES";
@@ -82,12 +93,13 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// Flags of every Maglev inner table; the outer map's template uses the same.
 pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
-/// Key of `SERVICES`: a virtual service.
+/// Key of `SERVICES` ([`ServiceKey`]) and `SERVICES6` ([`ServiceKey6`]): a virtual
+/// service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct ServiceKey {
-    /// VIP, network byte order.
-    pub vip: u32,
+pub struct ServiceKeyOf<A> {
+    /// VIP, network byte order (IPv6: [`Addr6`]).
+    pub vip: A,
     /// Port, network byte order.
     pub port: u16,
     /// IP protocol number (6 TCP, 17 UDP).
@@ -95,10 +107,15 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// Value of `SERVICES`.
+/// An IPv4 service's key.
+pub type ServiceKey = ServiceKeyOf<u32>;
+/// An IPv6 service's key.
+pub type ServiceKey6 = ServiceKeyOf<Addr6>;
+
+/// Value of `SERVICES` ([`Service`]) and `SERVICES6` ([`Service6`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Service {
+pub struct ServiceOf<A> {
     /// Index into `SERVICE_STATS`; with `table_gen`, into `TABLES` ([`table_index`]).
     pub id: u32,
     /// `SERVICE_F_*`.
@@ -111,8 +128,13 @@ pub struct Service {
     /// The record's own key. The kernel recycles a replaced hash element at once (for
     /// another key's update, too), so a packet that looked a record up just before it
     /// was replaced checks this to know it read the record it asked for.
-    pub key: ServiceKey,
+    pub key: ServiceKeyOf<A>,
 }
+
+/// An IPv4 service's record.
+pub type Service = ServiceOf<u32>;
+/// An IPv6 service's record.
+pub type Service6 = ServiceOf<Addr6>;
 
 /// Forward by NAT (rewrite VIP:port to RIP:port) instead of DSR (rewrite MACs).
 pub const SERVICE_F_NAT: u32 = 1 << 0;
@@ -153,14 +175,15 @@ pub const BACKEND_F_LIVE: u16 = 1 << 0;
 /// Flows pinned to this backend choose again (admin state maint, or health down).
 pub const BACKEND_F_REPICK: u16 = 1 << 1;
 
-/// Key of `CONNTRACK` and of `HALF_OPEN` slots: a client -> VIP flow.
+/// Key of `CONNTRACK` ([`FlowKey`], 16 bytes) and `CONNTRACK6` ([`FlowKey6`], 40 bytes),
+/// and of their half-open slots and flow caches: a client -> VIP flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct FlowKey {
-    /// Source address, network byte order.
-    pub src: u32,
+pub struct FlowKeyOf<A> {
+    /// Source address, network byte order (IPv6: [`Addr6`]).
+    pub src: A,
     /// Destination address, network byte order.
-    pub dst: u32,
+    pub dst: A,
     /// Source port, network byte order.
     pub sport: u16,
     /// Destination port, network byte order.
@@ -173,11 +196,37 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 
-impl FlowKey {
+/// An address as the maps hold it: `u32` (IPv4, network order) or [`Addr6`].
+pub trait AddrWords: Copy + Default + Ord {
+    /// Equality, word by word (in BPF an array `==` may become a `bcmp` call).
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl AddrWords for u32 {
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        *self == *other
+    }
+}
+
+impl AddrWords for Addr6 {
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        // Most selective word first: the interface identifier.
+        self[3] == other[3] && self[2] == other[2] && self[1] == other[1] && self[0] == other[0]
+    }
+}
+
+/// An IPv4 flow.
+pub type FlowKey = FlowKeyOf<u32>;
+/// An IPv6 flow.
+pub type FlowKey6 = FlowKeyOf<Addr6>;
+
+impl<A> FlowKeyOf<A> {
     /// A flow key; addresses and ports in network byte order.
     #[inline(always)]
-    pub const fn new(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> Self {
-        FlowKey {
+    pub const fn new(src: A, dst: A, sport: u16, dport: u16, proto: u8) -> Self {
+        FlowKeyOf {
             src,
             dst,
             sport,
@@ -187,22 +236,24 @@ impl FlowKey {
             _pad1: 0,
         }
     }
+}
 
+impl<A: AddrWords> FlowKeyOf<A> {
     /// Whether `self` and `other` name the same flow: field by field (the padding never
     /// differs), the most selective first.
     #[inline(always)]
-    pub fn same_flow(&self, other: &FlowKey) -> bool {
+    pub fn same_flow(&self, other: &Self) -> bool {
         self.sport == other.sport
-            && self.src == other.src
+            && self.src.same(&other.src)
             && self.dport == other.dport
-            && self.dst == other.dst
+            && self.dst.same(&other.dst)
             && self.proto == other.proto
     }
 
     /// Copies `from` into `self` field by field: in BPF a whole-struct store goes
     /// through a stack copy and a memcpy call.
     #[inline(always)]
-    pub fn set(&mut self, from: &FlowKey) {
+    pub fn set(&mut self, from: &Self) {
         self.src = from.src;
         self.dst = from.dst;
         self.sport = from.sport;
@@ -264,7 +315,7 @@ pub const HALF_OPEN_TIMEOUT_S: u32 = 30;
 /// Slots of `HALF_OPEN` (a power of two).
 pub const HALF_OPEN_SLOTS: u32 = 1 << 17;
 
-/// A slot of `HALF_OPEN`: the backend a TCP SYN was sent to, kept for the ACK that
+/// A slot of `HALF_OPEN` ([`HalfOpen`]) or `HALF_OPEN6` ([`HalfOpen6`]): the backend a TCP SYN was sent to, kept for the ACK that
 /// completes the handshake, which creates the flow's `CONNTRACK` entry. SYNs never
 /// create connection-table entries, so a SYN flood cannot evict an established
 /// connection: it only overwrites slots. A slot is written by whichever CPU sees the
@@ -272,15 +323,20 @@ pub const HALF_OPEN_SLOTS: u32 = 1 << 17;
 /// concurrent write (see [`half_open_check`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct HalfOpen {
-    pub key: FlowKey,
+pub struct HalfOpenOf<A> {
+    pub key: FlowKeyOf<A>,
     pub backend: u32,
     pub epoch: u32,
     /// When the SYN was seen, [`coarse_seconds`].
     pub born: u32,
-    /// [`half_open_check`] of the fields above.
+    /// [`half_open_check`] ([`half_open_check6`]) of the fields above.
     pub check: u32,
 }
+
+/// An IPv4 half-open slot.
+pub type HalfOpen = HalfOpenOf<u32>;
+/// An IPv6 half-open slot.
+pub type HalfOpen6 = HalfOpenOf<Addr6>;
 
 /// The check word of a half-open slot: a mix of every other field.
 #[inline(always)]
@@ -296,26 +352,32 @@ pub const fn half_open_check(key: &FlowKey, backend: u32, epoch: u32, born: u32)
     x.wrapping_mul(0x9e37_79b1) | 1
 }
 
-/// Key of `NAT_BACKENDS`: a NAT backend's address, port and protocol, as its replies
-/// carry them (network byte order).
+/// Key of `NAT_BACKENDS` ([`NatBackendKey`]) and `NAT_BACKENDS6` ([`NatBackendKey6`]): a
+/// NAT backend's address, port and protocol, as its replies carry them (network byte
+/// order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct NatBackendKey {
-    pub addr: u32,
+pub struct NatBackendKeyOf<A> {
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
 }
 
-/// Value of `NAT_BACKENDS`: how to translate a NAT backend's replies back to the
+/// An IPv4 NAT backend.
+pub type NatBackendKey = NatBackendKeyOf<u32>;
+/// An IPv6 NAT backend.
+pub type NatBackendKey6 = NatBackendKeyOf<Addr6>;
+
+/// Value of `NAT_BACKENDS` ([`NatBackend`]) and `NAT_BACKENDS6` ([`NatBackend6`]): how to translate a NAT backend's replies back to the
 /// client: the source becomes VIP:port. Derived from the configuration, not from any
 /// connection (a backend address:port belongs to one NAT service), so replies of a
 /// connection this node never saw are translated too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NatBackend {
+pub struct NatBackendOf<A> {
     /// The VIP (new source address), network byte order.
-    pub vip: u32,
+    pub vip: A,
     /// The service port (new source port), network byte order.
     pub vport: u16,
     pub _pad: u16,
@@ -324,6 +386,11 @@ pub struct NatBackend {
     /// Service id.
     pub service: u32,
 }
+
+/// An IPv4 NAT backend's reply translation.
+pub type NatBackend = NatBackendOf<u32>;
+/// An IPv6 NAT backend's reply translation.
+pub type NatBackend6 = NatBackendOf<Addr6>;
 
 /// Value of `SERVICE_STATS` and `BACKEND_STATS` (one copy per CPU; sum them).
 #[repr(C)]
@@ -415,7 +482,8 @@ pub const CACHE_NAT_FORWARD: u32 = 2;
 /// A backend -> client reply of a NAT service.
 pub const CACHE_NAT_REPLY: u32 = 3;
 
-/// Value of the per-CPU `FLOW_CACHE` array: what the full path decided for a flow, so
+/// Value of the per-CPU `FLOW_CACHE` ([`CachedFlow`]) and `FLOW_CACHE6` ([`CachedFlow6`])
+/// arrays: what the full path decided for a flow, so
 /// its next packets can be forwarded with array lookups only (no helper calls).
 ///
 /// The connection table stays the truth: the cache is filled only from it, is checked
@@ -424,8 +492,8 @@ pub const CACHE_NAT_REPLY: u32 = 3;
 /// after [`FLOW_CACHE_SYNC_JIFFIES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CachedFlow {
-    pub key: FlowKey,
+pub struct CachedFlowOf<A, P> {
+    pub key: FlowKeyOf<A>,
     /// `CACHE_*`.
     pub kind: u32,
     /// Backend index (its record is checked on every hit).
@@ -437,7 +505,7 @@ pub struct CachedFlow {
     /// `bpf_jiffies64()` when the full path last saw this flow.
     pub synced: u64,
     /// NAT: the address written into the packet (backend's, or the VIP for replies).
-    pub addr: u32,
+    pub addr: A,
     /// NAT: the port written, network byte order.
     pub port: u16,
     pub _pad: u16,
@@ -446,7 +514,14 @@ pub struct CachedFlow {
     /// NAT: next hop MACs.
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// Explicit tail padding (none for IPv4; 4 bytes for IPv6).
+    pub _tail: P,
 }
+
+/// An IPv4 flow-cache entry (64 bytes).
+pub type CachedFlow = CachedFlowOf<u32, ()>;
+/// An IPv6 flow-cache entry (104 bytes).
+pub type CachedFlow6 = CachedFlowOf<Addr6, u32>;
 
 /// Words of the `VIP_FILTER` and `NAT_FILTER` bitmaps (64 bits each): 256 Ki bits.
 pub const FILTER_WORDS: u32 = 4096;
@@ -456,7 +531,12 @@ pub const FILTER_WORDS: u32 = 4096;
 /// "certainly not", which lets traffic for other hosts skip every hash lookup.
 #[inline(always)]
 pub const fn filter_bit(addr: u32) -> (u32, u64) {
-    let h = crate::hash::source_hash(addr);
+    filter_position(crate::hash::source_hash(addr))
+}
+
+/// The (word index, bit mask) an address hash `h` selects in an address filter.
+#[inline(always)]
+const fn filter_position(h: u32) -> (u32, u64) {
     ((h >> 6) % FILTER_WORDS, 1u64 << (h & 63))
 }
 
@@ -469,4 +549,132 @@ const _: () = {
 mod pod_fast {
     // SAFETY: repr(C), integers and byte arrays only, explicit padding.
     unsafe impl aya::Pod for super::CachedFlow {}
+}
+
+// ---- IPv6 ------------------------------------------------------------------------
+//
+// IPv6 has maps of its own, so that IPv4 entries keep their size (a connection-table
+// entry keyed by two 128-bit addresses is 40 bytes of key against 16): the datapath
+// picks the family's maps once, at the ethertype. What both families share: service ids
+// (one id space: `TABLES`, `SERVICE_STATS`), backend indexes (one index space:
+// `BACKENDS`, `BACKEND_STATS`; an IPv6 backend's address is in `BACKEND_ADDRS6`),
+// `TIMEOUTS`, `STATS`, and the two prefilter bitmaps (an IPv6 address sets the bit of
+// [`filter_bit6`]).
+//
+// Addresses are `[u32; 4]`: the 16 bytes as they sit in the packet, read as four native
+// integers (`u32::from_ne_bytes` of each 4-byte group; [`ipv6_words`] on the host side).
+
+pub const MAP_SERVICES6: &str = "SERVICES6";
+pub const MAP_VIPS6: &str = "VIPS6";
+pub const MAP_BACKEND_ADDRS6: &str = "BACKEND_ADDRS6";
+pub const MAP_CONNTRACK6: &str = "CONNTRACK6";
+pub const MAP_HALF_OPEN6: &str = "HALF_OPEN6";
+pub const MAP_NAT_BACKENDS6: &str = "NAT_BACKENDS6";
+pub const MAP_FLOW_CACHE6: &str = "FLOW_CACHE6";
+/// The program array of tail calls: `lb` -> `lb6` (every packet with ethertype
+/// 0x86dd), `lb6` -> `lb6_icmp` (ICMPv6). Each program has a BPF stack of its own.
+pub const MAP_PROGRAMS: &str = "PROGRAMS";
+/// Slots of `PROGRAMS`.
+pub const PROGRAM_SLOTS: u32 = 4;
+/// `PROGRAMS` slot of the IPv6 program.
+pub const PROG_IPV6: u32 = 0;
+/// `PROGRAMS` slot of the ICMPv6 program.
+pub const PROG_ICMP6: u32 = 1;
+/// The tail-called programs: (slot in `PROGRAMS`, program name).
+pub const TAIL_PROGRAMS: [(u32, &str); 2] = [(PROG_IPV6, "lb6"), (PROG_ICMP6, "lb6_icmp")];
+
+/// An IPv6 address as the datapath keeps it: four 32-bit words in packet order, each
+/// read as a native integer (network byte order within each word).
+pub type Addr6 = [u32; 4];
+
+/// The datapath form of IPv6 address `octets` (the same 16 bytes, as four words).
+#[inline(always)]
+pub const fn ipv6_words(octets: [u8; 16]) -> Addr6 {
+    // SAFETY: both types are 16 bytes of plain data; each word holds its 4 bytes in
+    // memory order, which is what `u32::from_ne_bytes` of each group gives.
+    unsafe { core::mem::transmute(octets) }
+}
+
+/// The octets of a datapath IPv6 address (inverse of [`ipv6_words`]).
+#[inline(always)]
+pub const fn ipv6_octets(words: Addr6) -> [u8; 16] {
+    // SAFETY: as in `ipv6_words`.
+    unsafe { core::mem::transmute(words) }
+}
+
+/// Default size of `CONNTRACK6` (`conntrack.max_entries_ipv6`, configurable at start).
+pub const DEFAULT_CONNTRACK6_ENTRIES: u32 = 1 << 18;
+
+impl Service6 {
+    /// The family-independent part of the record (the Maglev lookup and the flags).
+    #[inline(always)]
+    pub const fn common(&self) -> Service {
+        Service {
+            id: self.id,
+            flags: self.flags,
+            table_size: self.table_size,
+            table_gen: self.table_gen,
+            key: ServiceKey {
+                vip: 0,
+                port: 0,
+                proto: 0,
+                _pad: 0,
+            },
+        }
+    }
+}
+
+/// A `BACKENDS` record of an IPv6 backend: its address is in `BACKEND_ADDRS6` at the
+/// same index, and `Backend::addr` is 0.
+pub const BACKEND_F_IPV6: u16 = 1 << 2;
+
+/// The check word of an IPv6 half-open slot: a mix of every other field.
+#[inline(always)]
+pub const fn half_open_check6(key: &FlowKey6, backend: u32, epoch: u32, born: u32) -> u32 {
+    let ports = key.sport as u32 | ((key.dport as u32) << 16);
+    let mut x = ports.rotate_left(13)
+        ^ (key.proto as u32).rotate_left(21)
+        ^ backend.rotate_left(3)
+        ^ epoch.rotate_left(17)
+        ^ born.rotate_left(27);
+    let mut i = 0;
+    while i < 4 {
+        x ^= key.src[i].rotate_left(5 * i as u32) ^ key.dst[i].rotate_left(7 + 5 * i as u32);
+        i += 1;
+    }
+    x.wrapping_mul(0x9e37_79b1) | 1
+}
+
+/// Slots of the per-CPU IPv6 flow cache (a power of two). Its entries are 104 bytes
+/// against 64 for IPv4, so it has half the slots (3.3 MiB per CPU).
+pub const FLOW_CACHE6_SLOTS: u32 = 1 << 15;
+
+/// Where an IPv6 address sits in the (shared) address filters.
+#[inline(always)]
+pub const fn filter_bit6(addr: &Addr6) -> (u32, u64) {
+    filter_position(crate::hash::source_hash6(addr))
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey6>() == 20);
+    assert!(core::mem::size_of::<Service6>() == 36);
+    assert!(core::mem::size_of::<FlowKey6>() == 40);
+    assert!(core::mem::size_of::<HalfOpen6>() == 56);
+    assert!(core::mem::size_of::<NatBackendKey6>() == 20);
+    assert!(core::mem::size_of::<NatBackend6>() == 28);
+    assert!(core::mem::size_of::<CachedFlow6>() == 104);
+    assert!(FLOW_CACHE6_SLOTS.is_power_of_two());
+};
+
+#[cfg(feature = "user")]
+mod pod6 {
+    use super::*;
+    // SAFETY: repr(C), integers and integer arrays only, explicit padding.
+    unsafe impl aya::Pod for ServiceKey6 {}
+    unsafe impl aya::Pod for Service6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for HalfOpen6 {}
+    unsafe impl aya::Pod for NatBackendKey6 {}
+    unsafe impl aya::Pod for NatBackend6 {}
+    unsafe impl aya::Pod for CachedFlow6 {}
 }

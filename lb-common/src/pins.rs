@@ -18,7 +18,10 @@ pub const PIN_MAGIC: u64 = u64::from_be_bytes(*b"lb-pins!");
 /// key type for `CONNTRACK`, ...): a daemon adopts only pins of its own version.
 /// 2: `Flow` of 16 bytes, `HALF_OPEN`, `NAT_BACKENDS` and `TIMEOUTS`; no `NAT_REVERSE`,
 /// no `NAT_SOURCES`.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+/// 3: the IPv6 maps (`SERVICES6`, `VIPS6`, `BACKEND_ADDRS6`, `CONNTRACK6`, `HALF_OPEN6`,
+/// `NAT_BACKENDS6`) and `PROGRAMS` (the IPv6 programs `lb` tail-calls); counters `pass_ndp`, `drop_ipv6_ext_header`, `drop_ipv6_routing`
+/// and `ipv6_ext_skipped` (indexes of `STATS` moved).
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Pin name prefix of an XDP link: `link_<interface>`.
 pub const PIN_LINK_PREFIX: &str = "link_";
@@ -26,7 +29,7 @@ pub const PIN_LINK_PREFIX: &str = "link_";
 /// The maps that are pinned (and so survive the daemon), besides [`MAP_PIN_META`]: every
 /// map whose content matters across restarts. Scratch state (the per-CPU flow cache,
 /// constants) is created afresh with each program.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 21] = [
     crate::MAP_SERVICES,
     crate::MAP_TABLES,
     crate::MAP_BACKENDS,
@@ -40,6 +43,16 @@ pub const PINNED_MAPS: [&str; 14] = [
     crate::MAP_STATS,
     crate::MAP_SERVICE_STATS,
     crate::MAP_BACKEND_STATS,
+    crate::MAP_SERVICES6,
+    crate::MAP_VIPS6,
+    crate::MAP_BACKEND_ADDRS6,
+    crate::MAP_CONNTRACK6,
+    crate::MAP_HALF_OPEN6,
+    crate::MAP_NAT_BACKENDS6,
+    // The tail-called programs: pinned so the running program keeps finding them after
+    // the daemon that installed them is gone (the kernel empties a program array when
+    // its last user reference goes).
+    crate::MAP_PROGRAMS,
     // The datapath's log ring buffer (aya-log's), so a daemon that keeps the running
     // program reads what it logs.
     "AYA_LOGS",

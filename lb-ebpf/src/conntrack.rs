@@ -24,17 +24,20 @@
 //! Ageing: an entry idle for longer than its timeout (`TIMEOUTS`, written by the control
 //! plane) is treated as gone: its packet is placed afresh and the entry rewritten. The
 //! control plane's scan only counts and tidies; correctness never waits for it.
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+//!
+//! Written once for both families (`CONNTRACK`/`HALF_OPEN` and `CONNTRACK6`/`HALF_OPEN6`,
+//! through [`Family`]).
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::{
     BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST,
-    FLOW_SYN, Flow, FlowKey, HALF_OPEN_SLOTS, HalfOpen, Service, Timeouts, coarse_seconds,
-    half_open_check,
+    FLOW_SYN, Flow, FlowKeyOf, HalfOpenOf, Service, Timeouts, coarse_seconds,
 };
 
 use crate::{
+    family::Family,
     maglev,
-    maps::{BACKENDS, CONNTRACK, HALF_OPEN, TIMEOUTS},
+    maps::{BACKENDS, TIMEOUTS},
     parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{self, count},
 };
@@ -107,24 +110,19 @@ fn older_than(then: u32, now: u32, age: u32) -> bool {
     d >= 0 && d as u32 >= age
 }
 
-/// Index of a flow's half-open slot (a hash of the 5-tuple, not the flow cache's).
-#[inline(always)]
-fn half_open_slot(key: &FlowKey) -> u32 {
-    let ports = u32::from(key.sport) | (u32::from(key.dport) << 16);
-    let x = (key.src.rotate_left(5) ^ key.dst ^ ports.rotate_left(19) ^ u32::from(key.proto))
-        .wrapping_mul(0x85eb_ca6b);
-    (x >> 15) & (HALF_OPEN_SLOTS - 1)
-}
-
 /// The backend a SYN of `key` was given, if its slot still holds it (not overwritten,
 /// not torn by a concurrent write, not older than the half-open timeout, backend still
 /// keeps it).
 #[inline(always)]
-fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'static Backend)> {
-    let h = HALF_OPEN.get(half_open_slot(key))?;
+fn half_open<F: Family>(
+    key: &FlowKeyOf<F::A>,
+    t: Option<&Timeouts>,
+    now: u32,
+) -> Option<(u32, &'static Backend)> {
+    let h = F::half_open(F::half_open_slot(key))?;
     let k = &h.key;
     if !k.same_flow(key)
-        || h.check != half_open_check(k, h.backend, h.epoch, h.born)
+        || h.check != F::half_open_check(k, h.backend, h.epoch, h.born)
         || t.is_some_and(|t| t.half_open_s != 0 && older_than(h.born, now, t.half_open_s))
     {
         return None;
@@ -135,27 +133,27 @@ fn half_open(key: &FlowKey, t: Option<&Timeouts>, now: u32) -> Option<(u32, &'st
 
 /// Leaves a SYN's backend in its half-open slot.
 #[inline(always)]
-fn remember_syn(key: &FlowKey, index: u32, epoch: u32, now: u32) {
-    let Some(h) = HALF_OPEN.get_ptr_mut(half_open_slot(key)) else {
+fn remember_syn<F: Family>(key: &FlowKeyOf<F::A>, index: u32, epoch: u32, now: u32) {
+    let Some(h) = F::half_open_mut(F::half_open_slot(key)) else {
         return;
     };
     // SAFETY: a slot of a plain array; another CPU may write it at the same time, which
     // `check` makes a reader detect.
-    let h: &mut HalfOpen = unsafe { &mut *h };
+    let h: &mut HalfOpenOf<F::A> = unsafe { &mut *h };
     h.check = 0;
     h.key.set(key);
     h.backend = index;
     h.epoch = epoch;
     h.born = now;
-    h.check = half_open_check(key, index, epoch, now);
+    h.check = F::half_open_check(key, index, epoch, now);
 }
 
 /// Finds (or creates) the flow of a client packet and returns its backend.
 /// `tcp_flags` is 0 for UDP.
 #[inline(always)]
-pub fn for_packet<'a>(
+pub fn for_packet<'a, F: Family>(
     ctx: &XdpContext,
-    key: &FlowKey,
+    key: &FlowKeyOf<F::A>,
     svc: &Service,
     hash: u32,
     tcp_flags: u8,
@@ -166,7 +164,7 @@ pub fn for_packet<'a>(
     let timeouts = TIMEOUTS.get(0);
     let bits = state_bits(tcp_flags);
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if let Some(f) = CONNTRACK.get_ptr_mut(key) {
+    if let Some(f) = F::ct_get_mut(key) {
         // SAFETY: a live LRU entry, updated in place only on a hit (state bits and the
         // clock). Another CPU may evict and recycle it meanwhile; that makes this update
         // land in another flow's entry, whose next packet then sees a backend of
@@ -201,7 +199,7 @@ pub fn for_packet<'a>(
         // earlier connection's; this SYN's retransmits find the rewritten entry).
         let (index, be) = maglev::backend(svc, hash)?;
         if syn {
-            remember_syn(key, index, be.epoch, now);
+            remember_syn::<F>(key, index, be.epoch, now);
         }
         let flow = Flow {
             backend: index,
@@ -209,7 +207,7 @@ pub fn for_packet<'a>(
             state: bits,
             last_seen: now,
         };
-        if CONNTRACK.insert(key, flow, BPF_ANY as u64).is_err() {
+        if !F::ct_insert(key, flow) {
             insert_failed(ctx);
         }
         count(if reopened {
@@ -229,11 +227,11 @@ pub fn for_packet<'a>(
     if syn {
         // A retransmitted SYN finds its slot (the same connection, not a new one); a
         // new one takes the table's backend.
-        let (index, be, new_flow) = match half_open(key, timeouts, now) {
+        let (index, be, new_flow) = match half_open::<F>(key, timeouts, now) {
             Some((index, be)) => (index, be, false),
             None => {
                 let (index, be) = maglev::backend(svc, hash)?;
-                remember_syn(key, index, be.epoch, now);
+                remember_syn::<F>(key, index, be.epoch, now);
                 (index, be, true)
             }
         };
@@ -247,7 +245,7 @@ pub fn for_packet<'a>(
     }
     // The handshake's ACK takes its SYN's backend; a flow whose SYN was not seen here
     // takes the table's.
-    let (index, be, seen_syn) = match tcp.then(|| half_open(key, timeouts, now)).flatten() {
+    let (index, be, seen_syn) = match tcp.then(|| half_open::<F>(key, timeouts, now)).flatten() {
         Some((index, be)) => (index, be, true),
         None => {
             let (index, be) = maglev::backend(svc, hash)?;
@@ -275,7 +273,7 @@ pub fn for_packet<'a>(
         state: bits,
         last_seen: now,
     };
-    let inserted = CONNTRACK.insert(key, flow, BPF_ANY as u64).is_ok();
+    let inserted = F::ct_insert(key, flow);
     if inserted {
         count(Counter::FlowNew);
     } else {
@@ -305,8 +303,12 @@ fn insert_failed(ctx: &XdpContext) {
 /// The backend of an existing flow, or the one the table would give it; changes
 /// nothing (for ICMP errors about a flow).
 #[inline(always)]
-pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Backend), Counter> {
-    if let Some(f) = CONNTRACK.get_ptr(key) {
+pub fn peek<F: Family>(
+    key: &FlowKeyOf<F::A>,
+    svc: &Service,
+    hash: u32,
+) -> Result<(u32, &'static Backend), Counter> {
+    if let Some(f) = F::ct_get(key) {
         // SAFETY: read-only look at a live entry.
         let f = unsafe { &*f };
         if let Some(be) = BACKENDS.get(f.backend)
@@ -320,7 +322,7 @@ pub fn peek(key: &FlowKey, svc: &Service, hash: u32) -> Result<(u32, &'static Ba
     // SAFETY: the helper only reads the clock.
     let now = coarse_seconds(unsafe { bpf_ktime_get_coarse_ns() });
     if key.proto == IPPROTO_TCP
-        && let Some(chosen) = half_open(key, TIMEOUTS.get(0), now)
+        && let Some(chosen) = half_open::<F>(key, TIMEOUTS.get(0), now)
     {
         return Ok(chosen);
     }

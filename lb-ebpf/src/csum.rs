@@ -24,6 +24,18 @@ pub fn replace32(check: u16, old: u32, new: u32) -> u16 {
     fold(sum)
 }
 
+/// The checksum after a 128-bit value (an IPv6 address in a pseudo-header or a quoted
+/// header) changed from `old` to `new` (both as [`lb_common::Addr6`] words).
+#[inline(always)]
+pub fn replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    let mut sum = u32::from(!check);
+    for i in 0..4 {
+        let (o, n) = (!old[i], new[i]);
+        sum += (o >> 16) + (o & 0xffff) + (n >> 16) + (n & 0xffff);
+    }
+    fold(sum)
+}
+
 /// Reads a 16-bit checksum field.
 #[inline(always)]
 pub fn get(field: &[u8; 2]) -> u16 {

@@ -12,7 +12,7 @@ use crate::{
 /// New destination MAC (the backend's), new source MAC (the egress interface's); the IP
 /// packet is not touched.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, ip: &Ip, be: &Backend) -> Verdict {
+pub fn forward<A>(ctx: &XdpContext, ip: &Ip<A>, be: &Backend) -> Verdict {
     if be.mac == [0; 6] {
         return Verdict::drop(Counter::DropNoMac);
     }

@@ -9,16 +9,19 @@
 //! packet carries no VLAN tag (the full path refuses those), and the entry is younger
 //! than `FLOW_CACHE_SYNC_JIFFIES`; otherwise the full path runs and refills. Only
 //! packets it forwards count as hits and as traffic.
+//!
+//! One cache per family (`FLOW_CACHE`, `FLOW_CACHE6`), one code path (see `family`).
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use lb_common::{
-    Backend, CACHE_DSR, CACHE_EMPTY, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, CachedFlow, Counter,
-    FLOW_CACHE_SLOTS, FLOW_CACHE_SYNC_JIFFIES, FlowKey,
+    Backend, CACHE_DSR, CACHE_EMPTY, CACHE_NAT_FORWARD, CACHE_NAT_REPLY, CachedFlowOf, Counter,
+    FLOW_CACHE_SYNC_JIFFIES, FlowKeyOf,
 };
 
 use crate::{
     conntrack, dsr,
-    maps::{BACKENDS, FLOW_CACHE},
-    nat::{self, End},
+    family::Family,
+    maps::BACKENDS,
+    nat::End,
     parse::{Ip, TCP_FIN, TCP_RST, TCP_SYN, frame_len},
     route::{self, Hop},
     stats::{self, Dir},
@@ -27,11 +30,8 @@ use crate::{
 
 /// Index of a flow's cache slot: a cheap multiplicative hash of the 5-tuple.
 #[inline(always)]
-pub fn slot(key: &FlowKey) -> u32 {
-    let ports = u32::from(key.sport) | (u32::from(key.dport) << 16);
-    let x = (key.src ^ key.dst.rotate_left(11) ^ ports.rotate_left(22) ^ u32::from(key.proto))
-        .wrapping_mul(0x9e37_79b1);
-    (x >> 16) & (FLOW_CACHE_SLOTS - 1)
+pub fn slot<F: Family>(key: &FlowKeyOf<F::A>) -> u32 {
+    F::cache_slot(key)
 }
 
 #[inline(always)]
@@ -42,14 +42,14 @@ fn now() -> u64 {
 
 /// Forwards the packet from the cache, or returns `None` for the full path.
 #[inline(always)]
-pub fn forward(
+pub fn forward<F: Family>(
     ctx: &XdpContext,
-    ip: &Ip,
-    key: &FlowKey,
+    ip: &Ip<F::A>,
+    key: &FlowKeyOf<F::A>,
     slot: u32,
     tcp_flags: u8,
 ) -> Option<Verdict> {
-    let e = FLOW_CACHE.get_ptr(slot)?;
+    let e = F::cache(slot)?;
     // SAFETY: this CPU's slot; only this CPU writes it, and not while we read.
     let e = unsafe { &*e };
     if !e.key.same_flow(key)
@@ -76,12 +76,14 @@ pub fn forward(
     }
     let (v, dir) = match e.kind {
         CACHE_DSR => (dsr::forward(ctx, ip, be), Dir::In),
+        // The cached address and port: the backend's (as its record had them at this
+        // epoch), or the VIP's for replies.
         CACHE_NAT_FORWARD => {
-            nat::rewrite_tcp_udp(ctx, ip, End::Dst, be.addr, be.port)?;
+            F::rewrite_tcp_udp(ctx, ip, End::Dst, &e.addr, e.port)?;
             (route::send(ctx, hop), Dir::In)
         }
         CACHE_NAT_REPLY => {
-            nat::rewrite_tcp_udp(ctx, ip, End::Src, e.addr, e.port)?;
+            F::rewrite_tcp_udp(ctx, ip, End::Src, &e.addr, e.port)?;
             (route::send(ctx, hop), Dir::Out)
         }
         _ => return None,
@@ -101,8 +103,8 @@ pub fn forward(
 /// Forgets the flow in `slot` (the full path saw it change state: closing, re-placed
 /// without being settled, ...), so its next packets take the full path too.
 #[inline(always)]
-pub fn forget(slot: u32) {
-    if let Some(e) = FLOW_CACHE.get_ptr_mut(slot) {
+pub fn forget<F: Family>(slot: u32) {
+    if let Some(e) = F::cache_mut(slot) {
         // SAFETY: this CPU's slot.
         unsafe { (*e).kind = CACHE_EMPTY };
     }
@@ -114,21 +116,21 @@ pub fn forget(slot: u32) {
     clippy::too_many_arguments,
     reason = "flat so BPF inlines it without a struct copy"
 )]
-pub fn fill(
+pub fn fill<F: Family>(
     slot: u32,
-    key: &FlowKey,
+    key: &FlowKeyOf<F::A>,
     kind: u32,
     index: u32,
     be: &Backend,
     service: u32,
-    nat: (u32, u16),
+    nat: (F::A, u16),
     hop: Hop,
 ) {
-    let Some(e) = FLOW_CACHE.get_ptr_mut(slot) else {
+    let Some(e) = F::cache_mut(slot) else {
         return;
     };
     // SAFETY: this CPU's slot.
-    let e: &mut CachedFlow = unsafe { &mut *e };
+    let e: &mut CachedFlowOf<F::A, F::Tail> = unsafe { &mut *e };
     e.key.set(key);
     e.kind = kind;
     e.backend = index;

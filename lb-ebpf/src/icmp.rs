@@ -12,15 +12,19 @@
 //! - NAT: errors a backend sends about a client's packet (e.g. UDP port unreachable)
 //!   are translated back to come from the VIP, like any other reply.
 //! - Other ICMP to a VIP address: passed (`pass_vip_other`); to anything else: passed.
+//!
+//! The error handling ([`error`]) serves ICMPv6 too (`icmp6` calls it for its error
+//! types), generic over the family.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FlowKey, NatBackend, SERVICE_F_NAT, ServiceKey};
+use lb_common::{AddrWords as _, Counter, NatBackendOf, SERVICE_F_NAT};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    conntrack, csum, dsr, maglev,
-    maps::{is_vip, nat_backend, service},
-    nat::{self, End},
-    parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Quoted, frame_len, ptr_at},
+    conntrack, csum, dsr,
+    family::{Family, V4},
+    maps::Addr,
+    nat::End,
+    parse::{self, IPPROTO_TCP, IPPROTO_UDP, Ip, Ip4, Quoted, frame_len, ptr_at},
     route::{self, Way},
     stats::{self, Dir},
     verdict::Verdict,
@@ -34,14 +38,14 @@ const PARAM_PROBLEM: u8 = 12;
 const REPLY_TTL: u8 = 64;
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, ip: &Ip) -> Verdict {
+pub fn handle(ctx: &XdpContext, ip: &Ip4) -> Verdict {
     let Some(kind) = parse::icmp_type(ctx, ip) else {
-        return Verdict::malformed(ip.src, ip.dst, Counter::DropIcmpHeader);
+        return Verdict::malformed(&ip.src, &ip.dst, Counter::DropIcmpHeader);
     };
     match kind {
         ECHO_REQUEST => echo(ctx, ip),
-        DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM => error(ctx, ip),
-        _ if is_vip(ip.dst) => Verdict::pass(Counter::PassVipOther),
+        DEST_UNREACH | TIME_EXCEEDED | PARAM_PROBLEM => error::<V4>(ctx, ip),
+        _ if ip.dst.is_vip() => Verdict::pass(Counter::PassVipOther),
         _ => Verdict::pass(Counter::PassNotVip),
     }
 }
@@ -49,8 +53,8 @@ pub fn handle(ctx: &XdpContext, ip: &Ip) -> Verdict {
 /// Answers an echo request to a VIP: swap the MACs and the addresses, reset the TTL,
 /// turn the type into echo reply, and send it back where it came from.
 #[inline(always)]
-fn echo(ctx: &XdpContext, ip: &Ip) -> Verdict {
-    if !is_vip(ip.dst) {
+fn echo(ctx: &XdpContext, ip: &Ip4) -> Verdict {
+    if !ip.dst.is_vip() {
         return Verdict::pass(Counter::PassNotVip);
     }
     let (Some(eth), Some(iph), Some(icmph)) = (
@@ -83,10 +87,12 @@ fn echo(ctx: &XdpContext, ip: &Ip) -> Verdict {
     Verdict::tx()
 }
 
+/// An ICMP (ICMPv6) error: to the backend of the VIP flow it quotes, or (NAT) back to
+/// the client whose packet a backend's error quotes; anything else passes.
 #[inline(always)]
-fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
-    let to_vip = is_vip(ip.dst);
-    let Some(q) = parse::icmp_quoted(ctx, ip) else {
+pub fn error<F: Family>(ctx: &XdpContext, ip: &Ip<F::A>) -> Verdict {
+    let to_vip = ip.dst.is_vip();
+    let Some(q) = F::quoted(ctx, ip) else {
         return if to_vip {
             Verdict::drop(Counter::DropIcmpHeader)
         } else {
@@ -104,45 +110,49 @@ fn error(ctx: &XdpContext, ip: &Ip) -> Verdict {
     // it, or (from a NAT backend) to the client that sent it to that backend. Anything
     // else is left to the kernel, never forwarded into somebody else's flow.
     if to_vip {
-        if q.src != ip.dst {
+        if !q.src.same(&ip.dst) {
             return Verdict::pass(Counter::PassVipOther);
         }
-        return error_to_backend(ctx, ip, &q);
+        return error_to_backend::<F>(ctx, ip, &q);
     }
-    if q.dst == ip.src
-        && q.src == ip.dst
-        && let Some(back) = nat_backend(q.dst, q.dport, q.proto)
+    if q.dst.same(&ip.src)
+        && q.src.same(&ip.dst)
+        && let Some(back) = q.dst.nat_backend(q.dport, q.proto)
     {
-        return error_to_client(ctx, ip, &q, &back);
+        return error_to_client::<F>(ctx, ip, &q, &back);
     }
     Verdict::pass(Counter::PassNotVip)
 }
 
 /// An error about a packet a backend sent as VIP:port -> client.
 #[inline(always)]
-fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
-    let key = ServiceKey {
-        vip: q.src,
-        port: q.sport,
-        proto: q.proto,
-        _pad: 0,
-    };
-    let Some(svc) = service(&key) else {
+fn error_to_backend<F: Family>(ctx: &XdpContext, ip: &Ip<F::A>, q: &Quoted<F::A>) -> Verdict {
+    let Some(svc) = q.src.service(q.sport, q.proto) else {
         return Verdict::pass(Counter::PassVipOther);
     };
     if ip.ttl <= 1 {
         return Verdict::drop(Counter::DropTtl);
     }
     // The flow, as the client sent it.
-    let flow = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    let hash = maglev::hash(&svc, &flow);
-    let (index, be) = match conntrack::peek(&flow, &svc, hash) {
-        Ok(chosen) => chosen,
-        Err(c) => return Verdict::drop(c),
+    let chosen = F::with_key(
+        &q.dst,
+        &q.src,
+        q.dport,
+        q.sport,
+        q.proto,
+        #[inline(always)]
+        |flow| conntrack::peek::<F>(flow, &svc, F::hash(&svc, flow)),
+    );
+    let (index, be) = match chosen {
+        Some(Ok(chosen)) => chosen,
+        Some(Err(c)) => return Verdict::drop(c),
+        None => return Verdict::drop(Counter::DropInternal),
     };
     let v = if svc.flags & SERVICE_F_NAT != 0 {
-        let (addr, port) = (be.addr, be.port);
-        translate(ctx, ip, ip.src, addr, End::Dst, q, addr, port)
+        let Some(addr) = F::backend_addr(index, be) else {
+            return Verdict::drop(Counter::DropInternal);
+        };
+        translate::<F>(ctx, ip, &ip.src, &addr, End::Dst, q, &addr, be.port)
     } else {
         dsr::forward(ctx, ip, be)
     };
@@ -155,12 +165,17 @@ fn error_to_backend(ctx: &XdpContext, ip: &Ip, q: &Quoted) -> Verdict {
 
 /// NAT: an error a backend sent about a client's packet (quoted client -> backend).
 #[inline(always)]
-fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted, back: &NatBackend) -> Verdict {
+fn error_to_client<F: Family>(
+    ctx: &XdpContext,
+    ip: &Ip<F::A>,
+    q: &Quoted<F::A>,
+    back: &NatBackendOf<F::A>,
+) -> Verdict {
     if ip.ttl <= 1 {
         return Verdict::drop(Counter::DropTtl);
     }
     let (vip, vport, service, backend) = (back.vip, back.vport, back.service, back.backend);
-    let v = translate(ctx, ip, vip, ip.dst, End::Src, q, vip, vport);
+    let v = translate::<F>(ctx, ip, &vip, &ip.dst, End::Src, q, &vip, vport);
     if v.forwarded() || v.counter == Counter::PassNoNeigh {
         stats::count(Counter::IcmpErrorToClient);
         stats::traffic(service, backend, frame_len(ctx) as u64, Dir::Out, false);
@@ -169,20 +184,20 @@ fn error_to_client(ctx: &XdpContext, ip: &Ip, q: &Quoted, back: &NatBackend) -> 
 }
 
 /// Routes a translated ICMP error from `src` to `dst` and rewrites it (see
-/// [`nat::rewrite_icmp_error`]).
+/// [`Family::rewrite_icmp_error`]).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
     reason = "kept flat so BPF inlines it without a struct copy"
 )]
-fn translate(
+fn translate<F: Family>(
     ctx: &XdpContext,
-    ip: &Ip,
-    src: u32,
-    dst: u32,
+    ip: &Ip<F::A>,
+    src: &F::A,
+    dst: &F::A,
     outer: End,
-    q: &Quoted,
-    addr: u32,
+    q: &Quoted<F::A>,
+    addr: &F::A,
     port: u16,
 ) -> Verdict {
     let way = match outer {
@@ -193,7 +208,7 @@ fn translate(
         Ok(hop) => hop,
         Err(v) => return v,
     };
-    if nat::rewrite_icmp_error(ctx, ip, outer, q, addr, port).is_none() {
+    if F::rewrite_icmp_error(ctx, ip, outer, q, addr, port).is_none() {
         return Verdict::drop(Counter::DropInternal);
     }
     route::send(ctx, hop)

@@ -1,28 +1,11 @@
-//! Maglev: the backend a flow's hash selects in its service's table, and that hash.
+//! Maglev: the backend a flow's hash selects in its service's table (the hash itself is
+//! the family's: `family::Family::hash`).
 use lb_common::{
-    BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, FlowKey, NO_BACKEND, SERVICE_F_HASH_SRC,
-    Service, TABLE_CHUNK,
-    hash::{flow_hash, ports_word, source_hash},
+    BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, Counter, NO_BACKEND, Service, TABLE_CHUNK,
     table_index,
 };
 
 use crate::maps::{BACKENDS, TABLES};
-
-/// The hash that places `flow` in the service's table: of the source address alone when
-/// the service hashes on the source, of the 5-tuple otherwise.
-#[inline(always)]
-pub fn hash(svc: &Service, flow: &FlowKey) -> u32 {
-    if svc.flags & SERVICE_F_HASH_SRC != 0 {
-        source_hash(flow.src)
-    } else {
-        flow_hash(
-            flow.src,
-            flow.dst,
-            ports_word(flow.sport, flow.dport),
-            flow.proto,
-        )
-    }
-}
 
 /// The backend in the slot `hash` selects in the service's Maglev table.
 #[inline(always)]

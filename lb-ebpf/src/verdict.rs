@@ -2,7 +2,7 @@
 use aya_ebpf::bindings::xdp_action;
 use lb_common::Counter;
 
-use crate::maps::{is_nat_source, is_vip};
+use crate::maps::Addr;
 
 /// What happens to a packet, and the outcome counter it bumps.
 #[derive(Clone, Copy)]
@@ -44,8 +44,8 @@ impl Verdict {
     /// VIP, or comes from a NAT backend (it may be a reply, which must not leave
     /// untranslated); otherwise left to the kernel.
     #[inline(always)]
-    pub fn malformed(src: u32, dst: u32, c: Counter) -> Self {
-        if is_vip(dst) || is_nat_source(src) {
+    pub fn malformed<A: Addr>(src: &A, dst: &A, c: Counter) -> Self {
+        if dst.is_vip() || src.is_nat_source() {
             Verdict::drop(c)
         } else {
             Verdict::pass(Counter::PassNotVip)

@@ -334,6 +334,7 @@ fn fill(ns: &Netns, entries: u32) -> Result<usize> {
     let insp = Inspector::for_program(prog_id(ns)?)?;
     let key =
         lb_userspace::model::runtime::datapath_key(&SERVICE.parse().map_err(anyhow::Error::msg)?);
+    let key = key.v4().context("the benchmark's service is IPv4")?;
     let svc = insp.service(&key)?.context("the service has no record")?;
     let (index, be) = (0..64u32)
         .filter_map(|i| insp.backend(i).ok().map(|b| (i, b)))

@@ -134,7 +134,7 @@ fn main() -> Result<()> {
     );
     let candidates: Vec<Candidate> = (0..BACKENDS)
         .map(|i| Candidate {
-            addr: SocketAddrV4::new(backend(i), 8080),
+            addr: SocketAddrV4::new(backend(i), 8080).into(),
             weight: (i % 100 + 1) as u32,
         })
         .collect();
@@ -176,7 +176,7 @@ fn main() -> Result<()> {
     let mut victim = Victim {
         id,
         addr,
-        index: service.backends[&addr].index,
+        index: service.backends[&addr.into()].index,
         original: table_of(&controller, id)?,
     };
     ensure!(

@@ -22,6 +22,8 @@ pub struct Running {
     started: u32,
     /// Next client source port for `spread` and `udp_spread`.
     next_port: std::sync::atomic::AtomicU16,
+    /// Whether the clients (`spread`, `stream`, `udp_spread`) use the IPv6 VIP.
+    pub ipv6: bool,
 }
 
 /// Fast checks so tests do not wait long for health.
@@ -75,7 +77,34 @@ impl Running {
         ready: impl Fn(&Value) -> bool,
     ) -> Running {
         super::require_root();
-        let mut lab = Lab::up(mode, prefix, 3, &pass_object());
+        let lab = Lab::up(mode, prefix, 3, &pass_object());
+        Running::launch(lab, false, config, extra, what, ready)
+    }
+
+    /// [`Running::start`] over IPv6: a dual-stack lab running [`Lab::config6`] (the same
+    /// services on the IPv6 VIP and the backends' IPv6 addresses), whose clients
+    /// (`spread`, `stream`, `udp_spread`) use the IPv6 VIP.
+    pub fn start6(mode: Mode, prefix: &str, check: &str, persistence: bool) -> Running {
+        super::require_root();
+        let lab = Lab::up_dual_stack(mode, prefix, 3, &pass_object());
+        Running::launch(
+            lab,
+            true,
+            |lab| lab.config6(check, persistence),
+            &[],
+            "every backend up and in rotation",
+            all_in_rotation,
+        )
+    }
+
+    fn launch(
+        mut lab: Lab,
+        ipv6: bool,
+        config: impl FnOnce(&Lab) -> String,
+        extra: &[&str],
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Running {
         let text = config(&lab);
         let config = lab.write("lb.json", &text);
         let socket = lab.dir.join("lb.sock").to_string_lossy().into_owned();
@@ -104,9 +133,28 @@ impl Running {
             run_args,
             started: 0,
             next_port: std::sync::atomic::AtomicU16::new(30000),
+            ipv6,
         };
         r.wait_until(what, ready);
         r
+    }
+
+    /// The VIP the clients use.
+    pub fn vip(&self) -> std::net::IpAddr {
+        let vip = if self.ipv6 {
+            self.lab.vip6()
+        } else {
+            self.lab.vip()
+        };
+        vip.parse().expect("a VIP")
+    }
+
+    /// `http://<VIP>` (the address bracketed for IPv6).
+    pub fn vip_url(&self) -> String {
+        match self.vip() {
+            std::net::IpAddr::V4(a) => format!("http://{a}"),
+            std::net::IpAddr::V6(a) => format!("http://[{a}]"),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -229,7 +277,7 @@ impl Running {
         let first = self
             .next_port
             .fetch_add(n as u16, std::sync::atomic::Ordering::Relaxed);
-        let url = format!("http://{}/", self.lab.vip());
+        let url = format!("{}/", self.vip_url());
         let script = format!(
             "for p in $(seq {first} {last}); do curl -s -m 5 --local-port $p -H 'Connection: close' -w '\\n' {url} || echo error; done",
             last = first as usize + n - 1
@@ -318,7 +366,7 @@ impl Running {
             .dir
             .join(format!("stream-{}.headers", std::process::id()));
         let _ = std::fs::remove_file(&headers);
-        let url = format!("http://{}/big", self.lab.vip());
+        let url = format!("{}/big", self.vip_url());
         let child = self
             .lab
             .exec(
@@ -351,7 +399,7 @@ impl Running {
     /// the backend named in them (missing replies under "error").
     pub fn udp_spread(&self, n: usize) -> BTreeMap<String, usize> {
         let ns = self.lab.client_ns();
-        let vip = self.lab.vip();
+        let vip = self.vip();
         let first = self
             .next_port
             .fetch_add(n as u16, std::sync::atomic::Ordering::Relaxed);
@@ -371,7 +419,7 @@ impl Running {
     /// answered ("error" when none did).
     pub fn udp_from(&self, port: u16) -> String {
         let ns = self.lab.client_ns();
-        let vip = self.lab.vip();
+        let vip = self.vip();
         std::thread::spawn(move || {
             super::lab::enter_netns(&ns);
             udp_ask(vip, port)
@@ -383,8 +431,13 @@ impl Running {
 
 /// Sends one datagram to `vip`:5353 from `port` (in the calling thread's namespace);
 /// returns the answer's backend name, or "error".
-fn udp_ask(vip: &str, port: u16) -> String {
-    let s = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("udp socket");
+fn udp_ask(vip: std::net::IpAddr, port: u16) -> String {
+    let any: std::net::IpAddr = if vip.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let s = std::net::UdpSocket::bind((any, port)).expect("udp socket");
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     s.send_to(b"hello\n", (vip, super::lab::UDP_PORT))

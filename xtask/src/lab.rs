@@ -3,10 +3,11 @@
 //! Builds the DSR lab (network namespaces with three nginx backends), starts `lb run` in
 //! the balancer's namespace with the example configuration from the repository
 //! (examples/lb.json), sends requests from the client with curl and shows how they
-//! spread, stops one backend to show the health check taking it out while requests
-//! keep being answered, brings it back, kills lb with SIGKILL while requests keep being
-//! answered by the pinned datapath, starts it again to adopt it, and tears everything
-//! down — on success, on failure and on Ctrl-C.
+//! spread, does the same over IPv6 (the lab is dual-stack and the example has an IPv6
+//! service), stops one backend to show the health check taking it out while requests
+//! keep being answered, brings it back, kills lb with SIGKILL while requests over both
+//! families keep being answered by the pinned datapath, starts it again to adopt it, and
+//! tears everything down — on success, on failure and on Ctrl-C.
 pub mod ecmp;
 pub mod ha;
 
@@ -27,6 +28,10 @@ use lb_lab::{
 };
 
 use crate::util::{self, root, step};
+
+/// The example's HTTP services (examples/lb.json), IPv4 and IPv6.
+const WEB: &str = "10.100.0.10:80/tcp";
+const WEB6: &str = "[fd00:100::10]:80/tcp";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -75,11 +80,16 @@ impl Demo {
 
     /// Health state and rotation of every backend of the HTTP service.
     fn web_backends(&self) -> Result<BTreeMap<String, (String, bool)>> {
+        self.backends_of(WEB)
+    }
+
+    /// Health state and rotation of every backend of `service`.
+    fn backends_of(&self, service: &str) -> Result<BTreeMap<String, (String, bool)>> {
         let list = self.list()?;
         let web = list["services"]
             .as_array()
-            .and_then(|s| s.iter().find(|s| s["service"] == "10.100.0.10:80/tcp"))
-            .context("the example's HTTP service is not listed")?;
+            .and_then(|s| s.iter().find(|s| s["service"] == service))
+            .with_context(|| format!("the example's service {service} is not listed"))?;
         Ok(web["backends"]
             .as_array()
             .into_iter()
@@ -100,11 +110,22 @@ impl Demo {
         timeout: Duration,
         cond: impl Fn(&BTreeMap<String, (String, bool)>) -> bool,
     ) -> Result<Duration> {
+        self.wait_for(WEB, what, timeout, cond)
+    }
+
+    /// [`Demo::wait`] for the backends of `service`.
+    fn wait_for(
+        &self,
+        service: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&BTreeMap<String, (String, bool)>) -> bool,
+    ) -> Result<Duration> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             check_interrupt()?;
             // Errors are "not yet" (the daemon may still be starting); the timeout decides.
-            if self.web_backends().is_ok_and(|b| cond(&b)) {
+            if self.backends_of(service).is_ok_and(|b| cond(&b)) {
                 return Ok(start.elapsed());
             }
             sleep(Duration::from_millis(100));
@@ -121,8 +142,13 @@ impl Demo {
 
     /// `n` requests from the client, each a new connection; (answers by backend, failures).
     fn requests(&self, n: usize) -> (BTreeMap<String, usize>, usize) {
+        self.requests_to("http://10.100.0.10/", n)
+    }
+
+    /// [`Demo::requests`] to `url`.
+    fn requests_to(&self, url: &str, n: usize) -> (BTreeMap<String, usize>, usize) {
         let script = format!(
-            "for i in $(seq {n}); do curl -s -f -m 2 -H 'Connection: close' -w '\\n' http://10.100.0.10/ || echo FAILED; done"
+            "for i in $(seq {n}); do curl -s -f -m 2 -H 'Connection: close' -w '\\n' {url} || echo FAILED; done"
         );
         let out = self
             .lab
@@ -262,12 +288,15 @@ pub fn demo() -> Result<()> {
     catch_ctrl_c();
 
     step(
-        "lab: DSR topology — namespaces lbdemo-{cli,lb,sw,b1,b2,b3}, bridge br0, nginx on 10.0.0.11-13",
+        "lab: DSR topology — namespaces lbdemo-{cli,lb,sw,b1,b2,b3}, bridge br0, nginx on 10.0.0.11-13 and fd00:10::11-13",
     );
     println!(
         "  client 10.0.0.2 --> VIP 10.100.0.10 via the balancer 10.0.0.1 --> backends (VIP on lo), replies go straight back"
     );
-    let lab = Lab::up(Mode::Dsr, "lbdemo", 3, &pass);
+    println!(
+        "  client fd00:10::2 --> VIP fd00:100::10 via the balancer fd00:10::1 --> backends (VIP on lo), the same over IPv6"
+    );
+    let lab = Lab::up_dual_stack(Mode::Dsr, "lbdemo", 3, &pass);
     let socket = lab.dir.join("lb.sock").to_string_lossy().into_owned();
     let mut demo = Demo {
         lab,
@@ -310,6 +339,12 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
     demo.wait("every backend up", Duration::from_secs(20), |b| {
         b.values().all(|(h, r)| h == "up" && *r)
     })?;
+    demo.wait_for(
+        WEB6,
+        "every IPv6 backend up",
+        Duration::from_secs(20),
+        |b| b.values().all(|(h, r)| h == "up" && *r),
+    )?;
     let out = demo
         .lab
         .exec(&lb_ns, &["ip", "-d", "link", "show", "dev", "eth0"])
@@ -332,6 +367,14 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
     let (counts, failed) = demo.requests(300);
     bars(&counts, 300);
     println!("  failed: {failed}");
+
+    step("300 requests over IPv6, to http://[fd00:100::10]/ (the service beside it)");
+    let (counts, failed) = demo.requests_to("http://[fd00:100::10]/", 300);
+    bars(&counts, 300);
+    println!("  failed: {failed}");
+    if failed > 0 {
+        bail!("{failed} IPv6 requests failed");
+    }
 
     step("stopping nginx on b2 (10.0.0.12): the HTTP check (every 1 s, fall 3) takes it out");
     demo.lab.stop_backend(1);
@@ -394,6 +437,11 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
         "10.100.0.10:80".parse().context("address")?,
         Duration::from_millis(20),
     );
+    let load6 = Load::start(
+        &demo.lab.client_ns(),
+        "[fd00:100::10]:80".parse().context("address")?,
+        Duration::from_millis(20),
+    );
     sleep(Duration::from_secs(1));
     if let Some(pid) = demo.lb_pid.take() {
         demo.lab.signal(pid, libc::SIGKILL);
@@ -402,11 +450,13 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
     for second in 1..=4 {
         check_interrupt()?;
         sleep(Duration::from_secs(1));
-        let t = load.tally();
+        let (t, t6) = (load.tally(), load6.tally());
         println!(
-            "  t={second}s without a daemon: {} requests answered, {} failed",
+            "  t={second}s without a daemon: {} requests answered, {} failed; over IPv6 {} answered, {} failed",
             t.ok,
-            t.failed.len()
+            t.failed.len(),
+            t6.ok,
+            t6.failed.len()
         );
     }
     println!(
@@ -422,14 +472,20 @@ fn run(demo: &mut Demo, config: &Path) -> Result<()> {
         println!("  lb: {line}");
     }
     sleep(Duration::from_secs(1));
-    let t = load.stop();
+    let (t, t6) = (load.stop(), load6.stop());
     println!(
-        "  through the crash and the restart: {} requests answered, {} failed",
+        "  through the crash and the restart: {} requests answered, {} failed; over IPv6 {} answered, {} failed",
         t.ok,
-        t.failed.len()
+        t.failed.len(),
+        t6.ok,
+        t6.failed.len()
     );
-    if !t.failed.is_empty() {
-        bail!("requests failed through the crash: {:?}", t.failed);
+    if !t.failed.is_empty() || !t6.failed.is_empty() {
+        bail!(
+            "requests failed through the crash: {:?} {:?}",
+            t.failed,
+            t6.failed
+        );
     }
 
     step("lb stats");

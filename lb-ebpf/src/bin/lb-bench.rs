@@ -41,6 +41,17 @@ pub fn lb(ctx: XdpContext) -> u32 {
     lb_ebpf::pipeline::run(&ctx)
 }
 
+/// The production IPv6 programs (`lb` tail-calls them).
+#[xdp]
+pub fn lb6(ctx: XdpContext) -> u32 {
+    lb_ebpf::pipeline::run6(&ctx)
+}
+
+#[xdp]
+pub fn lb6_icmp(ctx: XdpContext) -> u32 {
+    lb_ebpf::pipeline::run6_icmp(&ctx)
+}
+
 /// The floor: swap the MACs and send the frame back.
 #[xdp]
 pub fn floor(ctx: XdpContext) -> u32 {
@@ -160,6 +171,39 @@ pub fn part_jiffies(_ctx: XdpContext) -> u32 {
 pub fn part_percpu(_ctx: XdpContext) -> u32 {
     lb_ebpf::stats::count(lb_common::Counter::FlowHit);
     xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn lb_newflow6(ctx: XdpContext) -> u32 {
+    if restore(&ctx).and_then(|()| new_flow6(&ctx)).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    lb_ebpf::pipeline::run(&ctx)
+}
+
+#[xdp]
+pub fn floor_newflow6(ctx: XdpContext) -> u32 {
+    if restore(&ctx).and_then(|()| new_flow6(&ctx)).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    swap_macs(&ctx)
+}
+
+/// As [`new_flow`], for an untagged IPv6 frame without extension headers: the source
+/// address at 22..38, the source port at 54..56.
+#[inline(always)]
+fn new_flow6(ctx: &XdpContext) -> Option<()> {
+    let round = BENCH_ROUND.get_ptr_mut(0)?;
+    let f: *mut [u8; 56] = ptr_at(ctx, 0)?;
+    // SAFETY: per-CPU slot; packet range checked by ptr_at.
+    unsafe {
+        let n = *round;
+        *round = n.wrapping_add(1);
+        (*f)[37] = (n >> 16) as u8;
+        (*f)[54] = (n >> 8) as u8;
+        (*f)[55] = n as u8;
+    }
+    Some(())
 }
 
 /// Source port <- round, last byte of the source address <- round >> 16 (an untagged

@@ -5,7 +5,7 @@
 //! daemon serializes a result through a `serde_json::Value`, so its keys go out in
 //! sorted order, as they always have; the CLI reads results back into the same structs,
 //! every field required: a renamed field is an error, not a blank column.
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -106,7 +106,7 @@ pub struct ServiceEntry {
 /// (the default one when the configuration gives none).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSettings {
-    pub vip: std::net::Ipv4Addr,
+    pub vip: std::net::IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub forwarding: Forwarding,
@@ -131,7 +131,7 @@ pub struct BackendEntry {
 /// What `list` and `stats` both show of a backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendSummary {
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub weight: u16,
     pub state: AdminState,
     /// `null` while the backend has no health record.
@@ -224,12 +224,12 @@ pub struct Conns {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnEntry {
     pub protocol: Protocol,
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     pub service: ServiceKey,
     /// The backend the connection is pinned to; `None` (`"(removed)"` on the wire) when
     /// that backend was removed (the connection picks another at its next packet).
     #[serde(with = "removed")]
-    pub backend: Option<SocketAddrV4>,
+    pub backend: Option<SocketAddr>,
     pub state: ConnState,
     pub idle_s: u64,
 }
@@ -262,22 +262,22 @@ impl ConnState {
     }
 }
 
-/// `Option<SocketAddrV4>` on the wire: the address, or `"(removed)"`.
+/// `Option<SocketAddr>` on the wire: the address, or `"(removed)"`.
 mod removed {
-    use std::net::SocketAddrV4;
+    use std::net::SocketAddr;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
     const REMOVED: &str = "(removed)";
 
-    pub fn serialize<S: Serializer>(v: &Option<SocketAddrV4>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(a) => s.collect_str(a),
             None => s.serialize_str(REMOVED),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddrV4>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         let text = String::deserialize(d)?;
         if text == REMOVED {
             return Ok(None);

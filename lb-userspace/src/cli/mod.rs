@@ -26,7 +26,9 @@ pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 /// lb — a Layer-4 load balancer whose packet path runs in XDP.
 ///
 /// `lb run` is the daemon; every other command talks to it over its control socket.
-/// A service is written VIP:PORT/PROTO (10.100.0.10:80/tcp), a backend ADDR[:PORT].
+/// A service is written VIP:PORT/PROTO (10.100.0.10:80/tcp; IPv6 in brackets:
+/// [2001:db8::10]:80/tcp), a backend ADDR[:PORT] (10.0.0.11:8080, [2001:db8::11]:8080,
+/// or the bare address).
 /// `lb --version` also prints the git commit and the SHA-256 of the embedded XDP object.
 #[derive(Parser)]
 #[command(name = "lb", version = version::VERSION, long_version = version::LONG, about)]

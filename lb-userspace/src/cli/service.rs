@@ -62,7 +62,7 @@ pub struct ServiceAddArgs {
     check_body: Option<String>,
     /// Probe this address instead of each backend's own.
     #[arg(long)]
-    check_address: Option<std::net::Ipv4Addr>,
+    check_address: Option<std::net::IpAddr>,
     /// Probe this port instead of each backend's own (needed for checks of UDP services).
     #[arg(long)]
     check_port: Option<u16>,

@@ -6,11 +6,11 @@ use crate::{
     health::HealthSnapshot,
 };
 
-/// `TCP` and `10.100.0.10:80` of a service.
+/// `TCP` and `10.100.0.10:80` (`[2001:db8::10]:80`) of a service.
 fn proto_addr(service: &ServiceKey) -> (String, String) {
     (
         service.protocol.as_str().to_uppercase(),
-        format!("{}:{}", service.vip, service.port),
+        service.socket_addr().to_string(),
     )
 }
 

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -30,9 +30,13 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConntrackConfig {
-    /// Entries of the connection table (and of the NAT reverse table). Read at start;
-    /// changing it needs a restart.
+    /// Entries of the connection table. Read at start; changing it needs a restart.
     pub max_entries: u32,
+    /// Entries of the IPv6 connection table (a table of its own: IPv6 keys are 40 bytes
+    /// against 16). Absent: a quarter of `max_entries`, at least 1024
+    /// ([`ConntrackConfig::ipv6_entries`]). Read at start; changing it needs a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries_ipv6: Option<u32>,
     /// Idle timeout of established TCP connections, seconds (IPVS: 900).
     pub tcp_timeout_s: u32,
     /// Timeout of TCP connections after FIN or RST, seconds (IPVS: 120).
@@ -47,11 +51,21 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         ConntrackConfig {
             max_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+            max_entries_ipv6: None,
             tcp_timeout_s: 900,
             tcp_fin_timeout_s: 120,
             udp_timeout_s: 300,
             ageing_interval_s: 5,
         }
+    }
+}
+
+impl ConntrackConfig {
+    /// Entries of the IPv6 connection table: `max_entries_ipv6`, or a quarter of
+    /// `max_entries` (at least 1024).
+    pub fn ipv6_entries(&self) -> u32 {
+        self.max_entries_ipv6
+            .unwrap_or((self.max_entries / 4).max(1024))
     }
 }
 
@@ -141,7 +155,9 @@ impl AdminState {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    pub vip: Ipv4Addr,
+    /// IPv4 or IPv6; the service's backends are of the same family.
+    #[serde(deserialize_with = "ip_addr::deserialize")]
+    pub vip: IpAddr,
     pub port: u16,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
@@ -174,7 +190,8 @@ fn default_table_size() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    pub address: Ipv4Addr,
+    #[serde(deserialize_with = "ip_addr::deserialize")]
+    pub address: IpAddr,
     /// Absent: the service's port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -245,9 +262,13 @@ pub struct HealthCheckConfig {
     /// Consecutive failures to go down.
     #[serde(default = "default_fall")]
     pub fall: u32,
-    /// Probe this address instead of the backend's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe_address: Option<Ipv4Addr>,
+    /// Probe this address instead of the backend's own (either family).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "ip_addr::deserialize_some"
+    )]
+    pub probe_address: Option<IpAddr>,
     /// Probe this port instead of the backend's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_port: Option<u16>,
@@ -345,6 +366,54 @@ impl Serialize for StatusSpec {
     }
 }
 
+/// IP addresses in the file and in requests: IPv4 or IPv6 literals. A malformed one is
+/// reported in the family it looks like (a `:` makes it IPv6), with the standard
+/// library's messages (`invalid IPv4 address syntax`).
+mod ip_addr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use serde::{Deserialize as _, Deserializer, de::Error as _};
+
+    pub fn parse(s: &str) -> Result<IpAddr, std::net::AddrParseError> {
+        if s.contains(':') {
+            s.parse::<Ipv6Addr>().map(IpAddr::V6)
+        } else {
+            s.parse::<Ipv4Addr>().map(IpAddr::V4)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IpAddr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an IPv4 or IPv6 address")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IpAddr, E> {
+                parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+
+    pub fn deserialize_some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse(&s).map(Some).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Whether two addresses are of the same family.
+pub fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+/// The name of an address's family, for messages.
+pub fn family_name(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
 /// A configuration (or request) problem: where, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -432,11 +501,16 @@ impl Config {
     /// Checks everything the types cannot: value ranges, references, duplicates, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.conntrack;
-        if c.max_entries < 1024 {
-            return Err(err(
-                "conntrack.max_entries",
-                format!("{} is too small: use at least 1024", c.max_entries),
-            ));
+        for (name, v) in [
+            ("max_entries", c.max_entries),
+            ("max_entries_ipv6", c.ipv6_entries()),
+        ] {
+            if v < 1024 {
+                return Err(err(
+                    format!("conntrack.{name}"),
+                    format!("{v} is too small: use at least 1024"),
+                ));
+            }
         }
         for (name, v) in [
             ("tcp_timeout_s", c.tcp_timeout_s),
@@ -507,36 +581,43 @@ impl Config {
     }
 }
 
-/// The identity of a service: `VIP:PORT/PROTO`.
+/// The identity of a service: `VIP:PORT/PROTO` (`[VIP]:PORT/PROTO` for IPv6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
+impl ServiceKey {
+    /// The VIP and port as a socket address (its `Display` brackets an IPv6 address).
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.vip, self.port)
+    }
+}
+
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.vip, self.port, self.protocol.as_str())
+        write!(f, "{}/{}", self.socket_addr(), self.protocol.as_str())
     }
 }
 
 impl std::str::FromStr for ServiceKey {
     type Err = String;
 
-    /// Parses `VIP:PORT/PROTO`, e.g. `10.100.0.10:80/tcp`.
+    /// Parses `VIP:PORT/PROTO`, e.g. `10.100.0.10:80/tcp` or `[2001:db8::10]:80/tcp`.
     fn from_str(s: &str) -> Result<Self, String> {
         let bad =
             || format!("`{s}` is not a service: write VIP:PORT/PROTO, e.g. 10.100.0.10:80/tcp");
-        let (addr, proto) = s.split_once('/').ok_or_else(bad)?;
-        let addr: SocketAddrV4 = addr.parse().map_err(|_| bad())?;
+        let (addr, proto) = s.rsplit_once('/').ok_or_else(bad)?;
+        let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
         let protocol = match proto.to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             _ => return Err(format!("`{proto}` is not a protocol: use tcp or udp")),
         };
         Ok(ServiceKey {
-            vip: *addr.ip(),
+            vip: addr.ip(),
             port: addr.port(),
             protocol,
         })
@@ -556,17 +637,18 @@ impl<'de> Deserialize<'de> for ServiceKey {
     }
 }
 
-/// A backend as written on the command line or in a request: `ADDR[:PORT]`.
+/// A backend as written on the command line or in a request: `ADDR[:PORT]`
+/// (`10.0.0.11`, `10.0.0.11:8080`, `2001:db8::11`, `[2001:db8::11]:8080`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendRef {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: Option<u16>,
 }
 
 impl BackendRef {
     /// The backend's address and port within `service` (port defaults to the service's).
-    pub fn resolve(&self, service: &ServiceKey) -> SocketAddrV4 {
-        SocketAddrV4::new(self.address, self.port.unwrap_or(service.port))
+    pub fn resolve(&self, service: &ServiceKey) -> SocketAddr {
+        SocketAddr::new(self.address, self.port.unwrap_or(service.port))
     }
 }
 
@@ -574,13 +656,13 @@ impl std::str::FromStr for BackendRef {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if let Ok(a) = s.parse::<SocketAddrV4>() {
+        if let Ok(a) = s.parse::<SocketAddr>() {
             return Ok(BackendRef {
-                address: *a.ip(),
+                address: a.ip(),
                 port: Some(a.port()),
             });
         }
-        s.parse::<Ipv4Addr>()
+        s.parse::<IpAddr>()
             .map(|address| BackendRef {
                 address,
                 port: None,
@@ -607,20 +689,33 @@ impl<'de> Deserialize<'de> for BackendRef {
 impl fmt::Display for BackendRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.port {
-            Some(p) => write!(f, "{}:{p}", self.address),
+            Some(p) => write!(f, "{}", SocketAddr::new(self.address, p)),
             None => write!(f, "{}", self.address),
         }
     }
 }
 
-/// Whether `a` can be a unicast host address (VIP, backend, probe target).
-fn check_host(field: &str, what: &str, a: Ipv4Addr) -> Result<(), ConfigError> {
-    if a.is_unspecified()
-        || a.is_broadcast()
-        || a.is_multicast()
-        || a.is_loopback()
-        || a.octets()[0] == 0
-    {
+/// Whether `a` can be a unicast host address (VIP, backend, probe target). IPv6: not
+/// unspecified, loopback, multicast or link-local (an address without its interface
+/// means nothing to the datapath), and not IPv4-mapped (use the IPv4 address).
+fn check_host(field: &str, what: &str, a: IpAddr) -> Result<(), ConfigError> {
+    let bad = match a {
+        IpAddr::V4(a) => {
+            a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.octets()[0] == 0
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped().is_some()
+        }
+    };
+    if bad {
         return Err(err(
             field,
             format!("{a} cannot be a {what}: use a unicast host address"),
@@ -699,12 +794,23 @@ impl ServiceConfig {
 
 impl BackendConfig {
     /// The backend's address and port (port defaults to the service's).
-    pub fn socket_addr(&self, service_port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(self.address, self.port.unwrap_or(service_port))
+    pub fn socket_addr(&self, service_port: u16) -> SocketAddr {
+        SocketAddr::new(self.address, self.port.unwrap_or(service_port))
     }
 
     pub fn validate(&self, at: &str, service: &ServiceConfig) -> Result<(), ConfigError> {
         check_host(&format!("{at}.address"), "backend", self.address)?;
+        if !same_family(self.address, service.vip) {
+            let (be, vip) = (family_name(self.address), family_name(service.vip));
+            return Err(err(
+                format!("{at}.address"),
+                format!(
+                    "{} is an {be} address and the VIP {} is {vip}: a service's backends are of its VIP's family; \
+                     put {be} backends in a service on an {be} VIP (lb does not translate between IPv4 and IPv6)",
+                    self.address, service.vip
+                ),
+            ));
+        }
         if self.address == service.vip {
             return Err(err(
                 format!("{at}.address"),
@@ -1126,6 +1232,123 @@ mod tests {
         let b: BackendRef = "10.0.0.11:8080".parse().unwrap();
         assert_eq!(b.resolve(&k).to_string(), "10.0.0.11:8080");
         assert!("10.0.0".parse::<BackendRef>().is_err());
+    }
+
+    #[test]
+    fn ipv6_services_and_backends() {
+        let c = Config::parse(&with_service(
+            r#"{"vip": "2001:db8::10", "port": 80, "forwarding": "nat", "backends": [
+                {"address": "2001:db8::11", "port": 8080}, {"address": "2001:db8::12"}]}"#,
+        ))
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.key().to_string(), "[2001:db8::10]:80/tcp");
+        assert_eq!(
+            s.backends[0].socket_addr(s.port).to_string(),
+            "[2001:db8::11]:8080"
+        );
+        assert_eq!(
+            s.backends[1].socket_addr(s.port).to_string(),
+            "[2001:db8::12]:80"
+        );
+        let k: ServiceKey = "[2001:db8::10]:80/tcp".parse().unwrap();
+        assert_eq!(k, s.key());
+        assert_eq!(k.to_string(), "[2001:db8::10]:80/tcp");
+        for (text, shown, port) in [
+            ("2001:db8::11", "2001:db8::11", 80),
+            ("[2001:db8::11]:8080", "[2001:db8::11]:8080", 8080),
+        ] {
+            let b: BackendRef = text.parse().unwrap();
+            assert_eq!(b.to_string(), shown);
+            assert_eq!(b.resolve(&k).port(), port);
+        }
+        // A bracketed address without a port is not a backend reference.
+        assert!("[2001:db8::11]".parse::<BackendRef>().is_err());
+        assert!("2001:db8::10:80/tcp".parse::<ServiceKey>().is_err());
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn ipv6_errors_name_the_field_and_the_fix() {
+        for (service, field, hint) in [
+            (
+                r#"{"vip": "2001:db8::10", "port": 80, "backends": [{"address": "10.0.0.1"}]}"#,
+                "services[0].backends[0].address",
+                "10.0.0.1 is an IPv4 address and the VIP 2001:db8::10 is IPv6: a service's backends are of its VIP's family; put IPv4 backends in a service on an IPv4 VIP",
+            ),
+            (
+                r#"{"vip": "10.1.1.1", "port": 80, "backends": [{"address": "2001:db8::1"}]}"#,
+                "services[0].backends[0].address",
+                "is an IPv6 address and the VIP 10.1.1.1 is IPv4",
+            ),
+            (
+                r#"{"vip": "2001:db8::zz", "port": 80}"#,
+                "services[0].vip",
+                "invalid IPv6 address syntax",
+            ),
+            (
+                r#"{"vip": "10.1.1", "port": 80}"#,
+                "services[0].vip",
+                "invalid IPv4 address syntax",
+            ),
+            (
+                r#"{"vip": "::1", "port": 80}"#,
+                "services[0].vip",
+                "unicast",
+            ),
+            (r#"{"vip": "::", "port": 80}"#, "services[0].vip", "unicast"),
+            (
+                r#"{"vip": "fe80::1", "port": 80}"#,
+                "services[0].vip",
+                "unicast",
+            ),
+            (
+                r#"{"vip": "ff02::1", "port": 80}"#,
+                "services[0].vip",
+                "unicast",
+            ),
+            (
+                r#"{"vip": "::ffff:10.1.1.1", "port": 80}"#,
+                "services[0].vip",
+                "unicast",
+            ),
+            (
+                r#"{"vip": "2001:db8::10", "port": 80, "backends": [{"address": "2001:db8::10"}]}"#,
+                "services[0].backends[0].address",
+                "VIP itself",
+            ),
+            (
+                r#"{"vip": "2001:db8::10", "port": 80, "backends": [{"address": "2001:db8::11", "port": 81}]}"#,
+                "services[0].backends[0].port",
+                "DSR cannot change the port",
+            ),
+        ] {
+            let e = reject(&with_service(service));
+            assert_eq!(e.field, field, "{service}: {e}");
+            assert!(
+                e.reason.contains(hint),
+                "{service}: `{e}` should mention `{hint}`"
+            );
+        }
+        // The health check may probe an address of the other family (a management
+        // address).
+        Config::parse(&with_service(
+            r#"{"vip": "2001:db8::10", "port": 80, "health_check": {"probe_address": "10.0.0.1"}, "backends": [{"address": "2001:db8::11"}]}"#,
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn the_ipv6_connection_table_is_a_quarter_by_default() {
+        let c = Config::parse(r#"{"conntrack": {"max_entries": 1024}}"#).unwrap();
+        assert_eq!(c.conntrack.ipv6_entries(), 1024);
+        let c = Config::parse("{}").unwrap();
+        assert_eq!(c.conntrack.ipv6_entries(), 1 << 18);
+        let c = Config::parse(r#"{"conntrack": {"max_entries_ipv6": 4096}}"#).unwrap();
+        assert_eq!(c.conntrack.ipv6_entries(), 4096);
+        let e = reject(r#"{"conntrack": {"max_entries_ipv6": 10}}"#);
+        assert_eq!(e.field, "conntrack.max_entries_ipv6");
     }
 
     #[test]

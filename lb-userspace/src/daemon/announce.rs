@@ -3,7 +3,7 @@
 //! `learn`, FRR's `redistribute table N`).
 //!
 //! While the daemon serves, every VIP of which at least one service has a backend in
-//! rotation is a host route (`/32`; `/128` once VIPs can be IPv6) in table N, of type
+//! rotation is a host route (`/32`, or `/128` for an IPv6 VIP) in table N, of type
 //! blackhole and marked with lb's route protocol number [`PROTOCOL`]. A VIP none of
 //! whose services has a usable backend is withdrawn at the next snapshot, and so is
 //! every route of lb's protocol in the table that is not such a VIP (stale routes of a
@@ -58,7 +58,7 @@ pub fn wanted(snapshot: &Snapshot) -> BTreeSet<IpAddr> {
         .runtime
         .services()
         .filter(|s| !snapshot.rotation(&s.config.key()).is_empty())
-        .map(|s| IpAddr::V4(s.config.vip))
+        .map(|s| s.config.vip)
         .collect()
 }
 
@@ -128,7 +128,7 @@ impl Announcer {
         for (dst, len) in &plan.delete {
             if self.nl.route_delete(table, PROTOCOL, *dst, *len).await? {
                 let why = match dst {
-                    IpAddr::V4(v) if snapshot.runtime.services().any(|s| s.config.vip == *v) => {
+                    dst if snapshot.runtime.services().any(|s| s.config.vip == *dst) => {
                         if *len == host_len(*dst) && wanted.contains(dst) {
                             "it was not lb's blackhole route: written again"
                         } else {
@@ -224,7 +224,6 @@ pub async fn run(ctx: Context, announcer: Announcer) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use super::*;
     use crate::{
@@ -313,7 +312,7 @@ mod tests {
         let neighbours: Neighbours = neighbours
             .iter()
             .map(|a| {
-                let a: Ipv4Addr = a.parse().unwrap();
+                let a: IpAddr = a.parse().unwrap();
                 (
                     a,
                     Ok(Neighbour {

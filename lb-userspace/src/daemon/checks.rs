@@ -3,7 +3,7 @@
 //! follows every published snapshot; a check whose parameters change is restarted.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
@@ -20,9 +20,9 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Check {
     pub service: ServiceKey,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     /// Where the probe connects (the backend, or the configured probe address/port).
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub kind: ProbeKind,
     pub interval: Duration,
     pub timeout: Duration,
@@ -52,8 +52,8 @@ pub fn checks(snap: &Snapshot) -> BTreeSet<Check> {
             out.insert(Check {
                 service: s.config.key(),
                 backend: *addr,
-                target: SocketAddrV4::new(
-                    hc.probe_address.unwrap_or(*addr.ip()),
+                target: SocketAddr::new(
+                    hc.probe_address.unwrap_or(addr.ip()),
                     hc.probe_port.unwrap_or(addr.port()),
                 ),
                 kind: kind.clone(),
@@ -100,7 +100,7 @@ async fn probe_loop(check: Check, writer: Writer) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = health::probe(&check.kind, check.target.into(), check.timeout).await;
+        let result = health::probe(&check.kind, check.target, check.timeout).await;
         writer.probe(check.service, check.backend, result);
     }
 }

@@ -246,6 +246,10 @@ pub async fn handle(ctx: &Context, req: Request) -> Response {
                 while let Some(batch) = ctx.conn_table.walk(&mut walk, 4096)? {
                     view.add(&batch);
                 }
+                let mut walk = Walk::default();
+                while let Some(batch) = ctx.conn_table.walk6(&mut walk, 4096)? {
+                    view.add(&batch);
+                }
                 Ok(Response::ok(&view.finish()))
             })
             .await;

@@ -14,7 +14,7 @@
 //! generic over [`Maps`], so its orchestration and rollback are tested with a fake.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::SystemTime,
 };
 
@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// What the kernel's tables say about each DSR backend address.
-pub type Neighbours = BTreeMap<Ipv4Addr, Result<Neighbour, Unreachable>>;
+pub type Neighbours = BTreeMap<IpAddr, Result<Neighbour, Unreachable>>;
 
 /// A change asked for by an operator (control request, reload, SIGHUP).
 #[derive(Clone, Debug, PartialEq)]
@@ -148,13 +148,13 @@ struct HealthRecord {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub runtime: Runtime,
-    pub health: BTreeMap<(ServiceKey, SocketAddrV4), HealthSnapshot>,
+    pub health: BTreeMap<(ServiceKey, SocketAddr), HealthSnapshot>,
     pub neighbours: Neighbours,
 }
 
 impl Snapshot {
     /// The next hop of a DSR backend, when it has one.
-    pub fn neighbour(&self, addr: Ipv4Addr) -> Option<Neighbour> {
+    pub fn neighbour(&self, addr: IpAddr) -> Option<Neighbour> {
         self.neighbours
             .get(&addr)
             .and_then(|r| r.as_ref().ok())
@@ -175,7 +175,7 @@ impl Snapshot {
 }
 
 /// DSR backend addresses of a runtime (their neighbours are looked up).
-pub fn dsr_addresses(runtime: &Runtime) -> BTreeSet<Ipv4Addr> {
+pub fn dsr_addresses(runtime: &Runtime) -> BTreeSet<IpAddr> {
     runtime
         .services()
         .filter(|s| s.config.forwarding == Forwarding::Dsr)
@@ -185,7 +185,7 @@ pub fn dsr_addresses(runtime: &Runtime) -> BTreeSet<Ipv4Addr> {
 
 /// The DSR addresses `change` would bring that `known` has no entry for: the caller
 /// looks them up (and may wait for them) before asking for the change.
-pub fn new_dsr_addresses(change: &Change, runtime: &Runtime, known: &Neighbours) -> Vec<Ipv4Addr> {
+pub fn new_dsr_addresses(change: &Change, runtime: &Runtime, known: &Neighbours) -> Vec<IpAddr> {
     let mut next = runtime.clone();
     if change.apply_to(&mut next).is_err() {
         return Vec::new();
@@ -201,7 +201,7 @@ pub struct Controller<M: Maps> {
     runtime: Runtime,
     applied: Image,
     neighbours: Neighbours,
-    health: BTreeMap<(ServiceKey, SocketAddrV4), HealthRecord>,
+    health: BTreeMap<(ServiceKey, SocketAddr), HealthRecord>,
     /// The configuration file, for messages.
     config_path: String,
 }
@@ -335,7 +335,7 @@ impl<M: Maps> Controller<M> {
     pub fn probe_result(
         &mut self,
         service: ServiceKey,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
         result: &ProbeResult,
     ) -> Option<Transition> {
         let svc = self.runtime.service(&service)?; // removed meanwhile
@@ -394,10 +394,7 @@ impl<M: Maps> Controller<M> {
     /// The health records `next` needs, and `next`'s Up/Down made to agree with them: a
     /// backend keeps its record while it is the same incarnation (index and epoch); a new
     /// one starts with the runtime's initial health; services without checks are up.
-    fn sync_health(
-        &self,
-        next: &mut Runtime,
-    ) -> BTreeMap<(ServiceKey, SocketAddrV4), HealthRecord> {
+    fn sync_health(&self, next: &mut Runtime) -> BTreeMap<(ServiceKey, SocketAddr), HealthRecord> {
         let now = SystemTime::now();
         let mut records = BTreeMap::new();
         let mut updates = Vec::new();
@@ -439,9 +436,9 @@ impl<M: Maps> Controller<M> {
         next.set_clock(now_s());
         let health = self.sync_health(&mut next);
         let neighbours = &self.neighbours;
-        let lookup = |a: Ipv4Addr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
+        let lookup = |a: IpAddr| neighbours.get(&a).and_then(|r| r.as_ref().ok()).copied();
         // Only a MAC not known *yet* keeps a DSR backend's flows where they are.
-        let lost = |a: Ipv4Addr| {
+        let lost = |a: IpAddr| {
             !matches!(
                 neighbours.get(&a),
                 None | Some(Ok(_) | Err(Unreachable::Unresolved { .. }))
@@ -539,12 +536,12 @@ mod tests {
         addrs
             .iter()
             .map(|a| {
-                let a: Ipv4Addr = a.parse().unwrap();
+                let a: IpAddr = a.parse().unwrap();
                 (
                     a,
                     Ok(Neighbour {
                         ifindex: 2,
-                        mac: [2, 0, 0, 0, 0, a.octets()[3]],
+                        mac: [2, 0, 0, 0, 0, crate::model::runtime::last_octet(a)],
                         src_mac: [2, 0, 0, 0, 0, 1],
                     }),
                 )
@@ -694,7 +691,7 @@ mod tests {
     fn health_transitions_follow_rise_and_fall_and_move_slots() {
         let mut c = controller();
         let svc = key("10.100.0.10:80/tcp");
-        let b11: SocketAddrV4 = "10.0.0.11:80".parse().unwrap();
+        let b11: SocketAddr = "10.0.0.11:80".parse().unwrap();
         let i11 = index_of(&c, "10.100.0.10:80/tcp", "10.0.0.11:80");
         let fail = ProbeResult::Fail("connection refused".into());
         // fall 3 (the default): two failures change nothing.
@@ -722,7 +719,7 @@ mod tests {
     fn a_recreated_backend_starts_a_new_health_record() {
         let mut c = controller();
         let svc = key("10.100.0.10:80/tcp");
-        let b11: SocketAddrV4 = "10.0.0.11:80".parse().unwrap();
+        let b11: SocketAddr = "10.0.0.11:80".parse().unwrap();
         for _ in 0..3 {
             c.probe_result(svc, b11, &ProbeResult::Fail("timeout".into()));
         }
@@ -806,7 +803,7 @@ mod tests {
         });
         assert_eq!(
             new_dsr_addresses(&add, c.runtime(), &known),
-            vec!["10.0.0.15".parse::<Ipv4Addr>().unwrap()]
+            vec!["10.0.0.15".parse::<IpAddr>().unwrap()]
         );
         let nat = Change::BackendAdd(BackendAdd {
             service: key("10.100.0.20:8080/tcp"),

@@ -17,6 +17,8 @@ pub struct Sample {
     pub services: Vec<ServiceSample>,
     pub conntrack_entries: u64,
     pub conntrack_max_entries: u64,
+    pub conntrack_ipv6_entries: u64,
+    pub conntrack_ipv6_max_entries: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -110,6 +112,22 @@ pub fn render(s: &Sample) -> String {
         "Capacity of the connection table (conntrack.max_entries).",
     );
     f.sample("lb_conntrack_max_entries", &[], s.conntrack_max_entries);
+    f.header(
+        "lb_conntrack_ipv6_entries",
+        "gauge",
+        "Entries in the IPv6 connection table at the last sweep.",
+    );
+    f.sample("lb_conntrack_ipv6_entries", &[], s.conntrack_ipv6_entries);
+    f.header(
+        "lb_conntrack_ipv6_max_entries",
+        "gauge",
+        "Capacity of the IPv6 connection table (conntrack.max_entries_ipv6).",
+    );
+    f.sample(
+        "lb_conntrack_ipv6_max_entries",
+        &[],
+        s.conntrack_ipv6_max_entries,
+    );
 
     type Get = fn(&lb_common::TrafficStats) -> u64;
     let traffic: [(&str, &str, Get); 5] = [
@@ -242,6 +260,8 @@ mod tests {
             }],
             conntrack_entries: 3,
             conntrack_max_entries: 1024,
+            conntrack_ipv6_entries: 1,
+            conntrack_ipv6_max_entries: 1024,
         };
         let text = render(&s);
         assert!(text.contains("lb_datapath_tx_total 5\n"), "{text}");
@@ -253,6 +273,7 @@ mod tests {
         );
         assert!(text.contains(&build), "{text}");
         assert!(text.contains("lb_conntrack_max_entries 1024\n"), "{text}");
+        assert!(text.contains("lb_conntrack_ipv6_entries 1\n"), "{text}");
         assert!(
             text.contains(
                 "lb_service_bytes_in_total{vip=\"10.100.0.10\",port=\"80\",proto=\"tcp\"} 700\n"

@@ -171,18 +171,24 @@ pub fn load_config(path: &std::path::Path) -> Result<Config> {
 /// Warns when NAT services cannot forward because IP forwarding is off on an
 /// interface lb is attached to.
 fn check_forwarding<M: crate::model::apply::Maps>(c: &Controller<M>, ifaces: &[String]) {
-    if !c
-        .runtime()
-        .services()
-        .any(|s| s.config.forwarding == Forwarding::Nat)
-    {
-        return;
-    }
+    let nat = |v6: bool| {
+        c.runtime()
+            .services()
+            .any(|s| s.config.forwarding == Forwarding::Nat && s.config.vip.is_ipv6() == v6)
+    };
+    let off = |family: &str, iface: &str| {
+        let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+        std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0")
+    };
     for iface in ifaces {
-        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        if nat(false) && off("ipv4", iface) {
             log::warn!(
                 "NAT services need IP forwarding on {iface}, which is off: NAT packets are dropped (drop_no_route) until `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (or net.ipv4.ip_forward=1)"
+            );
+        }
+        if nat(true) && off("ipv6", iface) {
+            log::warn!(
+                "IPv6 NAT services need IPv6 forwarding on {iface}, which is off: their packets are dropped (drop_no_route) until `sysctl -w net.ipv6.conf.{iface}.forwarding=1` (or net.ipv6.conf.all.forwarding=1)"
             );
         }
     }
@@ -432,6 +438,7 @@ fn start(
         &object,
         Limits {
             conntrack_entries: config.conntrack.max_entries,
+            conntrack6_entries: config.conntrack.ipv6_entries(),
         },
         pins,
     )?;

@@ -1,5 +1,6 @@
-//! Connection-table upkeep, on a thread of its own. It walks the connection table in
-//! batches, at most [`SCAN_RATE`] entries a second, resuming where it stopped: it
+//! Connection-table upkeep, on a thread of its own. It walks the connection tables (IPv4,
+//! then IPv6) in batches, at most [`SCAN_RATE`] entries a second, resuming where it
+//! stopped: it
 //! removes entries idle past their timeout and entries of services that are gone, and
 //! counts connections per backend (ipvsadm's ActiveConn/InActConn); when a walk has
 //! covered the whole table it publishes the counts for the readers and starts again.
@@ -17,19 +18,20 @@
 //! the last published counts.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::SocketAddr,
     sync::{Arc, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use lb_common::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, Flow, FlowKey, coarse_seconds};
+use lb_common::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, Flow, FlowKey, FlowKey6, coarse_seconds};
 use tokio::sync::watch;
 
 use super::controller::Snapshot;
 use crate::{
     config::{ConntrackConfig, Protocol, ServiceKey},
     dataplane::{ConnTable, batch::Walk},
+    model::runtime::{from_v4_word, from_v6_words},
 };
 
 /// Entries the sweeper reads per second, at most.
@@ -51,8 +53,63 @@ pub struct ConnCount {
 pub struct ConnCounts {
     /// By backend index (flows of the backend's current incarnation only).
     pub backends: BTreeMap<u32, ConnCount>,
-    /// Entries the connection table kept.
+    /// Entries the IPv4 connection table kept.
     pub entries: usize,
+    /// Entries the IPv6 connection table kept.
+    pub entries6: usize,
+}
+
+/// A connection-table key of either family.
+pub trait ConnKey: Copy {
+    /// Whether it is a key of the IPv6 table.
+    const IPV6: bool;
+    /// The client's address and port.
+    fn client(&self) -> SocketAddr;
+    /// The service it belongs to (from its destination).
+    fn service(&self) -> ServiceKey;
+    fn proto(&self) -> u8;
+}
+
+fn protocol(proto: u8) -> Protocol {
+    if proto == Protocol::Udp.number() {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    }
+}
+
+impl ConnKey for FlowKey {
+    const IPV6: bool = false;
+    fn client(&self) -> SocketAddr {
+        SocketAddr::new(from_v4_word(self.src), u16::from_be(self.sport))
+    }
+    fn service(&self) -> ServiceKey {
+        ServiceKey {
+            vip: from_v4_word(self.dst),
+            port: u16::from_be(self.dport),
+            protocol: protocol(self.proto),
+        }
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl ConnKey for FlowKey6 {
+    const IPV6: bool = true;
+    fn client(&self) -> SocketAddr {
+        SocketAddr::new(from_v6_words(self.src), u16::from_be(self.sport))
+    }
+    fn service(&self) -> ServiceKey {
+        ServiceKey {
+            vip: from_v6_words(self.dst),
+            port: u16::from_be(self.dport),
+            protocol: protocol(self.proto),
+        }
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
 }
 
 impl ConnCounts {
@@ -62,8 +119,8 @@ impl ConnCounts {
 }
 
 /// Whether a TCP flow is past its handshake and not closing.
-fn active(k: &FlowKey, f: &Flow) -> bool {
-    k.proto == Protocol::Tcp.number()
+fn active(k: &impl ConnKey, f: &Flow) -> bool {
+    k.proto() == Protocol::Tcp.number()
         && f.state & FLOW_ESTABLISHED != 0
         && f.state & (FLOW_FIN | FLOW_RST) == 0
 }
@@ -92,9 +149,9 @@ impl Judge {
 
     /// Whether an entry is past its timeout at `now_s` (the datapath's rule: it would
     /// place the flow's next packet afresh).
-    pub fn expired(&self, k: &FlowKey, f: &Flow, now_s: u32) -> bool {
+    pub fn expired(&self, k: &impl ConnKey, f: &Flow, now_s: u32) -> bool {
         let c = &self.conntrack;
-        let timeout = if k.proto == Protocol::Tcp.number() {
+        let timeout = if k.proto() == Protocol::Tcp.number() {
             if active(k, f) {
                 c.tcp_timeout_s
             } else {
@@ -107,8 +164,8 @@ impl Judge {
     }
 
     /// Whether the entry's service runs.
-    pub fn serves(&self, k: &FlowKey) -> bool {
-        self.services.contains(&flow_service(k))
+    pub fn serves(&self, k: &impl ConnKey) -> bool {
+        self.services.contains(&k.service())
     }
 
     /// Whether the entry is pinned to its backend's current incarnation.
@@ -123,8 +180,10 @@ pub struct Tally {
     /// Connections by backend incarnation (index, epoch): a walk of a large table spans
     /// changes, and an index may be given to another backend meanwhile.
     by_incarnation: BTreeMap<(u32, u32), ConnCount>,
-    /// Entries kept.
+    /// IPv4 entries kept.
     pub entries: usize,
+    /// IPv6 entries kept.
+    pub entries6: usize,
     /// Entries removed.
     pub removed: usize,
 }
@@ -134,14 +193,18 @@ impl Tally {
     /// gone, are returned (to be removed); the others are counted for their backend when
     /// it is still the incarnation the flow was pinned to. `now_s` is on the datapath's
     /// clock ([`now_seconds`]).
-    pub fn add(&mut self, judge: &Judge, now_s: u32, flows: &[(FlowKey, Flow)]) -> Vec<FlowKey> {
+    pub fn add<K: ConnKey>(&mut self, judge: &Judge, now_s: u32, flows: &[(K, Flow)]) -> Vec<K> {
         let mut doomed = Vec::new();
         for (k, f) in flows {
             if judge.expired(k, f, now_s) || !judge.serves(k) {
                 doomed.push(*k);
                 continue;
             }
-            self.entries += 1;
+            if K::IPV6 {
+                self.entries6 += 1;
+            } else {
+                self.entries += 1;
+            }
             if !judge.current(f) {
                 continue; // pinned to a removed backend: it re-picks at its next packet
             }
@@ -167,21 +230,14 @@ impl Tally {
                 .map(|((index, _), n)| (*index, *n))
                 .collect(),
             entries: self.entries,
+            entries6: self.entries6,
         }
     }
 }
 
 /// The service a connection-table key belongs to (from its destination).
-pub fn flow_service(k: &FlowKey) -> ServiceKey {
-    ServiceKey {
-        vip: Ipv4Addr::from(k.dst.to_ne_bytes()),
-        port: u16::from_be(k.dport),
-        protocol: if k.proto == Protocol::Udp.number() {
-            Protocol::Udp
-        } else {
-            Protocol::Tcp
-        },
-    }
+pub fn flow_service(k: &impl ConnKey) -> ServiceKey {
+    k.service()
 }
 
 /// The datapath's clock: `bpf_ktime_get_coarse_ns`, which dates flows, reads
@@ -222,10 +278,13 @@ impl Sweeper {
     }
 }
 
-/// Where a walk over the table stands.
+/// Where a walk over the tables stands: the IPv4 table first, then the IPv6 one.
 #[derive(Default)]
 struct Pass {
     walk: Walk,
+    walk6: Walk,
+    /// The IPv4 table is done; the walk is in the IPv6 one.
+    in_ipv6: bool,
     tally: Tally,
 }
 
@@ -285,7 +344,18 @@ fn step(
             snap = latest;
             judge = Judge::new(&snap);
         }
-        let Some(batch) = table.walk(&mut pass.walk, CHUNK)? else {
+        if !pass.in_ipv6 {
+            match table.walk(&mut pass.walk, CHUNK)? {
+                Some(batch) => {
+                    read += batch.len();
+                    let doomed = pass.tally.add(&judge, now_seconds(), &batch);
+                    table.remove_flows(&doomed)?;
+                }
+                None => pass.in_ipv6 = true,
+            }
+            continue;
+        }
+        let Some(batch) = table.walk6(&mut pass.walk6, CHUNK)? else {
             let done = std::mem::take(pass);
             let counts = done.tally.counts(&judge);
             log::debug!(
@@ -298,7 +368,7 @@ fn step(
         };
         read += batch.len();
         let doomed = pass.tally.add(&judge, now_seconds(), &batch);
-        table.remove_flows(&doomed)?;
+        table.remove_flows6(&doomed)?;
     }
     Ok(None)
 }
@@ -319,7 +389,7 @@ mod tests {
     }
 
     fn ne(a: &str) -> u32 {
-        u32::from_ne_bytes(a.parse::<Ipv4Addr>().unwrap().octets())
+        u32::from_ne_bytes(a.parse::<std::net::Ipv4Addr>().unwrap().octets())
     }
 
     fn key(sport: u16, dport: u16, proto: u8) -> FlowKey {
@@ -418,5 +488,60 @@ mod tests {
             flow_service(&key(1, 53, 17)),
             "10.100.0.20:53/udp".parse().unwrap()
         );
+        let w = |a: &str| lb_common::ipv6_words(a.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let k6 = FlowKey6::new(
+            w("2001:db8:cafe::7"),
+            w("2001:db8::20"),
+            40000u16.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        assert_eq!(flow_service(&k6).to_string(), "[2001:db8::20]:80/tcp");
+        assert_eq!(k6.client().to_string(), "[2001:db8:cafe::7]:40000");
+    }
+
+    #[test]
+    fn ipv6_entries_are_judged_and_counted_apart() {
+        let snap = snapshot_of(
+            r#"{"services": [{"vip": "2001:db8::20", "port": 80, "forwarding": "nat", "table_size": 251,
+                "backends": [{"address": "2001:db8:1::11"}]}]}"#,
+        );
+        let svc = snap
+            .runtime
+            .service(&"[2001:db8::20]:80/tcp".parse().unwrap())
+            .unwrap();
+        let b = &svc.backends[&"[2001:db8:1::11]:80".parse().unwrap()];
+        let w = |a: &str| lb_common::ipv6_words(a.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let k = |sport: u16, dport: u16| {
+            FlowKey6::new(
+                w("2001:db8:cafe::7"),
+                w("2001:db8::20"),
+                sport.to_be(),
+                dport.to_be(),
+                6,
+            )
+        };
+        let now = 10_000u32;
+        let flow = |idle: u32| Flow {
+            backend: b.index,
+            epoch: b.epoch,
+            state: FLOW_ESTABLISHED,
+            last_seen: now - idle,
+        };
+        let judge = Judge::new(&snap);
+        let mut tally = Tally::default();
+        let doomed = tally.add(
+            &judge,
+            now,
+            &[
+                (k(1, 80), flow(5)),
+                (k(2, 80), flow(900)),
+                (k(3, 81), flow(5)),
+            ],
+        );
+        assert_eq!(doomed.len(), 2, "idle, and of no service");
+        let counts = tally.counts(&judge);
+        assert_eq!((counts.entries, counts.entries6), (0, 1));
+        assert_eq!(counts.of(b.index).active, 1);
     }
 }

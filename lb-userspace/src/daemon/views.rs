@@ -5,11 +5,7 @@
 //! - [`metrics`]: the Prometheus endpoint's sample;
 //! - [`Readings`] and [`Samples`]: the counters as of one moment, and the two latest
 //!   samples rates are computed from.
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
 
 use anyhow::Result;
 use lb_common::{Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, Flow, FlowKey, TrafficStats};
@@ -17,7 +13,7 @@ use lb_common::{Counter, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, Flow, FlowKey, Tr
 use super::{
     controller::Snapshot,
     metrics,
-    sweeper::{ConnCount, ConnCounts, Judge, flow_service},
+    sweeper::{ConnCount, ConnCounts, ConnKey, Judge, flow_service},
 };
 use crate::{
     api::{
@@ -33,7 +29,7 @@ use crate::{
 
 /// One backend as every view shows it.
 struct Row<'a> {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     backend: &'a BackendState,
     health: Option<HealthSnapshot>,
     in_rotation: bool,
@@ -277,8 +273,8 @@ pub struct ConnFilter {
     pub limit: usize,
 }
 
-fn conn_state(k: &FlowKey, f: &Flow) -> ConnState {
-    if k.proto == Protocol::Udp.number() {
+fn conn_state(k: &impl ConnKey, f: &Flow) -> ConnState {
+    if k.proto() == Protocol::Udp.number() {
         ConnState::Udp
     } else if f.state & FLOW_RST != 0 {
         ConnState::Closed
@@ -300,7 +296,7 @@ pub struct ConnsView {
     filter: ConnFilter,
     /// index -> (epoch, backend); a flow whose epoch differs belongs to a backend that
     /// was removed (the index may already serve another one).
-    by_index: BTreeMap<u32, (u32, SocketAddrV4)>,
+    by_index: BTreeMap<u32, (u32, SocketAddr)>,
     rows: Vec<ConnEntry>,
     total: usize,
 }
@@ -322,7 +318,8 @@ impl ConnsView {
         }
     }
 
-    pub fn add(&mut self, flows: &[(FlowKey, Flow)]) {
+    /// Adds a batch of entries of either table.
+    pub fn add<K: ConnKey>(&mut self, flows: &[(K, Flow)]) {
         for (k, f) in flows {
             let svc = flow_service(k);
             if !self.judge.serves(k) || self.judge.expired(k, f, self.now_s) {
@@ -336,9 +333,8 @@ impl ConnsView {
                 continue;
             }
             if let Some(b) = self.filter.backend
-                && !be.is_some_and(|be| {
-                    b.address == *be.ip() && b.port.is_none_or(|p| p == be.port())
-                })
+                && !be
+                    .is_some_and(|be| b.address == be.ip() && b.port.is_none_or(|p| p == be.port()))
             {
                 continue;
             }
@@ -348,10 +344,7 @@ impl ConnsView {
             }
             self.rows.push(ConnEntry {
                 protocol: svc.protocol,
-                client: SocketAddrV4::new(
-                    Ipv4Addr::from(k.src.to_ne_bytes()),
-                    u16::from_be(k.sport),
-                ),
+                client: k.client(),
                 service: svc,
                 backend: be,
                 state: conn_state(k, f),
@@ -415,6 +408,8 @@ pub fn metrics(snap: &Snapshot, counts: &ConnCounts, now: &Readings) -> metrics:
         services,
         conntrack_entries: counts.entries as u64,
         conntrack_max_entries: u64::from(snap.runtime.conntrack.max_entries),
+        conntrack_ipv6_entries: counts.entries6 as u64,
+        conntrack_ipv6_max_entries: u64::from(snap.runtime.conntrack.ipv6_entries()),
     }
 }
 
@@ -444,7 +439,7 @@ mod tests {
         let mut n = Neighbours::new();
         for last in [11u8, 12] {
             n.insert(
-                Ipv4Addr::new(10, 0, 0, last),
+                std::net::IpAddr::from([10, 0, 0, last]),
                 Ok(Hop {
                     ifindex: 2,
                     mac: [2, 0, 0, 0, 0, last],
@@ -453,7 +448,7 @@ mod tests {
             );
         }
         n.insert(
-            Ipv4Addr::new(10, 0, 0, 13),
+            std::net::IpAddr::from([10, 0, 0, 13]),
             Err(Unreachable::Unresolved {
                 iface: "eth0".into(),
             }),
@@ -665,5 +660,67 @@ mod tests {
             },
         );
         assert_eq!(other.total, 0);
+    }
+
+    /// IPv6 services in the metrics (VIP label as written, backend label bracketed) and
+    /// in `lb conns` (the IPv6 table's entries, bracketed addresses).
+    #[test]
+    fn ipv6_services_show_bracketed_socket_addresses() {
+        let snap = crate::daemon::controller::snapshot_of(
+            r#"{"services": [{"vip": "2001:db8::10", "port": 80, "forwarding": "nat",
+             "table_size": 251, "health_check": {"kind": "none"},
+             "backends": [{"address": "2001:db8:1::11", "port": 8080}]}]}"#,
+        );
+        let text = metrics::render(&metrics(
+            &snap,
+            &ConnCounts::default(),
+            &Readings::default(),
+        ));
+        assert!(
+            text.contains("lb_backend_up{vip=\"2001:db8::10\",port=\"80\",proto=\"tcp\",backend=\"[2001:db8:1::11]:8080\"} 1\n"),
+            "{text}"
+        );
+        let index = index(&snap, "[2001:db8::10]:80/tcp", "[2001:db8:1::11]:8080");
+        let words =
+            |a: &str| lb_common::ipv6_words(a.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let flow = (
+            lb_common::FlowKey6::new(
+                words("2001:db8:cafe::7"),
+                words("2001:db8::10"),
+                40000u16.to_be(),
+                80u16.to_be(),
+                6,
+            ),
+            Flow {
+                backend: index,
+                epoch: snap
+                    .runtime
+                    .services()
+                    .next()
+                    .unwrap()
+                    .backends
+                    .values()
+                    .next()
+                    .unwrap()
+                    .epoch,
+                state: FLOW_ESTABLISHED,
+                last_seen: 9_997,
+            },
+        );
+        let mut view = ConnsView::new(
+            &snap,
+            10_000,
+            ConnFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        );
+        view.add(&[flow]);
+        let c = view.finish();
+        assert_eq!(c.total, 1);
+        let row = serde_json::to_value(&c.conns[0]).unwrap();
+        assert_eq!(row["client"], "[2001:db8:cafe::7]:40000");
+        assert_eq!(row["service"], "[2001:db8::10]:80/tcp");
+        assert_eq!(row["backend"], "[2001:db8:1::11]:8080");
     }
 }

@@ -7,7 +7,7 @@
 //! checks (probe results) and the neighbour refresh. A change that has to wait for the
 //! kernel (an RCU grace period before a table generation is reused) delays only the
 //! commands queued behind it, never a read.
-use std::{net::SocketAddrV4, sync::Arc, thread::JoinHandle};
+use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
 
 use tokio::sync::{oneshot, watch};
 
@@ -22,7 +22,7 @@ enum Command {
     },
     Probe {
         service: ServiceKey,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
         result: ProbeResult,
     },
     Neighbours(Neighbours),
@@ -58,7 +58,7 @@ impl Writer {
     }
 
     /// Hands over a probe result (the controller acts on transitions).
-    pub fn probe(&self, service: ServiceKey, backend: SocketAddrV4, result: ProbeResult) {
+    pub fn probe(&self, service: ServiceKey, backend: SocketAddr, result: ProbeResult) {
         let _ = self.tx.send(Command::Probe {
             service,
             backend,

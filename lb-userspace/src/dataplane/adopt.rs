@@ -4,18 +4,20 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{IterableMap as _, MapError};
-use lb_common::{TableChunk, table_index};
+use lb_common::{BACKEND_F_IPV6, TableChunk, table_index};
 
 pub use crate::model::adopt::Pinned;
 
 use super::{
-    Dataplane,
+    Dataplane, Record,
     error::{Context as _, Result},
+    filter::FilterAddr,
     tables::{Mmap, TableGens},
 };
 
-/// An address marker of `NAT_BACKENDS` (kept by `Dataplane::set_nat_backend`).
-pub(super) fn is_marker(k: &lb_common::NatBackendKey) -> bool {
+/// An address marker of `NAT_BACKENDS` or `NAT_BACKENDS6` (kept by
+/// `Dataplane::set_nat_backend`, `set_nat_backend6`).
+pub(super) fn is_marker<A>(k: &lb_common::NatBackendKeyOf<A>) -> bool {
     k.port == 0 && k.proto == 0
 }
 
@@ -41,15 +43,32 @@ impl Dataplane {
                 .filter(|(k, _)| !is_marker(k))
                 .collect(),
             timeouts: self.timeouts.get(&0, 0).context("reading TIMEOUTS")?,
+            services6: entries(&self.services6, "SERVICES6")?,
+            vips6: entries(&self.vips6, "VIPS6")?,
+            nat_backends6: entries(&self.nat_backends6, "NAT_BACKENDS6")?
+                .into_iter()
+                .filter(|(k, _)| !is_marker(k))
+                .collect(),
             ..Default::default()
         };
         for (i, be) in self.backends.iter().enumerate() {
             let be = be.context("reading BACKENDS")?;
             if be.epoch != 0 {
                 p.backends.insert(i as u32, be);
+                if be.flags & BACKEND_F_IPV6 != 0 {
+                    p.backend_addrs6
+                        .insert(i as u32, self.backend_addr6(i as u32)?);
+                }
             }
         }
-        for (key, svc) in &p.services {
+        let records = p
+            .services
+            .iter()
+            .map(|(k, s)| Record::V4(*k, *s))
+            .chain(p.services6.iter().map(|(k, s)| Record::V6(*k, s.common())))
+            .collect::<Vec<_>>();
+        for record in records {
+            let svc = *record.svc();
             let mut gens = TableGens {
                 live: svc.table_gen,
                 ..Default::default()
@@ -79,14 +98,21 @@ impl Dataplane {
             // a packet: wait a grace period before writing it again.
             gens.retired = self.grace.request();
             self.gens.insert(svc.id, gens);
-            self.records.insert(svc.id, (*key, *svc));
+            self.records.insert(svc.id, record);
         }
         for addr in p.vips.keys() {
-            self.vip_filter.adopt(*addr);
+            self.vip_filter.adopt(FilterAddr::V4(*addr));
+        }
+        for addr in p.vips6.keys() {
+            self.vip_filter.adopt(FilterAddr::V6(*addr));
         }
         for key in p.nat_backends.keys() {
-            self.nat_filter.adopt(key.addr);
+            self.nat_filter.adopt(FilterAddr::V4(key.addr));
             self.nat_keys.insert(*key);
+        }
+        for key in p.nat_backends6.keys() {
+            self.nat_filter.adopt(FilterAddr::V6(key.addr));
+            self.nat_keys6.insert(*key);
         }
         Ok(p)
     }

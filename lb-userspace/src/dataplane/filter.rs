@@ -6,19 +6,37 @@ use std::collections::BTreeSet;
 
 use aya::maps::MapError;
 use aya::maps::{Array, MapData};
-use lb_common::filter_bit;
+use lb_common::{Addr6, filter_bit, filter_bit6};
+
+/// An address of either family in the datapath's form (IPv4: network order; IPv6:
+/// `lb_common::Addr6`). Both families share the two prefilters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum FilterAddr {
+    V4(u32),
+    V6(Addr6),
+}
+
+impl FilterAddr {
+    /// Its (word, bit) in a prefilter.
+    fn bit(&self) -> (u32, u64) {
+        match self {
+            FilterAddr::V4(a) => filter_bit(*a),
+            FilterAddr::V6(a) => filter_bit6(a),
+        }
+    }
+}
 
 /// A prefilter map and the set of addresses it was built from.
 pub(super) struct AddressFilter {
     map: Array<MapData, u64>,
-    addrs: BTreeSet<u32>,
+    addrs: BTreeSet<FilterAddr>,
 }
 
-/// Word `index` of the bitmap of `addrs` (addresses in network order).
-fn word(addrs: &BTreeSet<u32>, index: u32) -> u64 {
+/// Word `index` of the bitmap of `addrs`.
+fn word(addrs: &BTreeSet<FilterAddr>, index: u32) -> u64 {
     addrs
         .iter()
-        .map(|a| filter_bit(*a))
+        .map(FilterAddr::bit)
         .filter(|(w, _)| *w == index)
         .fold(0, |acc, (_, bit)| acc | bit)
 }
@@ -32,21 +50,21 @@ impl AddressFilter {
     }
 
     /// Counts an address the map already holds (a pinned datapath being adopted).
-    pub(super) fn adopt(&mut self, addr: u32) {
+    pub(super) fn adopt(&mut self, addr: FilterAddr) {
         self.addrs.insert(addr);
     }
 
-    pub(super) fn add(&mut self, addr: u32) -> Result<(), MapError> {
+    pub(super) fn add(&mut self, addr: FilterAddr) -> Result<(), MapError> {
         if self.addrs.insert(addr) {
-            let (index, _) = filter_bit(addr);
+            let (index, _) = addr.bit();
             self.map.set(index, word(&self.addrs, index), 0)?;
         }
         Ok(())
     }
 
-    pub(super) fn remove(&mut self, addr: u32) -> Result<(), MapError> {
+    pub(super) fn remove(&mut self, addr: FilterAddr) -> Result<(), MapError> {
         if self.addrs.remove(&addr) {
-            let (index, _) = filter_bit(addr);
+            let (index, _) = addr.bit();
             self.map.set(index, word(&self.addrs, index), 0)?;
         }
         Ok(())
@@ -59,10 +77,12 @@ mod tests {
 
     #[test]
     fn a_word_holds_the_bits_of_its_addresses_only() {
-        let a = u32::from_ne_bytes([10, 100, 0, 10]);
-        let b = u32::from_ne_bytes([10, 100, 0, 20]);
-        let (wa, bit_a) = filter_bit(a);
-        let (wb, bit_b) = filter_bit(b);
+        let a = FilterAddr::V4(u32::from_ne_bytes([10, 100, 0, 10]));
+        let b = FilterAddr::V6(lb_common::ipv6_words([
+            0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ]));
+        let (wa, bit_a) = a.bit();
+        let (wb, bit_b) = b.bit();
         let set = BTreeSet::from([a, b]);
         if wa == wb {
             assert_eq!(word(&set, wa), bit_a | bit_b);

@@ -6,6 +6,10 @@
 //! uses, and opens lb's by name. Everything here only reads: tools and tests use it to
 //! see what the datapath will see, independently of the daemon's own bookkeeping.
 //!
+//! IPv6 services live in maps of the IPv6 program (`lb6`, tail-called through
+//! `PROGRAMS`): it is found as the loaded program of that name sharing the XDP program's
+//! `STATS` map.
+//!
 //! Keys and values are the datapath's (`lb_common`): addresses and ports in network byte
 //! order (`crate::model::runtime::datapath_key` builds a [`ServiceKey`] from a service name).
 use std::collections::BTreeMap;
@@ -16,8 +20,9 @@ use aya::{
     programs::loaded_programs,
 };
 use lb_common::{
-    Backend, Counter, MAP_BACKENDS, MAP_NAT_BACKENDS, MAP_SERVICES, MAP_STATS, MAP_TABLES,
-    MAP_VIPS, NatBackend, NatBackendKey, Service, ServiceKey, TABLE_CHUNK, TableChunk, table_index,
+    Backend, Counter, MAP_BACKENDS, MAP_NAT_BACKENDS, MAP_SERVICES, MAP_SERVICES6, MAP_STATS,
+    MAP_TABLES, MAP_VIPS, NatBackend, NatBackendKey, PROG_IPV6, Service, Service6, ServiceKey,
+    ServiceKey6, ServiceOf, TABLE_CHUNK, TAIL_PROGRAMS, TableChunk, table_index,
 };
 
 /// The kernel keeps at most 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` is 16, with
@@ -34,6 +39,51 @@ pub struct Inspector {
     /// `None` for a program of an older layout (the benchmarks inspect those too).
     nat_backends: Option<HashMap<MapData, NatBackendKey, NatBackend>>,
     stats: PerCpuArray<MapData, u64>,
+    /// `SERVICES6`, from the IPv6 program; `None` when there is none (an older layout).
+    services6: Option<HashMap<MapData, ServiceKey6, Service6>>,
+}
+
+/// The maps of program `prog_id`, by (kernel-truncated) name.
+fn maps_of(prog_id: u32, ids: Vec<u32>) -> Result<BTreeMap<String, MapData>> {
+    let mut maps = BTreeMap::new();
+    for id in ids {
+        let data = MapData::from_id(id).with_context(|| format!("opening map id {id}"))?;
+        let info = data
+            .info()
+            .with_context(|| format!("reading the info of map id {id} (program {prog_id})"))?;
+        if let Some(name) = info.name_as_str() {
+            maps.insert(name.to_string(), data);
+        }
+    }
+    Ok(maps)
+}
+
+/// The map ids of the loaded program `prog_id`.
+fn map_ids(info: &aya::programs::ProgramInfo) -> Result<Vec<u32>> {
+    let prog_id = info.id();
+    info.map_ids()
+        .with_context(|| format!("reading the map ids of BPF program {prog_id}"))?
+        .context("this kernel does not report the maps of a program")
+}
+
+/// The maps of the IPv6 program loaded with the XDP program whose `STATS` map has id
+/// `stats_id` (tail-called programs share their object's maps); `None` when there is none.
+fn ipv6_program_maps(stats_id: u32) -> Result<Option<BTreeMap<String, MapData>>> {
+    let name = TAIL_PROGRAMS
+        .iter()
+        .find(|(slot, _)| *slot == PROG_IPV6)
+        .map(|(_, name)| *name)
+        .context("no IPv6 program in TAIL_PROGRAMS")?;
+    for info in loaded_programs().filter_map(Result::ok) {
+        if info.name_as_str() != Some(name) {
+            continue;
+        }
+        let Ok(ids) = map_ids(&info) else { continue };
+        if ids.contains(&stats_id) {
+            return maps_of(info.id(), ids).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Opens the map called `name` (as the kernel truncates it) from `maps` as type `T`.
@@ -59,20 +109,19 @@ impl Inspector {
             .filter_map(Result::ok)
             .find(|p| p.id() == prog_id)
             .with_context(|| format!("no BPF program with id {prog_id} is loaded"))?;
-        let ids = info
-            .map_ids()
-            .with_context(|| format!("reading the map ids of BPF program {prog_id}"))?
-            .context("this kernel does not report the maps of a program")?;
-        let mut maps = BTreeMap::new();
-        for id in ids {
-            let data = MapData::from_id(id).with_context(|| format!("opening map id {id}"))?;
-            let info = data
-                .info()
-                .with_context(|| format!("reading the info of map id {id}"))?;
-            if let Some(name) = info.name_as_str() {
-                maps.insert(name.to_string(), data);
-            }
-        }
+        let mut maps = maps_of(prog_id, map_ids(&info)?)?;
+        let stats_id = maps
+            .get(MAP_STATS)
+            .map(|m| m.info().map(|i| i.id()))
+            .transpose()
+            .context("reading the info of STATS")?;
+        let services6 = match stats_id {
+            Some(id) => match ipv6_program_maps(id)? {
+                Some(mut v6) => Some(open(&mut v6, prog_id, MAP_SERVICES6)?),
+                None => None,
+            },
+            None => None,
+        };
         Ok(Inspector {
             prog_id,
             services: open(&mut maps, prog_id, MAP_SERVICES)?,
@@ -84,6 +133,7 @@ impl Inspector {
                 .then(|| open(&mut maps, prog_id, MAP_NAT_BACKENDS))
                 .transpose()?,
             stats: open(&mut maps, prog_id, MAP_STATS)?,
+            services6,
         })
     }
 
@@ -108,6 +158,19 @@ impl Inspector {
         Ok(out)
     }
 
+    /// Every `SERVICES6` entry, sorted by key (empty without an IPv6 program).
+    pub fn services6(&self) -> Result<Vec<(ServiceKey6, Service6)>> {
+        let Some(map) = &self.services6 else {
+            return Ok(Vec::new());
+        };
+        let mut out = map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading SERVICES6")?;
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
     /// The `BACKENDS` record at `index` (all zero when never written; flags 0 when the
     /// backend was removed).
     pub fn backend(&self, index: u32) -> Result<Backend> {
@@ -117,7 +180,8 @@ impl Inspector {
     /// The live Maglev table of the service with record `svc` (its first `size` slots),
     /// or `None` when `TABLES` has no table there. (A table flip at the same moment can
     /// make the copy a mix of two tables: this is a tool's view, not the datapath's.)
-    pub fn table(&self, svc: &Service, size: u32) -> Result<Option<Vec<u32>>> {
+    /// Services of both families share `TABLES`.
+    pub fn table<A>(&self, svc: &ServiceOf<A>, size: u32) -> Result<Option<Vec<u32>>> {
         let id = svc.id;
         let inner = match self.tables.get(&table_index(svc.id, svc.table_gen), 0) {
             Ok(inner) => inner,

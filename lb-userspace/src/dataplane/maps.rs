@@ -27,7 +27,8 @@ pub(super) fn map_data(map: &Map) -> Option<&MapData> {
         | Map::ArrayOfMaps(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
-        | Map::PerCpuArray(d) => Some(d),
+        | Map::PerCpuArray(d)
+        | Map::ProgramArray(d) => Some(d),
         _ => None,
     }
 }
@@ -86,9 +87,9 @@ pub(super) fn remove_if_present<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Sets a count kept in a hash map (0 removes the key).
-pub(super) fn set_count(
-    map: &mut HashMap<MapData, u32, u32>,
-    addr: u32,
+pub(super) fn set_count<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, u32>,
+    addr: K,
     n: u32,
 ) -> Result<(), MapError> {
     if n == 0 {

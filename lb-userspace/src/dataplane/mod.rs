@@ -17,7 +17,7 @@ use std::{
 use self::error::{Context as _, Error, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData},
+    maps::{Array, ArrayOfMaps, HashMap, InnerMap, MapData, ProgramArray},
     programs::{
         TestRun as _, TestRunOptions, TestRunResult, Xdp,
         links::{FdLink, PinnedLink},
@@ -25,11 +25,13 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Flow, FlowKey, GRACE_SLOT, HalfOpen, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_HALF_OPEN, MAP_NAT_BACKENDS, MAP_NAT_FILTER, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
-    MAP_TABLES, MAP_TIMEOUTS, MAP_VIP_FILTER, MAP_VIPS, NatBackend, NatBackendKey, PINNED_MAPS,
-    Service, ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts, TrafficStats,
-    table_index,
+    Addr6, Backend, Flow, FlowKey, FlowKey6, GRACE_SLOT, HalfOpen, HalfOpen6, MAP_BACKEND_ADDRS6,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_HALF_OPEN, MAP_HALF_OPEN6,
+    MAP_NAT_BACKENDS, MAP_NAT_BACKENDS6, MAP_NAT_FILTER, MAP_PROGRAMS, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_TABLES, MAP_TIMEOUTS, MAP_VIP_FILTER, MAP_VIPS,
+    MAP_VIPS6, NatBackend, NatBackend6, NatBackendKey, NatBackendKey6, PINNED_MAPS, Service,
+    Service6, ServiceKey, ServiceKey6, TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts,
+    TrafficStats, table_index,
 };
 
 pub mod adopt;
@@ -47,7 +49,7 @@ mod tables;
 
 pub use self::{conntrack::ConnTable, counters::Counters};
 use self::{
-    filter::AddressFilter,
+    filter::{AddressFilter, FilterAddr},
     grace::Grace,
     maps::{get_if_present, map_data, memlock, remove_if_present, set_count, take},
     object::{self as ebpf, AttachMode},
@@ -60,12 +62,35 @@ use self::{
 pub struct Limits {
     /// Entries of `CONNTRACK` (`conntrack.max_entries`).
     pub conntrack_entries: u32,
+    /// Connections `CONNTRACK6` must hold (`conntrack.max_entries_ipv6`).
+    pub conntrack6_entries: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             conntrack_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+            conntrack6_entries: lb_common::DEFAULT_CONNTRACK6_ENTRIES,
+        }
+    }
+}
+
+/// A service record as the control plane last wrote it (for the table flips).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Record {
+    V4(ServiceKey, Service),
+    V6(ServiceKey6, Service),
+}
+
+impl Record {
+    fn svc(&self) -> &Service {
+        match self {
+            Record::V4(_, s) | Record::V6(_, s) => s,
+        }
+    }
+    fn svc_mut(&mut self) -> &mut Service {
+        match self {
+            Record::V4(_, s) | Record::V6(_, s) => s,
         }
     }
 }
@@ -86,7 +111,7 @@ pub struct Dataplane {
     /// The table generations of each service id (see `set_table`).
     gens: StdHashMap<u32, TableGens>,
     /// The service records written, by service id (for the table flips).
-    records: StdHashMap<u32, (ServiceKey, Service)>,
+    records: StdHashMap<u32, Record>,
     /// Grace periods after table flips.
     grace: Grace,
     backends: Array<MapData, Backend>,
@@ -99,6 +124,14 @@ pub struct Dataplane {
     nat_filter: AddressFilter,
     counters: Counters,
     conns: ConnTable,
+    /// The programs `lb` tail-calls (IPv6).
+    tail_calls: ProgramArray<MapData>,
+    services6: HashMap<MapData, ServiceKey6, Service6>,
+    vips6: HashMap<MapData, Addr6, u32>,
+    backend_addrs6: Array<MapData, Addr6>,
+    nat_backends6: HashMap<MapData, NatBackendKey6, NatBackend6>,
+    /// The keys `NAT_BACKENDS6` holds.
+    nat_keys6: std::collections::BTreeSet<NatBackendKey6>,
 }
 
 /// How an interface came to run the datapath (see [`Dataplane::attach_pinned`]).
@@ -126,7 +159,7 @@ impl Attached {
 /// and value sizes, and the connection table's size.
 fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()> {
     use lb_common::TrafficStats as Ts;
-    let expected: [(&str, usize, usize); 13] = [
+    let expected: [(&str, usize, usize); 20] = [
         (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<Service>()),
         (MAP_TABLES, 4, 4),
         (MAP_BACKENDS, 4, size_of::<Backend>()),
@@ -144,6 +177,21 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
         (MAP_STATS, 4, 8),
         (MAP_SERVICE_STATS, 4, size_of::<Ts>()),
         (MAP_BACKEND_STATS, 4, size_of::<Ts>()),
+        (
+            MAP_SERVICES6,
+            size_of::<ServiceKey6>(),
+            size_of::<Service6>(),
+        ),
+        (MAP_VIPS6, size_of::<Addr6>(), 4),
+        (MAP_BACKEND_ADDRS6, 4, size_of::<Addr6>()),
+        (MAP_CONNTRACK6, size_of::<FlowKey6>(), size_of::<Flow>()),
+        (MAP_HALF_OPEN6, 4, size_of::<HalfOpen6>()),
+        (
+            MAP_NAT_BACKENDS6,
+            size_of::<NatBackendKey6>(),
+            size_of::<NatBackend6>(),
+        ),
+        (MAP_PROGRAMS, 4, 4),
     ];
     for (name, key, value) in expected {
         let data = ebpf
@@ -164,18 +212,30 @@ fn check_pinned_shapes(ebpf: &Ebpf, limits: Limits, pins: &PinDir) -> Result<()>
                 pins.path().display()
             )));
         }
-        if name == MAP_CONNTRACK && info.max_entries() != limits.conntrack_entries {
-            let held = info.max_entries();
-            return Err(Error::Invalid(format!(
-                "the pinned connection table in {} has {} entries and the configuration asks for {} \
-                 (conntrack.max_entries): set it back to {}, or stop lb, remove the datapath with \
-                 `lb detach --pin-dir {}` (its connections are lost) and start again",
-                pins.path().display(),
-                held,
+        for (map, configured, table, setting) in [
+            (
+                MAP_CONNTRACK,
                 limits.conntrack_entries,
-                held,
-                pins.path().display()
-            )));
+                "connection table",
+                "conntrack.max_entries",
+            ),
+            (
+                MAP_CONNTRACK6,
+                limits.conntrack6_entries,
+                "IPv6 connection table",
+                "conntrack.max_entries_ipv6",
+            ),
+        ] {
+            if name == map && info.max_entries() != configured {
+                let held = info.max_entries();
+                return Err(Error::Invalid(format!(
+                    "the pinned {table} in {} has {held} entries and the configuration asks for {configured} \
+                     ({setting}): set it back to {held}, or stop lb, remove the datapath with \
+                     `lb detach --pin-dir {}` (its connections are lost) and start again",
+                    pins.path().display(),
+                    pins.path().display()
+                )));
+            }
         }
     }
     Ok(())
@@ -219,14 +279,15 @@ impl Dataplane {
         limits: Limits,
         pins: Option<&PinDir>,
     ) -> Result<Self> {
-        if limits.conntrack_entries < 1024 {
+        if limits.conntrack_entries < 1024 || limits.conntrack6_entries < 1024 {
             return Err(Error::Invalid(format!(
-                "the connection table needs at least 1024 entries (got {})",
-                limits.conntrack_entries
+                "the connection tables need at least 1024 entries (got {} and {} for IPv6)",
+                limits.conntrack_entries, limits.conntrack6_entries
             )));
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_CONNTRACK, limits.conntrack_entries);
+        loader.map_max_entries(MAP_CONNTRACK6, limits.conntrack6_entries);
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
@@ -250,8 +311,11 @@ impl Dataplane {
                 .with_context(|| format!("the eBPF object has no program {name}"))?;
             let prog = <&mut Xdp>::try_from(prog)
                 .with_context(|| format!("program {name} is not an XDP program"))?;
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected the XDP program {name}"))?;
+            ebpf::load(prog, name)?;
+        }
+        let mut tail_calls: ProgramArray<MapData> = take(&mut ebpf, MAP_PROGRAMS)?;
+        if !programs.is_empty() {
+            ebpf::install_tail_programs(&mut ebpf, &mut tail_calls)?;
         }
         let mut memory = Vec::new();
         for (name, map) in ebpf.maps() {
@@ -304,7 +368,16 @@ impl Dataplane {
                 take(&mut ebpf, MAP_SERVICE_STATS)?,
                 take(&mut ebpf, MAP_BACKEND_STATS)?,
             ),
-            conns: ConnTable::new(take(&mut ebpf, MAP_CONNTRACK)?),
+            conns: ConnTable::new(
+                take(&mut ebpf, MAP_CONNTRACK)?,
+                take(&mut ebpf, MAP_CONNTRACK6)?,
+            ),
+            tail_calls,
+            services6: take(&mut ebpf, MAP_SERVICES6)?,
+            vips6: take(&mut ebpf, MAP_VIPS6)?,
+            backend_addrs6: take(&mut ebpf, MAP_BACKEND_ADDRS6)?,
+            nat_backends6: take(&mut ebpf, MAP_NAT_BACKENDS6)?,
+            nat_keys6: Default::default(),
             ebpf,
         })
     }
@@ -315,17 +388,16 @@ impl Dataplane {
     }
 
     /// Loads the XDP program into the kernel, unless it is loaded already; returns its id.
+    /// The programs it tail-calls are loaded and installed with it (before it is
+    /// attached, or switched to).
     fn load_program(&mut self) -> Result<u32> {
         let prog = ebpf::program_mut(&mut self.ebpf)?;
         if prog.fd().is_err() {
-            prog.load().with_context(|| {
-                format!(
-                    "the kernel verifier rejected the XDP program {}",
-                    ebpf::PROGRAM
-                )
-            })?;
+            ebpf::load(prog, ebpf::PROGRAM)?;
         }
-        Ok(prog.info().context("reading the XDP program's info")?.id())
+        let id = prog.info().context("reading the XDP program's info")?.id();
+        ebpf::install_tail_programs(&mut self.ebpf, &mut self.tail_calls)?;
+        Ok(id)
     }
 
     /// Makes `iface` (index `ifindex`) run the datapath through a link pinned in `pins`:
@@ -472,24 +544,69 @@ impl Dataplane {
 
     /// Writes a service record; its `table_gen` and `key` are set here (callers leave
     /// them at their defaults): the live generation of its table, and `key`.
-    pub fn set_service(&mut self, key: ServiceKey, mut svc: Service) -> Result<()> {
-        svc.table_gen = self.gens.get(&svc.id).map_or(0, |g| g.live);
-        svc.key = key;
-        self.services
-            .insert(key, svc, 0)
-            .context("writing SERVICES")?;
+    pub fn set_service(&mut self, key: ServiceKey, svc: Service) -> Result<()> {
+        self.put_record(Record::V4(key, svc))
+    }
+
+    /// Writes the record of an IPv6 service (`svc` as for [`Self::set_service`]).
+    pub fn set_service6(&mut self, key: ServiceKey6, svc: Service) -> Result<()> {
+        self.put_record(Record::V6(key, svc))
+    }
+
+    /// Writes a service record with the live table generation of its id.
+    fn put_record(&mut self, mut record: Record) -> Result<()> {
+        let id = record.svc().id;
+        record.svc_mut().table_gen = self.gens.get(&id).map_or(0, |g| g.live);
+        self.write_record(&record)?;
         // One record per key: a key that now names another id (a service replaced under
         // the same key) no longer belongs to the old id, whose table flips must not
         // touch it.
-        self.records.retain(|id, (k, _)| *id == svc.id || *k != key);
-        self.records.insert(svc.id, (key, svc));
+        self.records
+            .retain(|i, r| *i == id || !same_key(r, &record));
+        self.records.insert(id, record);
         Ok(())
+    }
+
+    /// Writes a record as it is (with its own key).
+    fn write_record(&mut self, record: &Record) -> Result<()> {
+        match *record {
+            Record::V4(key, svc) => self
+                .services
+                .insert(key, Service { key, ..svc }, 0)
+                .context("writing SERVICES"),
+            Record::V6(key, svc) => self
+                .services6
+                .insert(
+                    key,
+                    Service6 {
+                        id: svc.id,
+                        flags: svc.flags,
+                        table_size: svc.table_size,
+                        table_gen: svc.table_gen,
+                        key,
+                    },
+                    0,
+                )
+                .context("writing SERVICES6"),
+        }
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         remove_if_present(&mut self.services, key).context("removing from SERVICES")?;
-        self.records.retain(|_, (k, _)| k != key);
+        self.records
+            .retain(|_, r| !matches!(r, Record::V4(k, _) if k == key));
         Ok(())
+    }
+
+    pub fn remove_service6(&mut self, key: &ServiceKey6) -> Result<()> {
+        remove_if_present(&mut self.services6, key).context("removing from SERVICES6")?;
+        self.records
+            .retain(|_, r| !matches!(r, Record::V6(k, _) if k == key));
+        Ok(())
+    }
+
+    pub fn service6(&self, key: &ServiceKey6) -> Result<Option<Service6>> {
+        get_if_present(&self.services6, key).context("reading SERVICES6")
     }
 
     pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
@@ -538,15 +655,13 @@ impl Dataplane {
             }
         }
         if target != gens.live {
-            if let Some((key, mut svc)) = record {
-                svc.table_gen = target;
-                self.services
-                    .insert(key, svc, 0)
-                    .context("writing SERVICES (table flip)")?;
-                self.records.insert(id, (key, svc));
-            }
             gens.live = target;
             gens.retired = self.grace.request();
+            if let Some(mut record) = record {
+                record.svc_mut().table_gen = target;
+                self.write_record(&record)?;
+                self.records.insert(id, record);
+            }
         }
         Ok(())
     }
@@ -608,15 +723,42 @@ impl Dataplane {
         self.backends.get(&index, 0).context("reading BACKENDS")
     }
 
+    /// Writes the address of an IPv6 backend (before its `BACKENDS` record names it).
+    pub fn set_backend_addr6(&mut self, index: u32, addr: Addr6) -> Result<()> {
+        self.backend_addrs6
+            .set(index, addr, 0)
+            .context("writing BACKEND_ADDRS6")
+    }
+
+    pub fn backend_addr6(&self, index: u32) -> Result<Addr6> {
+        self.backend_addrs6
+            .get(&index, 0)
+            .context("reading BACKEND_ADDRS6")
+    }
+
     /// Sets the number of services on a VIP address (0 removes it). The address's
     /// prefilter bit is set before it enters `VIPS` and cleared after it leaves.
     pub fn set_vip(&mut self, addr: u32, services: u32) -> Result<()> {
+        let a = FilterAddr::V4(addr);
         if services > 0 {
-            self.vip_filter.add(addr).context("writing VIP_FILTER")?;
+            self.vip_filter.add(a).context("writing VIP_FILTER")?;
         }
         set_count(&mut self.vips, addr, services).context("writing VIPS")?;
         if services == 0 {
-            self.vip_filter.remove(addr).context("writing VIP_FILTER")?;
+            self.vip_filter.remove(a).context("writing VIP_FILTER")?;
+        }
+        Ok(())
+    }
+
+    /// As [`Self::set_vip`], for an IPv6 VIP (`VIPS6`; the prefilter is shared).
+    pub fn set_vip6(&mut self, addr: Addr6, services: u32) -> Result<()> {
+        let a = FilterAddr::V6(addr);
+        if services > 0 {
+            self.vip_filter.add(a).context("writing VIP_FILTER")?;
+        }
+        set_count(&mut self.vips6, addr, services).context("writing VIPS6")?;
+        if services == 0 {
+            self.vip_filter.remove(a).context("writing VIP_FILTER")?;
         }
         Ok(())
     }
@@ -627,52 +769,36 @@ impl Dataplane {
     /// packets) before its first entry, and leaves both after its last, like
     /// [`Self::set_vip`].
     pub fn set_nat_backend(&mut self, key: NatBackendKey, back: Option<NatBackend>) -> Result<()> {
-        let marker = NatBackendKey {
-            addr: key.addr,
-            ..Default::default()
-        };
-        let same_addr = |keys: &std::collections::BTreeSet<NatBackendKey>| {
-            keys.range(
-                NatBackendKey {
-                    addr: key.addr,
-                    ..Default::default()
-                }..=NatBackendKey {
-                    addr: key.addr,
-                    port: u16::MAX,
-                    proto: u8::MAX,
-                    _pad: u8::MAX,
-                },
-            )
-            .count()
-        };
-        match back {
-            Some(b) => {
-                if same_addr(&self.nat_keys) == 0 {
-                    self.nat_filter
-                        .add(key.addr)
-                        .context("writing NAT_FILTER")?;
-                    self.nat_backends
-                        .insert(marker, NatBackend::default(), 0)
-                        .context("writing NAT_BACKENDS")?;
-                }
-                self.nat_backends
-                    .insert(key, b, 0)
-                    .context("writing NAT_BACKENDS")?;
-                self.nat_keys.insert(key);
-            }
-            None => {
-                remove_if_present(&mut self.nat_backends, &key).context("writing NAT_BACKENDS")?;
-                self.nat_keys.remove(&key);
-                if same_addr(&self.nat_keys) == 0 {
-                    remove_if_present(&mut self.nat_backends, &marker)
-                        .context("writing NAT_BACKENDS")?;
-                    self.nat_filter
-                        .remove(key.addr)
-                        .context("writing NAT_FILTER")?;
-                }
-            }
-        }
-        Ok(())
+        set_nat(
+            &mut self.nat_backends,
+            &mut self.nat_keys,
+            &mut self.nat_filter,
+            FilterAddr::V4(key.addr),
+            key,
+            back,
+        )
+        .context("writing NAT_BACKENDS")
+    }
+
+    /// As [`Self::set_nat_backend`], for an IPv6 NAT backend (`NAT_BACKENDS6`).
+    pub fn set_nat_backend6(
+        &mut self,
+        key: NatBackendKey6,
+        back: Option<NatBackend6>,
+    ) -> Result<()> {
+        set_nat(
+            &mut self.nat_backends6,
+            &mut self.nat_keys6,
+            &mut self.nat_filter,
+            FilterAddr::V6(key.addr),
+            key,
+            back,
+        )
+        .context("writing NAT_BACKENDS6")
+    }
+
+    pub fn nat_backend6(&self, key: &NatBackendKey6) -> Result<Option<NatBackend6>> {
+        get_if_present(&self.nat_backends6, key).context("reading NAT_BACKENDS6")
     }
 
     /// The reply translation of a NAT backend, if it has one (tests and tools).
@@ -730,6 +856,88 @@ impl Dataplane {
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
         self.conns.remove_flow(key)
     }
+
+    /// Every IPv6 connection-table entry (a snapshot).
+    pub fn flows6(&self) -> Result<Vec<(FlowKey6, Flow)>> {
+        self.conns.flows6()
+    }
+
+    pub fn flow6(&self, key: &FlowKey6) -> Result<Option<Flow>> {
+        self.conns.flow6(key)
+    }
+
+    pub fn insert_flow6(&mut self, key: FlowKey6, flow: Flow) -> Result<()> {
+        self.conns.insert_flow6(key, flow)
+    }
+
+    pub fn remove_flow6(&mut self, key: &FlowKey6) -> Result<()> {
+        self.conns.remove_flow6(key)
+    }
+}
+
+/// Whether two records are for the same service key.
+fn same_key(a: &Record, b: &Record) -> bool {
+    match (a, b) {
+        (Record::V4(x, _), Record::V4(y, _)) => x == y,
+        (Record::V6(x, _), Record::V6(y, _)) => x == y,
+        _ => false,
+    }
+}
+
+/// Sets (or, with `None`, removes) a NAT backend's reply translation in `map`, keeping
+/// `keys` (what the map holds) and the NAT prefilter with it: the backend's address
+/// `addr` enters the prefilter and gets its marker entry (port and protocol 0: "a NAT
+/// backend's address", for the datapath's drop of its broken packets) before its first
+/// key, and leaves both after its last.
+fn set_nat<A: Copy + Ord + Default, V: aya::Pod + Default>(
+    map: &mut HashMap<MapData, lb_common::NatBackendKeyOf<A>, V>,
+    keys: &mut std::collections::BTreeSet<lb_common::NatBackendKeyOf<A>>,
+    filter: &mut AddressFilter,
+    addr: FilterAddr,
+    key: lb_common::NatBackendKeyOf<A>,
+    back: Option<V>,
+) -> std::result::Result<(), aya::maps::MapError>
+where
+    lb_common::NatBackendKeyOf<A>: aya::Pod,
+{
+    use lb_common::NatBackendKeyOf;
+    let marker = NatBackendKeyOf {
+        addr: key.addr,
+        ..Default::default()
+    };
+    let same_addr = |keys: &std::collections::BTreeSet<NatBackendKeyOf<A>>| {
+        keys.range(
+            NatBackendKeyOf {
+                addr: key.addr,
+                ..Default::default()
+            }..=NatBackendKeyOf {
+                addr: key.addr,
+                port: u16::MAX,
+                proto: u8::MAX,
+                _pad: u8::MAX,
+            },
+        )
+        .count()
+    };
+    match back {
+        Some(b) => {
+            if same_addr(keys) == 0 {
+                filter.add(addr)?;
+                map.insert(marker, V::default(), 0)?;
+            }
+            map.insert(key, b, 0)?;
+            keys.insert(key);
+        }
+        None => {
+            remove_if_present(map, &key)?;
+            keys.remove(&key);
+            if same_addr(keys) == 0 {
+                remove_if_present(map, &marker)?;
+                filter.remove(addr)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The raw fd of a map usable as an inner map.
@@ -764,6 +972,21 @@ impl crate::model::apply::Maps for Dataplane {
     }
     fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<()> {
         Dataplane::set_timeouts(self, timeouts)
+    }
+    fn set_service6(&mut self, key: ServiceKey6, svc: Service) -> Result<()> {
+        Dataplane::set_service6(self, key, svc)
+    }
+    fn remove_service6(&mut self, key: &ServiceKey6) -> Result<()> {
+        Dataplane::remove_service6(self, key)
+    }
+    fn set_vip6(&mut self, addr: Addr6, services: u32) -> Result<()> {
+        Dataplane::set_vip6(self, addr, services)
+    }
+    fn set_nat_backend6(&mut self, key: NatBackendKey6, back: Option<NatBackend6>) -> Result<()> {
+        Dataplane::set_nat_backend6(self, key, back)
+    }
+    fn set_backend_addr6(&mut self, index: u32, addr: Addr6) -> Result<()> {
+        Dataplane::set_backend_addr6(self, index, addr)
     }
     fn reset_backend_stats(&mut self, index: u32) -> Result<()> {
         Dataplane::reset_backend_stats(self, index)

@@ -18,12 +18,63 @@ pub fn sha256(object: &[u8]) -> [u8; 32] {
 /// Name of the XDP program inside [`OBJECT`] (also what `ip link` shows).
 pub const PROGRAM: &str = "lb";
 
+/// How many times a program load is tried while the verifier gives up with EAGAIN.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads the XDP program `prog` (called `name`) into the kernel. The verifier gives up
+/// with EAGAIN when a signal is pending for the loading thread (it checks as it goes, so
+/// the larger a program, the likelier); as libbpf does, the load is then tried again,
+/// up to [`LOAD_ATTEMPTS`] times.
+pub fn load(prog: &mut Xdp, name: &str) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            r => {
+                return r.with_context(|| {
+                    format!("the kernel verifier rejected the XDP program {name}")
+                });
+            }
+        }
+    }
+}
+
 /// The XDP program of a loaded object.
 pub fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let prog = ebpf
         .program_mut(PROGRAM)
         .with_context(|| format!("the eBPF object has no program named {PROGRAM}"))?;
     <&mut Xdp>::try_from(prog).with_context(|| format!("program {PROGRAM} is not an XDP program"))
+}
+
+/// Loads the programs `lb` tail-calls (`lb_common::TAIL_PROGRAMS`: IPv6, ICMPv6) and
+/// puts them in its program array, so IPv6 packets find them. Objects without them
+/// (an `LB_XDP_OBJECT` of another build) are left as they are.
+pub fn install_tail_programs(
+    ebpf: &mut Ebpf,
+    programs: &mut aya::maps::ProgramArray<aya::maps::MapData>,
+) -> Result<()> {
+    for (slot, name) in lb_common::TAIL_PROGRAMS {
+        let Some(prog) = ebpf.program_mut(name) else {
+            continue;
+        };
+        let prog = <&mut Xdp>::try_from(prog)
+            .with_context(|| format!("program {name} is not an XDP program"))?;
+        if prog.fd().is_err() {
+            load(prog, name)?;
+        }
+        let fd = prog
+            .fd()
+            .with_context(|| format!("the XDP program {name} has no file descriptor"))?;
+        programs
+            .set(slot, fd, 0)
+            .with_context(|| format!("putting the XDP program {name} into PROGRAMS"))?;
+    }
+    Ok(())
 }
 
 /// How the program is attached to an interface.

@@ -7,7 +7,7 @@
 
 use std::{
     fmt,
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -190,9 +190,16 @@ pub struct HealthSnapshot {
 /// The delay before a backend's first probe, so that a pool is not probed in lockstep:
 /// deterministic per backend (a hash of its address and port) and spread uniformly over
 /// `[0, interval)`. A zero `interval` gives zero.
-pub fn start_offset(addr: SocketAddrV4, interval: Duration) -> Duration {
-    let key = (u64::from(addr.ip().to_bits()) << 16) | u64::from(addr.port());
-    let hash = splitmix64(key);
+pub fn start_offset(addr: SocketAddr, interval: Duration) -> Duration {
+    let hash = match addr {
+        SocketAddr::V4(a) => splitmix64((u64::from(a.ip().to_bits()) << 16) | u64::from(a.port())),
+        SocketAddr::V6(a) => {
+            let bits = a.ip().to_bits();
+            splitmix64(
+                splitmix64((bits >> 64) as u64 ^ splitmix64(bits as u64)) ^ u64::from(a.port()),
+            )
+        }
+    };
     // Intervals beyond u64 nanoseconds (~584 years) are spread over the first 584 years.
     let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
     // hash / 2^64 is in [0, 1): the product stays below `nanos` and fits in u64.
@@ -414,19 +421,19 @@ mod tests {
         assert_eq!(Health::Down.to_string(), "down");
     }
 
-    fn pool(n: u32) -> impl Iterator<Item = SocketAddrV4> {
+    fn pool(n: u32) -> impl Iterator<Item = SocketAddr> {
         let base = Ipv4Addr::new(10, 0, 0, 1).to_bits();
-        (0..n).map(move |i| SocketAddrV4::new(Ipv4Addr::from_bits(base + i), 8080))
+        (0..n).map(move |i| SocketAddr::new(Ipv4Addr::from_bits(base + i).into(), 8080))
     }
 
     #[test]
     fn start_offset_is_deterministic_and_below_interval() {
         let interval = Duration::from_secs(1);
-        let a = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 7), 80);
+        let a = SocketAddr::new(Ipv4Addr::new(192, 0, 2, 7).into(), 80);
         assert_eq!(start_offset(a, interval), start_offset(a, interval));
         assert_ne!(
             start_offset(a, interval),
-            start_offset(SocketAddrV4::new(*a.ip(), 81), interval)
+            start_offset(SocketAddr::new(a.ip(), 81), interval)
         );
         for interval in [
             Duration::from_nanos(1),
@@ -447,7 +454,7 @@ mod tests {
     #[test]
     fn start_offset_spreads() {
         let interval = Duration::from_secs(1);
-        let buckets = |addrs: &mut dyn Iterator<Item = SocketAddrV4>| {
+        let buckets = |addrs: &mut dyn Iterator<Item = SocketAddr>| {
             let mut hit = [false; 10];
             for addr in addrs {
                 hit[(start_offset(addr, interval).as_millis() / 100) as usize] = true;
@@ -457,7 +464,7 @@ mod tests {
         // Consecutive addresses, one port.
         assert!(buckets(&mut pool(100)) >= 8);
         // One address, consecutive ports.
-        let ip = Ipv4Addr::new(10, 1, 2, 3);
-        assert!(buckets(&mut (8000..8100).map(|port| SocketAddrV4::new(ip, port))) >= 8);
+        let ip = Ipv4Addr::new(10, 1, 2, 3).into();
+        assert!(buckets(&mut (8000..8100).map(|port| SocketAddr::new(ip, port))) >= 8);
     }
 }

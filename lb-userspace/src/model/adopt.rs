@@ -6,14 +6,17 @@
 //! hold, so the first change writes only what the configuration changes.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
-use lb_common::{BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, SERVICE_F_NAT, Service};
+use lb_common::{
+    BACKEND_F_IPV6, BACKEND_F_LIVE, BACKEND_F_REPICK, Backend, NO_BACKEND, SERVICE_F_NAT, Service,
+};
 
 use super::runtime::{
-    BackendState, Image, Neighbour, OpError, Runtime, ServiceState, datapath_key,
+    BackendState, DatapathKey, Image, Neighbour, OpError, Runtime, ServiceState, datapath_key,
+    from_v4_word, from_v6_words,
 };
 use crate::{
     config::{AdminState, Config, Forwarding, Protocol, ServiceConfig},
@@ -36,32 +39,69 @@ pub struct Pinned {
     pub nat_backends: BTreeMap<lb_common::NatBackendKey, lb_common::NatBackend>,
     /// The connection table's timeouts.
     pub timeouts: lb_common::Timeouts,
+    /// IPv6 service records, by key.
+    pub services6: BTreeMap<lb_common::ServiceKey6, lb_common::Service6>,
+    /// IPv6 VIPs -> services on them.
+    pub vips6: BTreeMap<lb_common::Addr6, u32>,
+    /// IPv6 NAT backends' reply translations.
+    pub nat_backends6: BTreeMap<lb_common::NatBackendKey6, lb_common::NatBackend6>,
+    /// The addresses of the IPv6 backends among `backends`.
+    pub backend_addrs6: BTreeMap<u32, lb_common::Addr6>,
 }
 
 fn live(b: &Backend) -> bool {
     b.flags & BACKEND_F_LIVE != 0
 }
 
-fn socket_addr(b: &Backend) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
-}
-
 impl Pinned {
+    /// The address of the backend at `index` (record `b`): IPv6 ones are in
+    /// `backend_addrs6`.
+    fn address(&self, index: u32, b: &Backend) -> Option<IpAddr> {
+        if b.flags & BACKEND_F_IPV6 != 0 {
+            self.backend_addrs6.get(&index).map(|a| from_v6_words(*a))
+        } else {
+            Some(from_v4_word(b.addr))
+        }
+    }
+
+    fn socket_addr(&self, index: u32, b: &Backend) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.address(index, b)?,
+            u16::from_be(b.port),
+        ))
+    }
+
+    /// The service records of both families, by their datapath keys.
+    fn record(&self, key: &DatapathKey) -> Option<Service> {
+        match key {
+            DatapathKey::V4(k) => self.services.get(k).copied(),
+            DatapathKey::V6(k) => self.services6.get(k).map(|s| s.common()),
+        }
+    }
+
+    /// The ids of every service record, of both families.
+    pub fn service_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.services
+            .values()
+            .map(|s| s.id)
+            .chain(self.services6.values().map(|s| s.id))
+    }
+
     /// The next hops DSR backends had in the maps: what the datapath uses until lb looks
     /// them up again.
-    pub fn neighbours(&self) -> BTreeMap<Ipv4Addr, Neighbour> {
+    pub fn neighbours(&self) -> BTreeMap<IpAddr, Neighbour> {
         self.backends
-            .values()
-            .filter(|b| live(b) && b.mac != [0; 6])
-            .map(|b| {
-                (
-                    Ipv4Addr::from(b.addr.to_ne_bytes()),
+            .iter()
+            .filter(|(_, b)| live(b) && b.mac != [0; 6])
+            .filter_map(|(i, b)| {
+                Some((
+                    self.address(*i, b)?,
                     Neighbour {
                         ifindex: b.ifindex,
                         mac: b.mac,
                         src_mac: b.src_mac,
                     },
-                )
+                ))
             })
             .collect()
     }
@@ -100,6 +140,27 @@ impl Image {
             vips: p.vips.clone(),
             nat_backends: p.nat_backends.clone(),
             timeouts: p.timeouts,
+            services6: p
+                .services6
+                .iter()
+                .map(|(k, s)| {
+                    (
+                        *k,
+                        Service {
+                            table_gen: 0,
+                            ..s.common()
+                        },
+                    )
+                })
+                .collect(),
+            vips6: p.vips6.clone(),
+            nat_backends6: p.nat_backends6.clone(),
+            backend_addrs6: p
+                .backend_addrs6
+                .iter()
+                .filter(|(i, _)| p.backends.get(i).is_some_and(live))
+                .map(|(i, a)| (*i, *a))
+                .collect(),
         }
     }
 }
@@ -120,7 +181,7 @@ impl Runtime {
         let mut placed = Vec::new();
         for s in &config.services {
             let key = s.key();
-            let Some(rec) = pinned.services.get(&datapath_key(&key)) else {
+            let Some(rec) = pinned.record(&datapath_key(&key)) else {
                 continue;
             };
             let nat = rec.flags & SERVICE_F_NAT != 0;
@@ -133,7 +194,9 @@ impl Runtime {
                 if !live(b) || b.service != rec.id {
                     continue;
                 }
-                let addr = socket_addr(b);
+                let Some(addr) = pinned.socket_addr(*index, b) else {
+                    continue;
+                };
                 let Some(cfg) = s.backends.iter().find(|c| c.socket_addr(s.port) == addr) else {
                     continue;
                 };
@@ -158,9 +221,7 @@ impl Runtime {
             placed.push((s.clone(), rec.id, backends));
         }
         let released_ids: BTreeSet<u32> = pinned
-            .services
-            .values()
-            .map(|s| s.id)
+            .service_ids()
             .filter(|id| !kept_ids.contains(id))
             .collect();
         let released_indexes: BTreeSet<u32> = pinned
@@ -171,11 +232,7 @@ impl Runtime {
             .collect();
         let epochs: BTreeMap<u32, u32> =
             pinned.backends.iter().map(|(i, b)| (*i, b.epoch)).collect();
-        r.adopt_ids(
-            pinned.services.values().map(|s| s.id),
-            &kept_ids,
-            released_ids,
-        );
+        r.adopt_ids(pinned.service_ids(), &kept_ids, released_ids);
         r.adopt_indexes(&kept_indexes, released_indexes, epochs);
         let mut rest: Vec<ServiceConfig> = Vec::new();
         for s in &config.services {
@@ -208,18 +265,33 @@ impl Runtime {
         }
         // Retired NAT backends stay retired (their connections may still be open), with
         // a new clock.
-        for (k, v) in &pinned.nat_backends {
-            let protocol = match k.proto {
+        let retired = pinned
+            .nat_backends
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (from_v4_word(k.addr), k.port, k.proto),
+                    (from_v4_word(v.vip), v.vport, v.backend),
+                )
+            })
+            .chain(pinned.nat_backends6.iter().map(|(k, v)| {
+                (
+                    (from_v6_words(k.addr), k.port, k.proto),
+                    (from_v6_words(v.vip), v.vport, v.backend),
+                )
+            }));
+        for ((addr, port, proto), (vip, vport, backend)) in retired {
+            let protocol = match proto {
                 6 => Protocol::Tcp,
                 17 => Protocol::Udp,
                 _ => continue,
             };
-            if v.backend == NO_BACKEND {
+            if backend == NO_BACKEND {
                 r.adopt_retired(
-                    SocketAddrV4::new(Ipv4Addr::from(k.addr.to_ne_bytes()), u16::from_be(k.port)),
+                    SocketAddr::new(addr, u16::from_be(port)),
                     protocol,
-                    Ipv4Addr::from(v.vip.to_ne_bytes()),
-                    u16::from_be(v.vport),
+                    vip,
+                    u16::from_be(vport),
                 );
             }
         }
@@ -244,10 +316,10 @@ mod tests {
         Config::parse(text).unwrap()
     }
 
-    fn hop(a: Ipv4Addr) -> Option<Neighbour> {
+    fn hop(a: IpAddr) -> Option<Neighbour> {
         Some(Neighbour {
             ifindex: 3,
-            mac: [2, 0, 0, 0, 0, a.octets()[3]],
+            mac: [2, 0, 0, 0, 0, crate::model::runtime::last_octet(a)],
             src_mac: [2, 0, 0, 0, 0, 1],
         })
     }
@@ -277,8 +349,56 @@ mod tests {
             vips: maps.vips.clone(),
             nat_backends: maps.nat_backends.clone(),
             timeouts: maps.timeouts,
+            services6: maps
+                .services6
+                .iter()
+                .map(|(k, s)| {
+                    (
+                        *k,
+                        lb_common::Service6 {
+                            id: s.id,
+                            flags: s.flags,
+                            table_size: s.table_size,
+                            table_gen: 1,
+                            key: *k,
+                        },
+                    )
+                })
+                .collect(),
+            vips6: maps.vips6.clone(),
+            nat_backends6: maps.nat_backends6.clone(),
+            backend_addrs6: maps.backend_addrs6.clone(),
         };
         (r, pinned)
+    }
+
+    #[test]
+    fn ipv6_services_keep_their_ids_indexes_and_neighbours() {
+        const BOTH: &str = r#"{"services": [
+            {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [{"address": "10.0.0.11"}]},
+            {"vip": "2001:db8::10", "port": 80, "table_size": 251, "backends": [
+                {"address": "2001:db8::11"}, {"address": "2001:db8::12"}]},
+            {"vip": "2001:db8::20", "port": 8080, "forwarding": "nat", "table_size": 251,
+             "backends": [{"address": "2001:db8:1::11", "port": 80}]}]}"#;
+        let (before, pinned) = left_behind(BOTH, false);
+        let mut r = Runtime::adopt(&config(BOTH), &pinned).unwrap();
+        for s in before.services() {
+            let a = r.service(&s.config.key()).unwrap();
+            assert_eq!(a.id, s.id, "{}", s.config.key());
+            for (addr, b) in &s.backends {
+                let k = &a.backends[addr];
+                assert_eq!((k.index, k.epoch), (b.index, b.epoch), "{addr}");
+            }
+        }
+        let neighbours = pinned.neighbours();
+        assert_eq!(
+            neighbours[&"2001:db8::12".parse::<IpAddr>().unwrap()].mac,
+            [2, 0, 0, 0, 0, 0x12],
+            "an IPv6 DSR backend's next hop, found by its address in BACKEND_ADDRS6"
+        );
+        let mut maps = CheckedMaps::default();
+        apply(&mut maps, &Image::from_pinned(&pinned), &r.image(&hop)).unwrap();
+        assert_eq!(maps.writes, 0, "nothing to write");
     }
 
     #[test]

@@ -57,13 +57,13 @@
 //! position. Their positions in the result then depend on the input order, but the table
 //! read by address does not when the duplicates have the same weight.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// One backend offered to the builder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// Identity: the backend's address and port. Never the insertion order.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Relative weight; 0 means "gets no slot".
     pub weight: u32,
 }
@@ -79,11 +79,26 @@ const SKIP_SEED: u64 = 0xc2b2_ae3d_27d4_eb4f;
 /// `0x0000_aabb_ccdd_pppp`) are packed into a `u64`, XORed with the seed and run through
 /// the murmur3 `fmix64` finalizer. Packing and finalizer are both bijections, so distinct
 /// backends never share a hash under one seed, and the finalizer's avalanche makes the
-/// two seeded variants behave as independent hashes. Never change this function: every
-/// table built by `lb` would change with it (the `hash_is_pinned` test guards it).
-fn hash(addr: SocketAddrV4, seed: u64) -> u64 {
-    let key = (u64::from(addr.ip().to_bits()) << 16) | u64::from(addr.port());
-    let mut h = key ^ seed;
+/// two seeded variants behave as independent hashes. An IPv6 backend's 18 bytes go
+/// through the finalizer three times (high half with the seed, then the low half, then
+/// the port). Never change this function: every table built by `lb` would change with
+/// it (the `hash_is_pinned` test guards it).
+fn hash(addr: SocketAddr, seed: u64) -> u64 {
+    match addr {
+        SocketAddr::V4(a) => {
+            fmix64(((u64::from(a.ip().to_bits()) << 16) | u64::from(a.port())) ^ seed)
+        }
+        SocketAddr::V6(a) => {
+            let bits = a.ip().to_bits();
+            let h = fmix64((bits >> 64) as u64 ^ seed);
+            let h = fmix64(h ^ bits as u64);
+            fmix64(h ^ u64::from(a.port()))
+        }
+    }
+}
+
+/// murmur3's `fmix64` finalizer.
+fn fmix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -93,7 +108,7 @@ fn hash(addr: SocketAddrV4, seed: u64) -> u64 {
 }
 
 /// The `(offset, skip)` of a backend's permutation in a table of `size` slots.
-fn permutation(addr: SocketAddrV4, size: u32) -> (u32, u32) {
+fn permutation(addr: SocketAddr, size: u32) -> (u32, u32) {
     let size = u64::from(size);
     // Both remainders are below `size`, itself a `u32`: the casts cannot truncate.
     let offset = (hash(addr, OFFSET_SEED) % size) as u32;
@@ -122,7 +137,7 @@ fn is_prime(n: u32) -> bool {
 
 /// A backend of weight > 0 while the table is being filled.
 struct Backend {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     weight: u32,
     /// Position in the caller's `candidates`.
     pos: u32,
@@ -179,7 +194,7 @@ pub fn build(candidates: &[Candidate], size: u32) -> Vec<Option<u32>> {
         .collect();
     // The fill order. Address and port identify a backend; weight and position only
     // order duplicates (a caller bug), the position last so that the order is total.
-    backends.sort_unstable_by_key(|b| (*b.addr.ip(), b.addr.port(), b.weight, b.pos));
+    backends.sort_unstable_by_key(|b| (b.addr.ip(), b.addr.port(), b.weight, b.pos));
     let Some(max_weight) = backends.iter().map(|b| u64::from(b.weight)).max() else {
         return table;
     };
@@ -296,7 +311,7 @@ fn step(cur: u32, skip: u32, size: u32) -> u32 {
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
     use std::time::Instant;
 
     /// The default table size, as in the Maglev paper and Katran.
@@ -328,8 +343,8 @@ mod tests {
         }
     }
 
-    fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
+    fn addr(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port)
     }
 
     /// `n` backends with distinct random addresses and ports and weights from `weight`.
@@ -341,13 +356,13 @@ mod tests {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let ip = Ipv4Addr::from_bits(rng.next() as u32);
+            let ip = IpAddr::V4(Ipv4Addr::from_bits(rng.next() as u32));
             let port = if rng.next().is_multiple_of(2) {
                 80
             } else {
                 rng.range(1, 65535) as u16
             };
-            let addr = SocketAddrV4::new(ip, port);
+            let addr = SocketAddr::new(ip, port);
             if seen.insert(addr) {
                 let weight = weight(rng);
                 out.push(Candidate { addr, weight });
@@ -360,7 +375,10 @@ mod tests {
     fn sequential_set(n: usize, weight: u32) -> Vec<Candidate> {
         (0..n)
             .map(|i| Candidate {
-                addr: SocketAddrV4::new(Ipv4Addr::from_bits(0x0a00_0001 + i as u32), 8080),
+                addr: SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0001 + i as u32)),
+                    8080,
+                ),
                 weight,
             })
             .collect()
@@ -386,7 +404,7 @@ mod tests {
     }
 
     /// The table with positions replaced by the addresses they point to.
-    fn by_addr(table: &[Option<u32>], candidates: &[Candidate]) -> Vec<Option<SocketAddrV4>> {
+    fn by_addr(table: &[Option<u32>], candidates: &[Candidate]) -> Vec<Option<SocketAddr>> {
         table
             .iter()
             .map(|p| p.map(|p| candidates[p as usize].addr))
@@ -402,7 +420,7 @@ mod tests {
             .collect();
         order.sort_by_key(|&i| {
             let c = candidates[i as usize];
-            (*c.addr.ip(), c.addr.port(), c.weight, i)
+            (c.addr.ip(), c.addr.port(), c.weight, i)
         });
         let mut table = vec![None; size as usize];
         let Some(max) = order.iter().map(|&i| candidates[i as usize].weight).max() else {
@@ -462,6 +480,16 @@ mod tests {
     const H2: u64 = 0x6875_15fa_a50e_0434;
     const OFFSET: u32 = 17622;
     const SKIP: u32 = 1077;
+
+    #[test]
+    fn ipv6_hash_is_pinned() {
+        // The same Python's fmix, for [2001:db8::11]:8080:
+        //   bits = int(ipaddress.IPv6Address('2001:db8::11'))
+        //   h = fmix((bits >> 64) ^ seed); h = fmix(h ^ (bits & M)); h = fmix(h ^ 8080)
+        let a: SocketAddr = "[2001:db8::11]:8080".parse().unwrap();
+        assert_eq!(hash(a, OFFSET_SEED), 0x5c85_4511_500d_ac65);
+        assert_eq!(hash(a, SKIP_SEED), 0x6d45_f677_fca5_f6f6);
+    }
 
     #[test]
     fn matches_katran_round_loop() {

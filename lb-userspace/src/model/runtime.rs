@@ -8,13 +8,13 @@
 //! hold; `apply.rs` writes the difference between two images in a safe order.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::Arc,
 };
 
 use lb_common::{
-    BACKEND_F_LIVE, BACKEND_F_REPICK, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, SERVICE_F_HASH_SRC,
-    SERVICE_F_NAT,
+    Addr6, BACKEND_F_IPV6, BACKEND_F_LIVE, BACKEND_F_REPICK, MAX_BACKENDS, MAX_SERVICES,
+    NO_BACKEND, SERVICE_F_HASH_SRC, SERVICE_F_NAT,
 };
 
 use crate::{
@@ -37,12 +37,12 @@ pub enum OpError {
     #[error("no backend {backend} in service {service}")]
     NoBackend {
         service: ServiceKey,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
     },
     #[error("backend {backend} is already in service {service}; use `lb backend set` to change it")]
     BackendExists {
         service: ServiceKey,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
     },
     #[error("nothing to change: give a weight and/or a state")]
     NothingToChange,
@@ -56,15 +56,19 @@ pub enum OpError {
     #[error("no free backend slot: lb runs at most {MAX_BACKENDS} backends in all{}", cooling_hint(*.waiting))]
     NoBackendSlot { waiting: usize },
     #[error(
-        "conntrack.max_entries cannot change while running ({from} -> {to}): restart lb to resize the connection table"
+        "conntrack.{setting} cannot change while running ({from} -> {to}): restart lb to resize the connection table"
     )]
-    MaxEntriesChanged { from: u32, to: u32 },
+    MaxEntriesChanged {
+        setting: &'static str,
+        from: u32,
+        to: u32,
+    },
     #[error(
         "backend {backend}/{} already serves NAT service {owner}: a NAT backend's address:port can serve one NAT service only (its replies are translated back to that service's VIP:port); give it another port",
         .protocol.as_str()
     )]
     NatBackendShared {
-        backend: SocketAddrV4,
+        backend: SocketAddr,
         protocol: Protocol,
         owner: ServiceKey,
     },
@@ -96,7 +100,7 @@ pub struct ServiceState {
     pub config: ServiceConfig,
     /// Index in the datapath's `TABLES` and `SERVICE_STATS`.
     pub id: u32,
-    pub backends: BTreeMap<SocketAddrV4, BackendState>,
+    pub backends: BTreeMap<SocketAddr, BackendState>,
     /// The last table built, and what it was built from.
     table: Option<(Vec<maglev::Candidate>, u32, Arc<Vec<u32>>)>,
 }
@@ -106,7 +110,7 @@ impl ServiceState {
     pub(super) fn adopted(
         config: ServiceConfig,
         id: u32,
-        backends: BTreeMap<SocketAddrV4, BackendState>,
+        backends: BTreeMap<SocketAddr, BackendState>,
     ) -> Self {
         ServiceState {
             config,
@@ -125,7 +129,7 @@ impl ServiceState {
     }
 
     /// Whether a backend may get table slots (before the primary/backup choice).
-    fn usable(&self, b: &BackendState, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> bool {
+    fn usable(&self, b: &BackendState, neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>) -> bool {
         b.config.state == AdminState::Ready
             && b.health == Health::Up
             && b.config.weight > 0
@@ -136,7 +140,7 @@ impl ServiceState {
     /// backups; empty when nothing is usable (the service then drops new flows).
     pub fn in_rotation(
         &self,
-        neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>,
+        neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>,
     ) -> Vec<&BackendState> {
         let usable: Vec<&BackendState> = self
             .backends
@@ -155,7 +159,7 @@ impl ServiceState {
         }
     }
 
-    fn table(&mut self, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> Arc<Vec<u32>> {
+    fn table(&mut self, neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>) -> Arc<Vec<u32>> {
         let members = self.in_rotation(neighbours);
         let candidates: Vec<maglev::Candidate> = members
             .iter()
@@ -304,10 +308,10 @@ pub struct Runtime {
     backend_indexes: IdPool,
     /// The NAT service each NAT backend address:port (per protocol) serves: one at most,
     /// since its replies are translated back by it.
-    nat_owners: BTreeMap<(SocketAddrV4, Protocol), ServiceKey>,
+    nat_owners: BTreeMap<(SocketAddr, Protocol), ServiceKey>,
     /// NAT backends taken out of their service, whose replies are still translated (see
     /// [`Retired`]).
-    retired_nat: BTreeMap<(SocketAddrV4, Protocol), Retired>,
+    retired_nat: BTreeMap<(SocketAddr, Protocol), Retired>,
 }
 
 /// A NAT backend taken out of its service (removed, or its service removed or switched
@@ -317,14 +321,18 @@ pub struct Runtime {
 /// service takes the address:port first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retired {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub vport: u16,
     /// When it was retired ([`Runtime::set_clock`] stamps it); `None` until then.
     pub since_s: Option<u64>,
 }
-/// What the datapath's maps should hold (see `apply.rs`).
+
+/// What the datapath's maps should hold (see `apply.rs`). IPv6 services have maps of
+/// their own (the `*6` fields); service ids, backend indexes, tables and backend records
+/// are shared by both families.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
+    /// IPv4 service records; their `key` and `table_gen` are the writer's.
     pub services: BTreeMap<lb_common::ServiceKey, lb_common::Service>,
     pub tables: BTreeMap<u32, Arc<Vec<u32>>>,
     pub backends: BTreeMap<u32, lb_common::Backend>,
@@ -334,25 +342,101 @@ pub struct Image {
     pub nat_backends: BTreeMap<lb_common::NatBackendKey, lb_common::NatBackend>,
     /// The connection table's timeouts.
     pub timeouts: lb_common::Timeouts,
+    /// IPv6 service records (the family-independent part, as for IPv4).
+    pub services6: BTreeMap<lb_common::ServiceKey6, lb_common::Service>,
+    /// IPv6 VIP -> number of services on it.
+    pub vips6: BTreeMap<Addr6, u32>,
+    /// IPv6 NAT backends and how their replies are translated back.
+    pub nat_backends6: BTreeMap<lb_common::NatBackendKey6, lb_common::NatBackend6>,
+    /// The address of each IPv6 backend, by backend index.
+    pub backend_addrs6: BTreeMap<u32, Addr6>,
 }
 
-/// The `NAT_BACKENDS` key of a NAT backend.
+impl Image {
+    /// The ids of every service record, of both families (one id space).
+    pub fn service_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.services
+            .values()
+            .chain(self.services6.values())
+            .map(|s| s.id)
+    }
+}
+
+/// The datapath form of an IPv4 address (network order in a native integer).
+pub fn v4_word(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// The datapath form of an IPv6 address.
+pub fn v6_words(a: Ipv6Addr) -> Addr6 {
+    lb_common::ipv6_words(a.octets())
+}
+
+/// The address a datapath IPv4 word holds.
+pub fn from_v4_word(w: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(w.to_ne_bytes()))
+}
+
+/// The address a datapath IPv6 address holds.
+pub fn from_v6_words(w: Addr6) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(lb_common::ipv6_octets(w)))
+}
+
+/// The `NAT_BACKENDS` key of an IPv4 NAT backend.
 pub fn nat_backend_key(addr: SocketAddrV4, protocol: Protocol) -> lb_common::NatBackendKey {
     lb_common::NatBackendKey {
-        addr: u32::from_ne_bytes(addr.ip().octets()),
+        addr: v4_word(*addr.ip()),
         port: addr.port().to_be(),
         proto: protocol.number(),
         _pad: 0,
     }
 }
 
-/// The datapath key of a service.
-pub fn datapath_key(k: &ServiceKey) -> lb_common::ServiceKey {
-    lb_common::ServiceKey {
-        vip: u32::from_ne_bytes(k.vip.octets()),
-        port: k.port.to_be(),
-        proto: k.protocol.number(),
+/// The `NAT_BACKENDS6` key of an IPv6 NAT backend.
+pub fn nat_backend_key6(addr: SocketAddrV6, protocol: Protocol) -> lb_common::NatBackendKey6 {
+    lb_common::NatBackendKey6 {
+        addr: v6_words(*addr.ip()),
+        port: addr.port().to_be(),
+        proto: protocol.number(),
         _pad: 0,
+    }
+}
+
+/// The datapath key of a service, in its family's map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatapathKey {
+    /// A key of `SERVICES`.
+    V4(lb_common::ServiceKey),
+    /// A key of `SERVICES6`.
+    V6(lb_common::ServiceKey6),
+}
+
+impl DatapathKey {
+    /// The `SERVICES` key, for an IPv4 service.
+    pub fn v4(self) -> Option<lb_common::ServiceKey> {
+        match self {
+            DatapathKey::V4(k) => Some(k),
+            DatapathKey::V6(_) => None,
+        }
+    }
+}
+
+/// The datapath key of a service.
+pub fn datapath_key(k: &ServiceKey) -> DatapathKey {
+    let (port, proto) = (k.port.to_be(), k.protocol.number());
+    match k.vip {
+        IpAddr::V4(vip) => DatapathKey::V4(lb_common::ServiceKey {
+            vip: v4_word(vip),
+            port,
+            proto,
+            _pad: 0,
+        }),
+        IpAddr::V6(vip) => DatapathKey::V6(lb_common::ServiceKey6 {
+            vip: v6_words(vip),
+            port,
+            proto,
+            _pad: 0,
+        }),
     }
 }
 
@@ -409,12 +493,12 @@ impl Runtime {
     }
 
     /// The NAT backends retired and still translated.
-    pub fn retired_nat(&self) -> &BTreeMap<(SocketAddrV4, Protocol), Retired> {
+    pub fn retired_nat(&self) -> &BTreeMap<(SocketAddr, Protocol), Retired> {
         &self.retired_nat
     }
 
     /// Retires a NAT backend of `key` (its translation stays, see [`Retired`]).
-    fn retire_nat(&mut self, key: &ServiceKey, addr: SocketAddrV4) {
+    fn retire_nat(&mut self, key: &ServiceKey, addr: SocketAddr) {
         self.retired_nat.insert(
             (addr, key.protocol),
             Retired {
@@ -429,9 +513,9 @@ impl Runtime {
     /// a new clock.
     pub(super) fn adopt_retired(
         &mut self,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         protocol: Protocol,
-        vip: Ipv4Addr,
+        vip: IpAddr,
         vport: u16,
     ) {
         if !self.nat_owners.contains_key(&(addr, protocol)) {
@@ -534,8 +618,16 @@ impl Runtime {
     pub fn reload(&mut self, config: &Config, initial: Health) -> Result<(), OpError> {
         if config.conntrack.max_entries != self.conntrack.max_entries {
             return Err(OpError::MaxEntriesChanged {
+                setting: "max_entries",
                 from: self.conntrack.max_entries,
                 to: config.conntrack.max_entries,
+            });
+        }
+        if config.conntrack.ipv6_entries() != self.conntrack.ipv6_entries() {
+            return Err(OpError::MaxEntriesChanged {
+                setting: "max_entries_ipv6",
+                from: self.conntrack.ipv6_entries(),
+                to: config.conntrack.ipv6_entries(),
             });
         }
         let mut next = self.clone();
@@ -562,9 +654,9 @@ impl Runtime {
                 next.remove_service(&key)?;
                 continue;
             }
-            let wanted: BTreeSet<SocketAddrV4> =
+            let wanted: BTreeSet<SocketAddr> =
                 s.backends.iter().map(|b| b.socket_addr(s.port)).collect();
-            let gone: Vec<SocketAddrV4> = old
+            let gone: Vec<SocketAddr> = old
                 .backends
                 .keys()
                 .filter(|a| !wanted.contains(a))
@@ -697,14 +789,14 @@ impl Runtime {
         Ok(())
     }
 
-    fn forget_nat_owner(&mut self, key: &ServiceKey, addr: SocketAddrV4) {
+    fn forget_nat_owner(&mut self, key: &ServiceKey, addr: SocketAddr) {
         if self.nat_owners.get(&(addr, key.protocol)) == Some(key) {
             self.nat_owners.remove(&(addr, key.protocol));
         }
     }
 
     /// Refuses a NAT backend address:port that another NAT service has already.
-    fn check_nat_owner(&self, key: &ServiceKey, addr: SocketAddrV4) -> Result<(), OpError> {
+    fn check_nat_owner(&self, key: &ServiceKey, addr: SocketAddr) -> Result<(), OpError> {
         match self.nat_owners.get(&(addr, key.protocol)) {
             Some(owner) if owner != key => Err(OpError::NatBackendShared {
                 backend: addr,
@@ -716,7 +808,7 @@ impl Runtime {
     }
 
     /// Removes a backend from a service.
-    pub fn remove_backend(&mut self, key: &ServiceKey, addr: SocketAddrV4) -> Result<(), OpError> {
+    pub fn remove_backend(&mut self, key: &ServiceKey, addr: SocketAddr) -> Result<(), OpError> {
         let svc = self.service_mut(key)?;
         let Some(b) = svc.backends.remove(&addr) else {
             return Err(OpError::NoBackend {
@@ -736,7 +828,7 @@ impl Runtime {
     pub fn set_backend(
         &mut self,
         key: &ServiceKey,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         weight: Option<u16>,
         state: Option<AdminState>,
     ) -> Result<(), OpError> {
@@ -760,7 +852,7 @@ impl Runtime {
     }
 
     /// Records a backend's health; returns whether it changed.
-    pub fn set_health(&mut self, key: &ServiceKey, addr: SocketAddrV4, health: Health) -> bool {
+    pub fn set_health(&mut self, key: &ServiceKey, addr: SocketAddr, health: Health) -> bool {
         match self
             .services
             .get_mut(key)
@@ -776,7 +868,7 @@ impl Runtime {
 
     /// What the datapath should hold. `neighbours` gives DSR backends' next hops; a DSR
     /// backend without one gets no slot, and its flows re-pick.
-    pub fn image(&mut self, neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>) -> Image {
+    pub fn image(&mut self, neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>) -> Image {
         self.image_with(neighbours, &|a| neighbours(a).is_none())
     }
 
@@ -785,8 +877,8 @@ impl Runtime {
     /// a neighbour entry flushed for a moment must not move its connections).
     pub fn image_with(
         &mut self,
-        neighbours: &dyn Fn(Ipv4Addr) -> Option<Neighbour>,
-        lost: &dyn Fn(Ipv4Addr) -> bool,
+        neighbours: &dyn Fn(IpAddr) -> Option<Neighbour>,
+        lost: &dyn Fn(IpAddr) -> bool,
     ) -> Image {
         let c = &self.conntrack;
         let mut img = Image {
@@ -807,20 +899,25 @@ impl Runtime {
             if svc.config.persistence {
                 flags |= SERVICE_F_HASH_SRC;
             }
-            img.services.insert(
-                datapath_key(key),
-                lb_common::Service {
-                    id: svc.id,
-                    flags,
-                    table_size: svc.config.table_size,
-                    table_gen: 0,
-                    key: Default::default(),
-                },
-            );
+            let rec = lb_common::Service {
+                id: svc.id,
+                flags,
+                table_size: svc.config.table_size,
+                table_gen: 0,
+                key: Default::default(),
+            };
+            match (datapath_key(key), key.vip) {
+                (DatapathKey::V4(k), IpAddr::V4(vip)) => {
+                    img.services.insert(k, rec);
+                    *img.vips.entry(v4_word(vip)).or_default() += 1;
+                }
+                (DatapathKey::V6(k), IpAddr::V6(vip)) => {
+                    img.services6.insert(k, rec);
+                    *img.vips6.entry(v6_words(vip)).or_default() += 1;
+                }
+                _ => unreachable!("a datapath key has its VIP's family"),
+            }
             img.tables.insert(svc.id, svc.table(neighbours));
-            *img.vips
-                .entry(u32::from_ne_bytes(key.vip.octets()))
-                .or_default() += 1;
             for b in svc.backends.values() {
                 let addr = b.config.socket_addr(key.port);
                 let n = if nat {
@@ -833,12 +930,19 @@ impl Runtime {
                 let repick = b.config.state == AdminState::Maint
                     || b.health == Health::Down
                     || (!nat && n.is_none() && lost(b.config.address));
+                let (word, family) = match addr {
+                    SocketAddr::V4(a) => (v4_word(*a.ip()), 0),
+                    SocketAddr::V6(a) => {
+                        img.backend_addrs6.insert(b.index, v6_words(*a.ip()));
+                        (0, BACKEND_F_IPV6)
+                    }
+                };
                 img.backends.insert(
                     b.index,
                     lb_common::Backend {
-                        addr: u32::from_ne_bytes(addr.ip().octets()),
+                        addr: word,
                         port: addr.port().to_be(),
-                        flags: BACKEND_F_LIVE | if repick { BACKEND_F_REPICK } else { 0 },
+                        flags: BACKEND_F_LIVE | family | if repick { BACKEND_F_REPICK } else { 0 },
                         epoch: b.epoch,
                         ifindex: n.map_or(0, |n| n.ifindex),
                         mac: n.map_or([0; 6], |n| n.mac),
@@ -847,32 +951,76 @@ impl Runtime {
                     },
                 );
                 if nat {
-                    img.nat_backends.insert(
-                        nat_backend_key(addr, key.protocol),
-                        lb_common::NatBackend {
-                            vip: u32::from_ne_bytes(key.vip.octets()),
-                            vport: key.port.to_be(),
-                            _pad: 0,
-                            backend: b.index,
-                            service: svc.id,
-                        },
-                    );
+                    let (vport, backend, service) = (key.port.to_be(), b.index, svc.id);
+                    match (addr, key.vip) {
+                        (SocketAddr::V4(a), IpAddr::V4(vip)) => {
+                            img.nat_backends.insert(
+                                nat_backend_key(a, key.protocol),
+                                lb_common::NatBackend {
+                                    vip: v4_word(vip),
+                                    vport,
+                                    _pad: 0,
+                                    backend,
+                                    service,
+                                },
+                            );
+                        }
+                        (SocketAddr::V6(a), IpAddr::V6(vip)) => {
+                            img.nat_backends6.insert(
+                                nat_backend_key6(a, key.protocol),
+                                lb_common::NatBackend6 {
+                                    vip: v6_words(vip),
+                                    vport,
+                                    _pad: 0,
+                                    backend,
+                                    service,
+                                },
+                            );
+                        }
+                        _ => unreachable!("a service's backends are of its VIP's family"),
+                    }
                 }
             }
         }
         // Retired NAT backends keep their translation (no stats: their ids may be reused).
         for ((addr, protocol), r) in &self.retired_nat {
-            img.nat_backends
-                .entry(nat_backend_key(*addr, *protocol))
-                .or_insert(lb_common::NatBackend {
-                    vip: u32::from_ne_bytes(r.vip.octets()),
-                    vport: r.vport.to_be(),
-                    _pad: 0,
-                    backend: NO_BACKEND,
-                    service: u32::MAX,
-                });
+            let (vport, backend, service) = (r.vport.to_be(), NO_BACKEND, u32::MAX);
+            match (addr, r.vip) {
+                (SocketAddr::V4(a), IpAddr::V4(vip)) => {
+                    img.nat_backends
+                        .entry(nat_backend_key(*a, *protocol))
+                        .or_insert(lb_common::NatBackend {
+                            vip: v4_word(vip),
+                            vport,
+                            _pad: 0,
+                            backend,
+                            service,
+                        });
+                }
+                (SocketAddr::V6(a), IpAddr::V6(vip)) => {
+                    img.nat_backends6
+                        .entry(nat_backend_key6(*a, *protocol))
+                        .or_insert(lb_common::NatBackend6 {
+                            vip: v6_words(vip),
+                            vport,
+                            _pad: 0,
+                            backend,
+                            service,
+                        });
+                }
+                _ => unreachable!("a NAT backend is of its VIP's family"),
+            }
         }
         img
+    }
+}
+
+/// The last byte of an address (tests give hosts MACs from it).
+#[cfg(test)]
+pub(crate) fn last_octet(a: IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
     }
 }
 
@@ -880,10 +1028,10 @@ impl Runtime {
 mod tests {
     use super::*;
 
-    fn neighbours(a: Ipv4Addr) -> Option<Neighbour> {
+    fn neighbours(a: IpAddr) -> Option<Neighbour> {
         Some(Neighbour {
             ifindex: 3,
-            mac: [2, 0, 0, 0, 0, a.octets()[3]],
+            mac: [2, 0, 0, 0, 0, last_octet(a)],
             src_mac: [2, 0, 0, 0, 0, 1],
         })
     }
@@ -902,7 +1050,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn addr(s: &str) -> SocketAddrV4 {
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn addr4(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
     }
 
@@ -945,14 +1097,72 @@ mod tests {
             "NAT backends need no MAC"
         );
         assert_eq!(
-            img.services[&datapath_key(&key("10.100.0.20:8080/tcp"))].flags,
+            img.services[&datapath_key(&key("10.100.0.20:8080/tcp")).v4().unwrap()].flags,
             SERVICE_F_NAT
         );
         assert_eq!(img.vips.len(), 2);
         assert_eq!(
             img.nat_backends.keys().copied().collect::<Vec<_>>(),
-            vec![nat_backend_key(addr("10.1.0.11:80"), Protocol::Tcp)]
+            vec![nat_backend_key(addr4("10.1.0.11:80"), Protocol::Tcp)]
         );
+    }
+
+    #[test]
+    fn image_of_an_ipv6_config() {
+        let mut r = Runtime::from_config(
+            &config(
+                r#"{"services": [
+            {"vip": "10.100.0.10", "port": 80, "table_size": 251, "backends": [{"address": "10.0.0.11"}]},
+            {"vip": "2001:db8::10", "port": 80, "table_size": 251, "backends": [
+                {"address": "2001:db8::11"}, {"address": "2001:db8::12"}]},
+            {"vip": "2001:db8::20", "port": 8080, "forwarding": "nat", "table_size": 251, "backends": [
+                {"address": "2001:db8:1::11", "port": 80}]}]}"#,
+            ),
+            Health::Up,
+        )
+        .unwrap();
+        let img = r.image(&neighbours);
+        assert_eq!(
+            (img.services.len(), img.services6.len()),
+            (1, 2),
+            "each family's records in its own map"
+        );
+        assert_eq!(img.vips.len(), 1);
+        assert_eq!(img.vips6.len(), 2);
+        // One id space and one index space for both families.
+        let ids: BTreeSet<u32> = img
+            .services
+            .values()
+            .chain(img.services6.values())
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(img.tables.len(), 3);
+        let web6 = r.service(&key("[2001:db8::10]:80/tcp")).unwrap();
+        let b11 = &web6.backends[&addr("[2001:db8::11]:80")];
+        let rec = img.backends[&b11.index];
+        assert_eq!(
+            (rec.addr, rec.flags, rec.mac),
+            (0, BACKEND_F_LIVE | BACKEND_F_IPV6, [2, 0, 0, 0, 0, 0x11]),
+            "an IPv6 backend's record has no IPv4 address, and its DSR next hop"
+        );
+        assert_eq!(
+            img.backend_addrs6[&b11.index],
+            v6_words("2001:db8::11".parse().unwrap())
+        );
+        assert_eq!(img.backend_addrs6.len(), 3, "every IPv6 backend's address");
+        let nat = r.service(&key("[2001:db8::20]:8080/tcp")).unwrap();
+        let key6 = nat_backend_key6("[2001:db8:1::11]:80".parse().unwrap(), Protocol::Tcp);
+        let back = img.nat_backends6[&key6];
+        assert_eq!(
+            (back.vip, u16::from_be(back.vport), back.service),
+            (v6_words("2001:db8::20".parse().unwrap()), 8080, nat.id)
+        );
+        assert!(img.nat_backends.is_empty());
+        let DatapathKey::V6(dk) = datapath_key(&key("[2001:db8::20]:8080/tcp")) else {
+            panic!("an IPv6 service has an IPv6 datapath key");
+        };
+        assert_eq!(img.services6[&dk].flags, SERVICE_F_NAT);
     }
 
     #[test]
@@ -1024,8 +1234,8 @@ mod tests {
     fn dsr_backends_without_a_neighbour_get_no_slot() {
         let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
         let id = r.service(&key("10.100.0.10:80/tcp")).unwrap().id;
-        let only_12 = |a: Ipv4Addr| {
-            if a.octets()[3] == 12 {
+        let only_12 = |a: IpAddr| {
+            if last_octet(a) == 12 {
                 neighbours(a)
             } else {
                 None
@@ -1075,7 +1285,7 @@ mod tests {
 
         // The image translates each backend's replies back to its own service.
         let img = r.image(&neighbours);
-        let back = img.nat_backends[&nat_backend_key(addr("10.0.0.1:80"), Protocol::Tcp)];
+        let back = img.nat_backends[&nat_backend_key(addr4("10.0.0.1:80"), Protocol::Tcp)];
         assert_eq!(back.vip, u32::from_ne_bytes([10, 100, 0, 10]));
         assert_eq!(back.service, r.service(&a).unwrap().id);
         assert_eq!(img.nat_backends.len(), 2);
@@ -1083,7 +1293,7 @@ mod tests {
         // A reload may move it: removals go first.
         r.reload(&nat(two, one), Health::Up).unwrap();
         let img = r.image(&neighbours);
-        let back = img.nat_backends[&nat_backend_key(addr("10.0.0.1:80"), Protocol::Tcp)];
+        let back = img.nat_backends[&nat_backend_key(addr4("10.0.0.1:80"), Protocol::Tcp)];
         assert_eq!(back.vip, u32::from_ne_bytes([10, 100, 0, 11]));
         assert_eq!(back.service, r.service(&b).unwrap().id);
         // And once it left a service, another may take it.
@@ -1095,7 +1305,7 @@ mod tests {
     fn removed_nat_backends_keep_their_translation_until_their_connections_time_out() {
         let mut r = Runtime::from_config(&config(TWO), Health::Up).unwrap();
         let nat = key("10.100.0.20:8080/tcp");
-        let k11 = nat_backend_key(addr("10.1.0.11:80"), Protocol::Tcp);
+        let k11 = nat_backend_key(addr4("10.1.0.11:80"), Protocol::Tcp);
         r.remove_backend(&nat, addr("10.1.0.11:80")).unwrap();
         r.set_clock(1000);
         let img = r.image(&neighbours);

@@ -13,6 +13,19 @@
 //!   <p>-cli eth0 10.0.1.2 ── eth0 10.0.1.1 <p>-lb eth1 10.0.2.1 ── br0 ── <p>-b1..3 10.0.2.11..13
 //!   VIP 10.100.0.20 via 10.0.1.1           backends' default route via 10.0.2.1
 //! ```
+//! [`Lab::up_dual_stack`] adds IPv6 to either topology (unique local addresses, no
+//! duplicate address detection, so nothing waits):
+//! ```text
+//!   DSR: segment fd00:10::/64: lb ::1, client ::2, backends ::11..13;
+//!        VIP fd00:100::10 on the backends' lo (/128), the client routes fd00:100::/64
+//!        via fd00:10::1. (A Linux host answers neighbour solicitations only for addresses
+//!        of the interface asked on, so no arp_ignore-like setting is needed.)
+//!   NAT: client fd00:11::2 ── fd00:11::1 lb fd00:12::1 ── backends fd00:12::11..13;
+//!        VIP fd00:100::20; the client's and the backends' default routes via the
+//!        balancer, which forwards IPv6 (net.ipv6.conf.all.forwarding=1).
+//! ```
+//! nginx then listens on `[::]:80` and `[::]:8080` too, and each backend runs a second
+//! UDP echo on its IPv6 address (the VIP in DSR).
 //! veth interfaces deliver XDP_TX/XDP_REDIRECT frames only when their peer runs an XDP
 //! program: the peers the balancer transmits to get the pass-only program (`xdp-pass`).
 //! Client and backends send with full checksums (TX checksum offload off): a veth leaves
@@ -22,7 +35,7 @@
 //! what an interrupted earlier run with the same prefix left behind.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread::sleep,
@@ -38,6 +51,8 @@ pub enum Mode {
 
 pub const DSR_VIP: &str = "10.100.0.10";
 pub const NAT_VIP: &str = "10.100.0.20";
+pub const DSR_VIP6: &str = "fd00:100::10";
+pub const NAT_VIP6: &str = "fd00:100::20";
 /// Port nginx serves on besides 80 (NAT port translation: VIP:80 -> RIP:8080).
 pub const ALT_PORT: u16 = 8080;
 /// UDP echo port (replies with the backend's name).
@@ -74,6 +89,12 @@ pub fn veth(a_ns: &str, a: &str, b_ns: &str, b: &str) {
 /// Adds the address `cidr` (`10.0.0.1/24`) to `dev` in namespace `ns`.
 pub fn addr(ns: &str, cidr: &str, dev: &str) {
     ip(&["-n", ns, "addr", "add", cidr, "dev", dev]);
+}
+
+/// Adds the IPv6 address `cidr` (`fd00:10::1/64`) to `dev` in namespace `ns`, usable at
+/// once (no duplicate address detection).
+pub fn addr6(ns: &str, cidr: &str, dev: &str) {
+    ip(&["-n", ns, "-6", "addr", "add", cidr, "dev", dev, "nodad"]);
 }
 
 /// A bridge `br0` in namespace `ns`, up.
@@ -130,9 +151,12 @@ pub struct Backend {
     pub name: String,
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address in a dual-stack lab ([`Lab::up_dual_stack`]).
+    pub addr6: Option<Ipv6Addr>,
     dir: PathBuf,
     nginx: Option<Child>,
     udp: Option<UdpEcho>,
+    udp6: Option<UdpEcho>,
     /// A slow HTTP server replacing nginx (see `Lab::make_slow`).
     slow: Option<Child>,
     status: u16,
@@ -143,6 +167,8 @@ pub struct Lab {
     pub prefix: String,
     pub dir: PathBuf,
     pub backends: Vec<Backend>,
+    /// Whether the lab has IPv6 besides IPv4 ([`Lab::up_dual_stack`]).
+    pub ipv6: bool,
     namespaces: Vec<String>,
     extra: Vec<Child>,
     /// Where lb pins its datapath (see [`Lab::pin_dir`]).
@@ -182,6 +208,7 @@ impl Lab {
             prefix: prefix.to_string(),
             dir,
             backends: Vec::new(),
+            ipv6: false,
             namespaces: Vec::new(),
             extra: Vec::new(),
             bpffs: Some(bpffs),
@@ -191,7 +218,17 @@ impl Lab {
     /// Builds the topology and starts nginx and the UDP echo on every backend.
     /// `pass_object`: the `xdp-pass` object (`OUT_DIR/xdp-pass` or target/ebpf/...).
     pub fn up(mode: Mode, prefix: &str, backends: usize, pass_object: &Path) -> Lab {
+        Lab::build(mode, prefix, backends, pass_object, false)
+    }
+
+    /// [`Lab::up`] with IPv6 beside IPv4 (addresses in the module documentation).
+    pub fn up_dual_stack(mode: Mode, prefix: &str, backends: usize, pass_object: &Path) -> Lab {
+        Lab::build(mode, prefix, backends, pass_object, true)
+    }
+
+    fn build(mode: Mode, prefix: &str, backends: usize, pass_object: &Path, ipv6: bool) -> Lab {
         let mut lab = Lab::empty(mode, prefix);
+        lab.ipv6 = ipv6;
         let sw = lab.add_ns("sw");
         let lb = lab.add_ns("lb");
         let cli = lab.add_ns("cli");
@@ -239,14 +276,85 @@ impl Lab {
             }
         }
         full_checksums(&cli, "eth0");
+        if ipv6 {
+            lab.ipv6_hosts();
+        }
         for i in 0..backends {
             let addr: Ipv4Addr = format!("{net}.{}", 11 + i).parse().expect("address");
             lab.add_backend(&sw, addr, gateway);
+            if ipv6 {
+                lab.ipv6_backend(i);
+            }
         }
         for i in 0..backends {
             lab.start_backend(i);
         }
         lab
+    }
+
+    /// IPv6 on the client and the balancer (after their IPv4 setup).
+    fn ipv6_hosts(&self) {
+        let (lb, cli) = (self.lb_ns(), self.client_ns());
+        match self.mode {
+            Mode::Dsr => {
+                addr6(&lb, "fd00:10::1/64", "eth0");
+                addr6(&cli, "fd00:10::2/64", "eth0");
+                ip(&[
+                    "-n",
+                    &cli,
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:100::/64",
+                    "via",
+                    "fd00:10::1",
+                ]);
+            }
+            Mode::Nat => {
+                addr6(&cli, "fd00:11::2/64", "eth0");
+                ip(&[
+                    "-n",
+                    &cli,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "fd00:11::1",
+                ]);
+                addr6(&lb, "fd00:11::1/64", "eth0");
+                addr6(&lb, "fd00:12::1/64", "eth1");
+                // After the interfaces exist: `all` is copied to every interface, and
+                // bpf_fib_lookup checks the forwarding setting of the receiving one.
+                sysctl(&lb, "net.ipv6.conf.all.forwarding=1");
+            }
+        }
+    }
+
+    /// IPv6 on backend `i` (added with [`Lab::add_backend`]): fd00:10::11.. (DSR, with
+    /// the VIP on lo) or fd00:12::11.. routed via the balancer (NAT).
+    fn ipv6_backend(&mut self, i: usize) {
+        let ns = self.backends[i].ns.clone();
+        let host = 0x11 + i as u16;
+        let addr = match self.mode {
+            Mode::Dsr => Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, host),
+            Mode::Nat => Ipv6Addr::new(0xfd00, 0x12, 0, 0, 0, 0, 0, host),
+        };
+        addr6(&ns, &format!("{addr}/64"), "eth0");
+        match self.mode {
+            Mode::Dsr => addr6(&ns, &format!("{DSR_VIP6}/128"), "lo"),
+            Mode::Nat => ip(&[
+                "-n",
+                &ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:12::1",
+            ]),
+        }
+        self.backends[i].addr6 = Some(addr);
     }
 
     /// Adds a backend host (its servers not started: [`Lab::start_backend`]): namespace
@@ -287,9 +395,11 @@ impl Lab {
             name,
             ns,
             addr,
+            addr6: None,
             dir,
             nginx: None,
             udp: None,
+            udp6: None,
             slow: None,
             status: 200,
         });
@@ -300,6 +410,12 @@ impl Lab {
         let ns = format!("{}-{role}", self.prefix);
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        if self.ipv6 {
+            // Interfaces created later take these: no duplicate address detection (and
+            // its wait) for their link-local addresses either.
+            sysctl(&ns, "net.ipv6.conf.default.accept_dad=0");
+            sysctl(&ns, "net.ipv6.conf.all.accept_dad=0");
+        }
         self.namespaces.push(ns.clone());
         ns
     }
@@ -344,6 +460,14 @@ impl Lab {
         match self.mode {
             Mode::Dsr => DSR_VIP,
             Mode::Nat => NAT_VIP,
+        }
+    }
+
+    /// The IPv6 VIP of a dual-stack lab.
+    pub fn vip6(&self) -> &'static str {
+        match self.mode {
+            Mode::Dsr => DSR_VIP6,
+            Mode::Nat => NAT_VIP6,
         }
     }
 
@@ -409,12 +533,19 @@ impl Lab {
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
              fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
              keepalive_requests 1000000;\n\
-             server {{\n    listen 80 reuseport backlog=4096;\n    listen {ALT_PORT} reuseport backlog=4096;\n\
+             server {{\n    listen 80 reuseport backlog=4096;\n    listen {ALT_PORT} reuseport backlog=4096;\n{listen6}\
              add_header X-Backend {name} always;\n\
              location / {{ return {} \"{name}\\n\"; }}\n\
              location = /big {{ alias {d}/big.bin; limit_rate 2m; }}\n  }}\n}}\n",
             b.status,
-            name = b.name
+            name = b.name,
+            listen6 = if b.addr6.is_some() {
+                format!(
+                    "    listen [::]:80 ipv6only=on reuseport backlog=4096;\n    listen [::]:{ALT_PORT} ipv6only=on reuseport backlog=4096;\n"
+                )
+            } else {
+                String::new()
+            },
         );
         // /big: 8 MiB at 2 MiB/s, a stream of about 4 s (a long-lived connection).
         let big = b.dir.join("big.bin");
@@ -454,16 +585,27 @@ impl Lab {
             Mode::Dsr => DSR_VIP.to_string(),
             Mode::Nat => b.addr.to_string(),
         };
-        let udp = UdpEcho::start(&b.ns, bind.parse().expect("address"), &b.name);
-        let (ns, addr) = (b.ns.clone(), b.addr);
+        let udp = UdpEcho::start(&b.ns, bind.parse::<IpAddr>().expect("address"), &b.name);
+        let udp6 = b.addr6.map(|a6| {
+            let bind: IpAddr = match self.mode {
+                Mode::Dsr => DSR_VIP6.parse().expect("address"),
+                Mode::Nat => a6.into(),
+            };
+            UdpEcho::start(&b.ns, bind, &b.name)
+        });
+        let (ns, addr, addr6) = (b.ns.clone(), b.addr, b.addr6);
         let b = &mut self.backends[i];
         b.nginx = Some(nginx);
         b.udp = Some(udp);
-        self.wait_http(&ns, addr);
+        b.udp6 = udp6;
+        self.wait_http(&ns, addr.into());
+        if let Some(a6) = addr6 {
+            self.wait_http(&ns, a6.into());
+        }
     }
 
-    fn wait_http(&self, ns: &str, addr: Ipv4Addr) {
-        let url = format!("http://{addr}/");
+    fn wait_http(&self, ns: &str, addr: IpAddr) {
+        let url = format!("http://{}/", std::net::SocketAddr::new(addr, 80));
         for _ in 0..100 {
             let out = self
                 .exec(ns, &["curl", "-s", "-o", "/dev/null", "-m", "1", &url])
@@ -529,6 +671,7 @@ impl Lab {
     pub fn stop_backend(&mut self, i: usize) {
         let b = &mut self.backends[i];
         b.udp = None;
+        b.udp6 = None;
         for c in [b.nginx.take(), b.slow.take()].into_iter().flatten() {
             let mut c = c;
             stop_child(&mut c);
@@ -621,14 +764,37 @@ impl Lab {
         }
     }
 
+    /// The IPv6 address lb probes backends from (dual-stack labs).
+    pub fn lb_backend_side_addr6(&self) -> &'static str {
+        match self.mode {
+            Mode::Dsr => "fd00:10::1",
+            Mode::Nat => "fd00:12::1",
+        }
+    }
+
     /// Every backend as a configuration's backend object, with `port` (else the
     /// service's), separated by commas.
     fn backend_list(&self, port: Option<u16>) -> String {
-        self.backends
-            .iter()
-            .map(|b| match port {
-                Some(p) => format!(r#"{{"address": "{}", "port": {p}}}"#, b.addr),
-                None => format!(r#"{{"address": "{}"}}"#, b.addr),
+        Lab::backend_objects(self.backends.iter().map(|b| IpAddr::from(b.addr)), port)
+    }
+
+    /// [`Lab::backend_list`] of the backends' IPv6 addresses.
+    fn backend_list6(&self) -> impl Fn(Option<u16>) -> String + '_ {
+        |port| {
+            Lab::backend_objects(
+                self.backends
+                    .iter()
+                    .map(|b| IpAddr::from(b.addr6.expect("a dual-stack lab"))),
+                port,
+            )
+        }
+    }
+
+    fn backend_objects(addrs: impl Iterator<Item = IpAddr>, port: Option<u16>) -> String {
+        addrs
+            .map(|a| match port {
+                Some(p) => format!(r#"{{"address": "{a}", "port": {p}}}"#),
+                None => format!(r#"{{"address": "{a}"}}"#),
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -652,24 +818,52 @@ impl Lab {
     /// VIP:5353 over all backends; NAT translates port 80 to 8080. `check` is the
     /// health_check object of the HTTP service (JSON).
     pub fn config(&self, check: &str, persistence: bool) -> String {
+        Lab::config_of(&self.services(self.vip(), |p| self.backend_list(p), check, persistence))
+    }
+
+    /// [`Lab::config`] for the IPv6 VIP and the backends' IPv6 addresses (a dual-stack
+    /// lab): the same two services, over IPv6 only.
+    pub fn config6(&self, check: &str, persistence: bool) -> String {
+        Lab::config_of(&self.services(self.vip6(), self.backend_list6(), check, persistence))
+    }
+
+    /// Both: [`Lab::config`]'s services and [`Lab::config6`]'s in one configuration.
+    pub fn config_dual_stack(&self, check: &str, persistence: bool) -> String {
+        let v4 = self.services(self.vip(), |p| self.backend_list(p), check, persistence);
+        let v6 = self.services(self.vip6(), self.backend_list6(), check, persistence);
+        Lab::config_of(&format!("{v4},\n{v6}"))
+    }
+
+    fn config_of(services: &str) -> String {
+        format!(
+            r#"{{"conntrack": {{"tcp_timeout_s": 900, "tcp_fin_timeout_s": 30, "udp_timeout_s": 30, "ageing_interval_s": 2}},
+  "services": [
+{services}]}}"#
+        )
+    }
+
+    /// The HTTP and UDP services of [`Lab::config`] on `vip`, backends listed by
+    /// `backends(port)`.
+    fn services(
+        &self,
+        vip: &str,
+        backends: impl Fn(Option<u16>) -> String,
+        check: &str,
+        persistence: bool,
+    ) -> String {
         let (fwd, port) = match self.mode {
             Mode::Dsr => ("dsr", 80),
             Mode::Nat => ("nat", ALT_PORT),
         };
-        let tcp_backends = self.backend_list(Some(port));
-        let udp_backends = self.backend_list(None);
         format!(
-            r#"{{"conntrack": {{"tcp_timeout_s": 900, "tcp_fin_timeout_s": 30, "udp_timeout_s": 30, "ageing_interval_s": 2}},
-  "services": [
-    {{"vip": "{vip}", "port": 80, "protocol": "tcp", "forwarding": "{fwd}", "persistence": {persistence},
+            r#"    {{"vip": "{vip}", "port": 80, "protocol": "tcp", "forwarding": "{fwd}", "persistence": {persistence},
       "health_check": {check},
       "backends": [{}]}},
     {{"vip": "{vip}", "port": {UDP_PORT}, "protocol": "udp", "forwarding": "{fwd}",
       "health_check": {{"kind": "tcp", "probe_port": 80, "interval_ms": 1000, "timeout_ms": 1000, "rise": 1, "fall": 3}},
-      "backends": [{}]}}]}}"#,
-            tcp_backends,
-            udp_backends,
-            vip = self.vip(),
+      "backends": [{}]}}"#,
+            backends(Some(port)),
+            backends(None),
         )
     }
 
@@ -710,7 +904,8 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     /// Starts answering on `bind:UDP_PORT` inside `ns`; returns once the socket is bound.
-    pub fn start(ns: &str, bind: Ipv4Addr, name: &str) -> UdpEcho {
+    pub fn start(ns: &str, bind: impl Into<IpAddr>, name: &str) -> UdpEcho {
+        let bind = bind.into();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ready, bound) = std::sync::mpsc::channel();
         let (netns, reply, flag) = (ns.to_string(), format!("{name}\n"), stop.clone());

@@ -57,8 +57,10 @@ pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
 /// The packet tests' and the datapath benchmark's namespace: a new one, with a client
 /// leg `cli0` (192.0.2.1/24, MAC 02:00:00:00:00:c0, default for 198.51.100.0/24 via the
 /// router 192.0.2.254) and a server leg `srv0` (10.1.0.1/24, MAC 02:00:00:00:00:b0),
-/// each a veth whose peer (`cli1`, `srv1`) is up, and forwarding on. Returns the
-/// ifindexes of `cli0` and `srv0`. Neighbours are the caller's.
+/// each a veth whose peer (`cli1`, `srv1`) is up, and forwarding on. IPv6 likewise:
+/// `cli0` 2001:db8:c::1/64 (2001:db8:cafe::/48 via the router 2001:db8:c::fe), `srv0`
+/// 2001:db8:b::1/64, IPv6 forwarding on. Returns the ifindexes of `cli0` and `srv0`.
+/// Neighbours are the caller's.
 pub fn enter_two_legs() -> (u32, u32) {
     enter_new();
     ip("link add name cli0 address 02:00:00:00:00:c0 type veth peer name cli1");
@@ -70,5 +72,10 @@ pub fn enter_two_legs() -> (u32, u32) {
     ip("addr add 10.1.0.1/24 dev srv0");
     ip("route add 198.51.100.0/24 via 192.0.2.254");
     sysctl("net.ipv4.ip_forward", "1");
+    // No duplicate address detection: the addresses are usable at once.
+    ip("-6 addr add 2001:db8:c::1/64 dev cli0 nodad");
+    ip("-6 addr add 2001:db8:b::1/64 dev srv0 nodad");
+    ip("-6 route add 2001:db8:cafe::/48 via 2001:db8:c::fe");
+    sysctl("net.ipv6.conf.all.forwarding", "1");
     (ifindex("cli0"), ifindex("srv0"))
 }
