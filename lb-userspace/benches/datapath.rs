@@ -448,105 +448,22 @@ fn main() -> Result<()> {
 
 // ---- IPv6 rows (kept apart from the IPv4 ones above) ----
 
-/// IPv6 services beside the IPv4 ones: DSR [2001:db8:100::10]:80/tcp (three backends,
-/// indexes 100..), NAT [2001:db8:100::20]:8080/tcp -> :80 (two, 110..). Ids 10 and 11.
-fn setup6(dp: &mut Dataplane, cli: u32) -> Result<()> {
-    use lb_common::{BACKEND_F_IPV6, NatBackend6, NatBackendKey6, ServiceKey6, ipv6_words};
-    let w = |a: &str| ipv6_words(frame::addr6(a).octets());
-    netns::ip("-6 neigh add 2001:db8:c::fe lladdr 02:00:00:00:01:fe dev cli0 nud permanent");
-    netns::ip("-6 neigh add 2001:db8:b::11 lladdr 02:00:00:00:06:11 dev srv0 nud permanent");
-    netns::ip("-6 neigh add 2001:db8:b::12 lladdr 02:00:00:00:06:12 dev srv0 nud permanent");
-    let dsr: Vec<u32> = vec![100, 101, 102];
-    for (i, last) in dsr.iter().zip([0x61u8, 0x62, 0x63]) {
-        dp.set_backend_addr6(*i, w(&format!("2001:db8:a::{last:x}")))?;
-        dp.set_backend(
-            *i,
-            Backend {
-                addr: 0,
-                port: 80u16.to_be(),
-                flags: BACKEND_F_LIVE | BACKEND_F_IPV6,
-                epoch: 1,
-                ifindex: cli,
-                mac: [2, 0, 0, 0, 3, last],
-                src_mac: LB_CLI_MAC,
-                service: 10,
-            },
-        )?;
-    }
-    let nat: Vec<u32> = vec![110, 111];
-    for (i, a) in nat.iter().zip(["2001:db8:b::11", "2001:db8:b::12"]) {
-        dp.set_backend_addr6(*i, w(a))?;
-        dp.set_backend(
-            *i,
-            Backend {
-                addr: 0,
-                port: 80u16.to_be(),
-                flags: BACKEND_F_LIVE | BACKEND_F_IPV6,
-                epoch: 1,
-                service: 11,
-                ..Default::default()
-            },
-        )?;
-        dp.set_nat_backend6(
-            NatBackendKey6 {
-                addr: w(a),
-                port: 80u16.to_be(),
-                proto: TCP,
-                _pad: 0,
-            },
-            Some(NatBackend6 {
-                vip: w("2001:db8:100::20"),
-                vport: 8080u16.to_be(),
-                _pad: 0,
-                backend: *i,
-                service: 11,
-            }),
-        )?;
-    }
-    for (id, vip, port, flags, backends) in [
-        (10u32, "2001:db8:100::10", 80u16, 0u32, &dsr),
-        (11, "2001:db8:100::20", 8080, SERVICE_F_NAT, &nat),
-    ] {
-        let slots: Vec<u32> = (0..DEFAULT_TABLE_SIZE as usize)
-            .map(|s| backends[s % backends.len()])
-            .collect();
-        dp.set_table(id, &slots)?;
-        dp.set_service6(
-            ServiceKey6 {
-                vip: w(vip),
-                port: port.to_be(),
-                proto: TCP,
-                _pad: 0,
-            },
-            Service {
-                id,
-                flags,
-                table_size: DEFAULT_TABLE_SIZE,
-                table_gen: 0,
-                key: Default::default(),
-            },
-        )?;
-        dp.set_vip6(w(vip), 1)?;
-    }
-    Ok(())
-}
-
 /// The IPv6 rows, in the same run as the IPv4 ones (`floor`, `floor_restore`: the
 /// floor and the restoring wrapper's cost, measured above).
 fn ipv6_rows(b: &mut Bench, floor: f64, floor_restore: f64) -> Result<()> {
     use Counter::*;
     use frame::{Frame6, ipv6};
-    setup6(&mut b.dp, b.cli)?;
+    common::setup_ipv6(&mut b.dp, b.cli)?;
     let (cli, srv) = (b.cli, b.srv);
     let f6 =
         |src: &str, dst: &str, l4| Frame6::new(ROUTER_MAC, LB_CLI_MAC, ipv6(src, dst, l4)).bytes();
     let client = "2001:db8:cafe::7";
-    let dsr_ack = f6(client, "2001:db8:100::10", tcp(40000, 80, ACK));
-    let new_syn = f6("2001:db8:cafe:1::", "2001:db8:100::10", tcp(0, 80, SYN));
-    let new_ack = f6("2001:db8:cafe:1::", "2001:db8:100::10", tcp(0, 80, ACK));
-    let nat_ack = f6(client, "2001:db8:100::20", tcp(40001, 8080, ACK));
+    let dsr_ack = f6(client, common::DSR_VIP6, tcp(40000, 80, ACK));
+    let new_syn = f6("2001:db8:cafe:1::", common::DSR_VIP6, tcp(0, 80, SYN));
+    let new_ack = f6("2001:db8:cafe:1::", common::DSR_VIP6, tcp(0, 80, ACK));
+    let nat_ack = f6(client, common::NAT_VIP6, tcp(40001, 8080, ACK));
     let pass = f6(client, "2001:db8:c::1", tcp(40000, 22, ACK));
-    b.dp.test_run(&f6(client, "2001:db8:100::10", tcp(40000, 80, SYN)), cli)?;
+    b.dp.test_run(&f6(client, common::DSR_VIP6, tcp(40000, 80, SYN)), cli)?;
     let (_, out) = b.dp.test_run(&nat_ack, cli)?;
     let rip = frame::ip6_dst(&out).context("NAT66 output")?.to_string();
     let nat_reply = Frame6::new(

@@ -4,7 +4,8 @@
 //! run: the program of commit 341a9ec (built by xtask; `LB_BASELINE_OBJECT` names its
 //! object file) and this build's. Also, for each build: established connections kept
 //! through a SYN flood of twice the connection table's capacity followed by a table
-//! change, and the kernel memory per connection.
+//! change, and the kernel memory per connection. Then this build's IPv6 rows (341a9ec
+//! has no IPv6 path), beside its IPv4 figures, and its memory per IPv6 connection.
 //!
 //! Both programs get the same services, written straight into their maps (each in its
 //! own map layout): DSR 10.100.0.10:80/tcp and :53/udp, NAT 10.100.0.20:8080/tcp -> :80.
@@ -32,15 +33,16 @@ use aya::{
 use lb_common::{
     BACKEND_F_LIVE, Backend, Counter, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_TABLE_SIZE,
     FLOW_ESTABLISHED, Flow, FlowKey, HALF_OPEN_TIMEOUT_S, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_NAT_BACKENDS, MAP_NAT_FILTER, MAP_SERVICES, MAP_STATS, MAP_TABLES, MAP_TIMEOUTS,
-    MAP_VIP_FILTER, MAP_VIPS, NatBackend, NatBackendKey, SERVICE_F_NAT, Service, ServiceKey,
-    TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts, coarse_seconds, filter_bit, table_index,
+    MAP_CONNTRACK6, MAP_NAT_BACKENDS, MAP_NAT_FILTER, MAP_SERVICES, MAP_STATS, MAP_TABLES,
+    MAP_TIMEOUTS, MAP_VIP_FILTER, MAP_VIPS, NatBackend, NatBackendKey, SERVICE_F_NAT, Service,
+    ServiceKey, TABLE_CHUNK, TABLE_MAP_FLAGS, TableChunk, Timeouts, coarse_seconds, filter_bit,
+    table_index,
 };
 use lb_lab::{
     frame::{self, ACK, Frame, SYN, TCP, UDP, addr, ipv4, tcp, udp},
     netns,
 };
-use lb_userspace::dataplane::batch;
+use lb_userspace::dataplane::{Dataplane, Limits, batch};
 
 const BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench"));
 const THIS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -262,11 +264,6 @@ impl Build {
         Ok(())
     }
 
-    /// Runs one frame once; returns (action, ns the kernel measured, output).
-    fn run(&self, frame: &[u8], ingress: u32) -> Result<(u32, u32, Vec<u8>)> {
-        run_prog(&self.ebpf, "lb", frame, ingress)
-    }
-
     fn conntrack_fd(&self) -> Result<i32> {
         let m = self.ebpf.map(MAP_CONNTRACK).context("no CONNTRACK")?;
         let data = match m {
@@ -356,6 +353,48 @@ impl Build {
     }
 }
 
+/// A program the rows time: its column's name, and one frame run through it once.
+trait Program {
+    fn name(&self) -> &str;
+    /// Runs `frame` once; returns (action, ns the kernel measured, output).
+    fn run(&self, frame: &[u8], ingress: u32) -> Result<(u32, u32, Vec<u8>)>;
+}
+
+impl Program for Build {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn run(&self, frame: &[u8], ingress: u32) -> Result<(u32, u32, Vec<u8>)> {
+        run_prog(&self.ebpf, "lb", frame, ingress)
+    }
+}
+
+/// The floor: swaps the MACs, returns XDP_TX.
+struct Floor(Ebpf);
+
+impl Program for Floor {
+    fn name(&self) -> &str {
+        "floor"
+    }
+    fn run(&self, frame: &[u8], ingress: u32) -> Result<(u32, u32, Vec<u8>)> {
+        run_prog(&self.0, "floor", frame, ingress)
+    }
+}
+
+/// This build as `lb run` loads it (`lb` and the programs it tail-calls, `lb6` for
+/// IPv6), with the benchmarks' IPv6 services; 341a9ec has no IPv6 path to compare.
+struct Ipv6Build(Dataplane);
+
+impl Program for Ipv6Build {
+    fn name(&self) -> &str {
+        "IPv6"
+    }
+    fn run(&self, frame: &[u8], ingress: u32) -> Result<(u32, u32, Vec<u8>)> {
+        let (r, out) = self.0.test_run(frame, ingress)?;
+        Ok((r.return_value, r.duration.as_nanos() as u32, out))
+    }
+}
+
 fn monotonic_coarse_ns() -> u64 {
     lb_userspace::daemon::sweeper::monotonic_coarse_ns()
 }
@@ -397,18 +436,19 @@ fn fresh(i: u32) -> String {
 type Packets<'a> = &'a dyn Fn(u32) -> (Vec<Vec<u8>>, Vec<u8>);
 
 struct Env {
-    floor: Ebpf,
+    floor: Floor,
     /// Next fresh source (shared by both builds, so neither meets the other's flows).
     next: std::cell::Cell<u32>,
 }
 
 impl Env {
-    /// Median ns of one round of `PACKETS` packets through `build` (or the floor).
+    /// Median ns of one round of `PACKETS` packets through `prog`, which must return
+    /// `expected` for each.
     fn round(
         &self,
-        build: Option<&Build>,
+        prog: &dyn Program,
         ingress: u32,
-        action: u32,
+        expected: u32,
         packets: Packets<'_>,
     ) -> Result<f64> {
         let mut ns = Vec::with_capacity(PACKETS as usize);
@@ -417,26 +457,16 @@ impl Env {
             self.next.set(i + 1);
             let (before, frame) = packets(i);
             for f in before {
-                match build {
-                    Some(b) => b.run(&f, ingress)?,
-                    None => run_prog(&self.floor, "floor", &f, ingress)?,
-                };
+                prog.run(&f, ingress)?;
             }
-            let (rc, t, _) = match build {
-                Some(b) => b.run(&frame, ingress)?,
-                None => run_prog(&self.floor, "floor", &frame, ingress)?,
-            };
-            let expected = if build.is_some() { action } else { XDP_TX };
+            let (rc, t, _) = prog.run(&frame, ingress)?;
             if rc != expected {
-                let (_, _, out) = match build {
-                    Some(b) => b.run(&frame, ingress)?,
-                    None => run_prog(&self.floor, "floor", &frame, ingress)?,
-                };
+                let (_, _, out) = prog.run(&frame, ingress)?;
                 anyhow::bail!(
                     "{}: returned {rc}, not {expected}, for {:02x?} (output {:02x?})",
-                    build.map_or("floor", |b| b.name),
-                    &frame[..frame.len().min(54)],
-                    &out[..out.len().min(54)]
+                    prog.name(),
+                    &frame[..frame.len().min(74)],
+                    &out[..out.len().min(74)]
                 );
             }
             ns.push(t);
@@ -444,20 +474,20 @@ impl Env {
         Ok(median(ns))
     }
 
-    /// One row: the floor and each build, in alternating rounds; medians of rounds.
-    fn row(
+    /// One row: the floor and each program, in alternating rounds; medians of rounds.
+    fn row<P: Program>(
         &self,
-        builds: &[Build],
+        progs: &[P],
         ingress: u32,
         action: u32,
         packets: Packets<'_>,
     ) -> Result<(f64, Vec<f64>)> {
         let mut floor = Vec::new();
-        let mut per: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); progs.len()];
         for _ in 0..ROUNDS {
-            floor.push(self.round(None, ingress, action, packets)?);
-            for (b, v) in builds.iter().zip(per.iter_mut()) {
-                v.push(self.round(Some(b), ingress, action, packets)?);
+            floor.push(self.round(&self.floor, ingress, XDP_TX, packets)?);
+            for (p, v) in progs.iter().zip(per.iter_mut()) {
+                v.push(self.round(p, ingress, action, packets)?);
             }
         }
         let mid = |mut v: Vec<f64>| {
@@ -500,7 +530,7 @@ fn main() -> Result<()> {
     let p: &mut Xdp = floor.program_mut("floor").context("floor")?.try_into()?;
     p.load()?;
     let env = Env {
-        floor,
+        floor: Floor(floor),
         next: std::cell::Cell::new(0),
     };
     let builds = load_builds(cli)?;
@@ -588,6 +618,7 @@ fn main() -> Result<()> {
         "UDP first datagram, filling",
         env.row(&builds, cli, XDP_TX, &udp_first),
     )?;
+    let rows6 = ipv6_rows(&env, cli, srv)?;
     // The same with the table full: every insert evicts.
     for b in &builds {
         b.fill(DEFAULT_CONNTRACK_ENTRIES + (DEFAULT_CONNTRACK_ENTRIES >> 2))?;
@@ -639,6 +670,43 @@ fn main() -> Result<()> {
     }
 
     println!();
+    println!(
+        "IPv6, this build (same run; lb tail-calls lb6 for every IPv6 packet), beside its \
+         IPv4 figure above"
+    );
+    println!(
+        "{:<48} {:>7} {:>12} {:>8} {:>12} {:>8}",
+        "path", "floor", "IPv6", "x floor", "IPv4", "x floor"
+    );
+    let this = builds.len() - 1;
+    for (name, floor, ns) in &rows6 {
+        let v4 = find(name);
+        println!(
+            "{name:<48} {floor:>7.0} {ns:>12.0} {:>8.2} {:>12.0} {:>8.2}",
+            ns / floor,
+            v4.2[this],
+            v4.2[this] / v4.1
+        );
+    }
+    let find6 = |n: &str| rows6.iter().find(|r| r.0 == n).expect("IPv6 row");
+    let (s6, a6) = (
+        find6("TCP SYN, new flow (= SYN flood packet), filling"),
+        find6("TCP first ACK after the SYN, filling"),
+    );
+    let (s4, a4) = (
+        find("TCP SYN, new flow (= SYN flood packet), filling"),
+        find("TCP first ACK after the SYN, filling"),
+    );
+    let (floor6, ns6) = (s6.1 + a6.1, s6.2 + a6.2);
+    let (floor4, ns4) = (s4.1 + a4.1, s4.2[this] + a4.2[this]);
+    println!(
+        "{:<48} {floor6:>7.0} {ns6:>12.0} {:>8.2} {ns4:>12.0} {:>8.2}",
+        "new TCP connection (SYN + first ACK), filling",
+        ns6 / floor6,
+        ns4 / floor4
+    );
+
+    println!();
     syn_flood(cli)?;
 
     println!();
@@ -654,7 +722,105 @@ fn main() -> Result<()> {
         }
         println!();
     }
+    let (v6, entries) = rows6_memory()?;
+    println!(
+        "  {:<12} DSR {v6:>6.1} B, NAT {v6:>6.1} B per IPv6 connection (CONNTRACK6, {entries} \
+         entries)",
+        "this build"
+    );
     Ok(())
+}
+
+/// Kernel memory per IPv6 connection of this build (`CONNTRACK6` at its default size),
+/// and that size.
+fn rows6_memory() -> Result<(f64, u32)> {
+    let dp = Dataplane::load_object(THIS_OBJECT, &[], Limits::default())?;
+    let m = dp
+        .memory()
+        .iter()
+        .find(|m| m.name == MAP_CONNTRACK6)
+        .context("no CONNTRACK6")?;
+    Ok((m.bytes as f64 / f64::from(m.max_entries), m.max_entries))
+}
+
+/// This build's IPv6 rows, named as the IPv4 rows they match: (name, floor, ns). The
+/// floor runs the same IPv6 frames.
+fn ipv6_rows(env: &Env, cli: u32, srv: u32) -> Result<Vec<(&'static str, f64, f64)>> {
+    use common::{DSR_VIP6, NAT_VIP6};
+    use frame::{Frame6, ipv6};
+    let mut dp = Dataplane::load_object(THIS_OBJECT, &["lb"], Limits::default())?;
+    common::setup_ipv6(&mut dp, cli)?;
+    let v6 = [Ipv6Build(dp)];
+    let f6 =
+        |src: &str, dst: &str, l4| Frame6::new(ROUTER_MAC, LB_CLI_MAC, ipv6(src, dst, l4)).bytes();
+    let client = "2001:db8:cafe::7";
+    for (vip, port, dport) in [(DSR_VIP6, 40000u16, 80u16), (NAT_VIP6, 40001, 8080)] {
+        for flags in [SYN, ACK] {
+            v6[0].run(&f6(client, vip, tcp(port, dport, flags)), cli)?;
+        }
+    }
+    let nat_ack = f6(client, NAT_VIP6, tcp(40001, 8080, ACK));
+    let (_, _, out) = v6[0].run(&nat_ack, cli)?;
+    let rip = frame::ip6_dst(&out).context("NAT66 output")?.to_string();
+    let nat_reply = Frame6::new(
+        [2, 0, 0, 0, 6, 0x11],
+        LB_SRV_MAC,
+        ipv6(&rip, client, tcp(80, 40001, ACK)),
+    )
+    .bytes();
+    let dsr_ack = f6(client, DSR_VIP6, tcp(40000, 80, ACK));
+    let pass = f6(client, "2001:db8:c::1", tcp(40000, 22, ACK));
+    // Fresh sources: 2001:db8:cafe:1::/64, never reused in one run.
+    let fresh6 = |i: u32| format!("2001:db8:cafe:1::{:x}:{:x}", i >> 16, i & 0xffff);
+    let same = |f: Vec<u8>| move |_: u32| (Vec::new(), f.clone());
+    let syn = |i: u32| {
+        (
+            Vec::new(),
+            f6(
+                &fresh6(i),
+                DSR_VIP6,
+                tcp(1024 + (i % 60000) as u16, 80, SYN),
+            ),
+        )
+    };
+    let first_ack = |i: u32| {
+        let (src, port) = (fresh6(i), 1024 + (i % 60000) as u16);
+        (
+            vec![f6(&src, DSR_VIP6, tcp(port, 80, SYN))],
+            f6(&src, DSR_VIP6, tcp(port, 80, ACK)),
+        )
+    };
+    let rows: [(&'static str, u32, u32, Packets<'_>); 6] = [
+        ("established flow, DSR", cli, XDP_TX, &same(dsr_ack)),
+        (
+            "NAT forward, established",
+            cli,
+            XDP_REDIRECT,
+            &same(nat_ack),
+        ),
+        ("NAT return", srv, XDP_REDIRECT, &same(nat_reply)),
+        ("not for a VIP (passed)", cli, XDP_PASS, &same(pass)),
+        (
+            "TCP SYN, new flow (= SYN flood packet), filling",
+            cli,
+            XDP_TX,
+            &syn,
+        ),
+        (
+            "TCP first ACK after the SYN, filling",
+            cli,
+            XDP_TX,
+            &first_ack,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, ingress, action, packets) in rows {
+        let (floor, ns) = env
+            .row(&v6, ingress, action, packets)
+            .with_context(|| format!("IPv6 row {name}"))?;
+        out.push((name, floor, ns[0]));
+    }
+    Ok(out)
 }
 
 /// Established connections kept through a SYN flood of twice the table's capacity and
