@@ -855,6 +855,48 @@ fn packet_cases() {
         Some(Frame::new(LB_CLI_MAC, ROUTER_MAC, want).bytes()),
         &[(Redirect, 1), (IcmpErrorToClient, 1)],
     ));
+    // An error from a NAT backend that cannot be matched to a flow may be about a
+    // client's packet: it is dropped, never passed on with the backend's address.
+    cases.push(case(
+        "icmp error from a NAT backend with a truncated quote is dropped",
+        srv,
+        from_backend(ipv4(
+            "10.1.0.21",
+            CLIENT,
+            icmp(3, 3, [0; 4], quote(&sent, 10)),
+        ))
+        .bytes(),
+        XDP_DROP,
+        None,
+        &[(DropIcmpHeader, 1)],
+    ));
+    let echo = ipv4(CLIENT, "10.1.0.21", icmp(8, 0, [0; 4], vec![0; 8]));
+    cases.push(case(
+        "icmp error from a NAT backend quoting neither TCP nor UDP is dropped",
+        srv,
+        from_backend(ipv4(
+            "10.1.0.21",
+            CLIENT,
+            icmp(3, 3, [0; 4], quote(&echo, 28)),
+        ))
+        .bytes(),
+        XDP_DROP,
+        None,
+        &[(DropIcmpHeader, 1)],
+    ));
+    cases.push(case(
+        "icmp error from another host with a truncated quote is passed",
+        srv,
+        Frame::new(
+            [2, 0, 0, 0, 2, 0x99],
+            LB_SRV_MAC,
+            ipv4("10.1.0.99", CLIENT, icmp(3, 3, [0; 4], quote(&sent, 10))),
+        )
+        .bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
     let sent = ipv4(NAT_VIP, CLIENT, tcp(8080, 40001, ACK));
     cases.push(case(
         "icmp error to one VIP quoting another VIP's packet is passed",
@@ -3116,6 +3158,54 @@ fn packet_cases_ipv6() {
         None,
         &[(PassVipOther, 1)],
     ));
+    // From a NAT backend, an error quoting a client's packet with extension headers
+    // (lb forwards such packets) cannot be matched: dropped, not passed on with the
+    // backend's address in it.
+    let mut sent = ipv6(CLIENT6, "2001:db8:b::21", tcp(40001, 80, ACK));
+    sent.ext = vec![Ext::DestOpts { len8: 0 }];
+    cases.push(case(
+        "icmpv6 error from a NAT backend quoting extension headers is dropped",
+        srv,
+        from_backend6(ipv6(
+            "2001:db8:b::21",
+            CLIENT6,
+            icmp(k, c, rest, quote6(&sent, 56)),
+        ))
+        .bytes(),
+        XDP_DROP,
+        None,
+        &[(DropIcmpHeader, 1)],
+    ));
+    cases.push(case(
+        "icmpv6 error from a NAT backend with a truncated quote is dropped",
+        srv,
+        from_backend6(ipv6(
+            "2001:db8:b::21",
+            CLIENT6,
+            icmp(k, c, rest, quote6(&sent, 30)),
+        ))
+        .bytes(),
+        XDP_DROP,
+        None,
+        &[(DropIcmpHeader, 1)],
+    ));
+    cases.push(case(
+        "icmpv6 error from another host quoting extension headers is passed",
+        srv,
+        Frame6::new(
+            [2, 0, 0, 0, 6, 0x99],
+            LB_SRV_MAC,
+            ipv6(
+                "2001:db8:b::99",
+                CLIENT6,
+                icmp(k, c, rest, quote6(&sent, 56)),
+            ),
+        )
+        .bytes(),
+        XDP_PASS,
+        None,
+        &[(PassNotVip, 1)],
+    ));
     let sent = ipv6(DSR_VIP6, CLIENT6, tcp(80, 40000, ACK));
     cases.push(case(
         "icmpv6 error to a VIP with a truncated quote",
@@ -3270,6 +3360,20 @@ fn packet_cases_ipv6() {
         XDP_PASS,
         None,
         &[(PassNotVip, 1)],
+    ));
+    cases.push(case(
+        "hop-by-hop options after another extension header, to a VIP",
+        cli,
+        from_client6(with_ext(
+            DSR_VIP6,
+            42205,
+            80,
+            vec![Ext::DestOpts { len8: 0 }, Ext::HopByHop { len8: 0 }],
+        ))
+        .bytes(),
+        XDP_DROP,
+        None,
+        &[(DropIpv6ExtHeader, 1)],
     ));
     cases.push(case(
         "five extension headers (one more than parsed) to a VIP",

@@ -78,8 +78,8 @@ counters! {
     DropIpTotalLen = "drop_ip_total_len", outcome;
     /// For a VIP, but a fragment (first or later): ports are not in every fragment.
     DropFragment = "drop_fragment", outcome;
-    /// IPv6 to a VIP whose extension headers are truncated, run past the payload, or are
-    /// more than the datapath parses (4).
+    /// IPv6 to a VIP whose extension headers are truncated, run past the payload, are
+    /// more than the datapath parses (4), or have hop-by-hop options after the first.
     DropIpv6ExtHeader = "drop_ipv6_ext_header", outcome;
     /// IPv6 to a VIP with a routing header that has segments left: the VIP is not the
     /// packet's final destination.
@@ -88,7 +88,8 @@ counters! {
     DropTtl = "drop_ttl", outcome;
     /// For a service, but the TCP/UDP header is truncated or inconsistent.
     DropL4Header = "drop_l4_header", outcome;
-    /// ICMP or ICMPv6 to a VIP too short for its header or quoted packet.
+    /// ICMP or ICMPv6 to a VIP too short for its header or quoted packet; an ICMP or
+    /// ICMPv6 error from a NAT backend's address whose quoted packet cannot be matched.
     DropIcmpHeader = "drop_icmp_header", outcome;
     /// The service has no usable backend (none ready, or all down).
     DropNoBackend = "drop_no_backend", outcome;

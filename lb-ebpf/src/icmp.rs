@@ -10,7 +10,10 @@
 //!   source back to the backend's address and port. An error whose quoted source is not
 //!   the address it was sent to is not genuine and is passed.
 //! - NAT: errors a backend sends about a client's packet (e.g. UDP port unreachable)
-//!   are translated back to come from the VIP, like any other reply.
+//!   are translated back to come from the VIP, like any other reply. An error from a
+//!   NAT backend's address whose quote cannot be matched (cut short, extension headers,
+//!   neither TCP nor UDP) is dropped (`drop_icmp_header`), as malformed packets from
+//!   NAT backends are: it must not leave with the backend's address.
 //! - Other ICMP to a VIP address: passed (`pass_vip_other`); to anything else: passed.
 //!
 //! The error handling ([`error`]) serves ICMPv6 too (`icmp6` calls it for its error
@@ -92,16 +95,17 @@ fn echo(ctx: &XdpContext, ip: &Ip4) -> Verdict {
 #[inline(always)]
 pub fn error<F: Family>(ctx: &XdpContext, ip: &Ip<F::A>) -> Verdict {
     let to_vip = ip.dst.is_vip();
+    // An error from a NAT backend's address that cannot be matched to a flow (quote
+    // cut short, extension headers in it, neither TCP nor UDP) may be about a client's
+    // packet: it is dropped, never passed on with the backend's address in it.
     let Some(q) = F::quoted(ctx, ip) else {
-        return if to_vip {
-            Verdict::drop(Counter::DropIcmpHeader)
-        } else {
-            Verdict::pass(Counter::PassNotVip)
-        };
+        return Verdict::malformed(&ip.src, &ip.dst, Counter::DropIcmpHeader);
     };
     if q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP {
         return if to_vip {
             Verdict::pass(Counter::PassVipOther)
+        } else if ip.src.is_nat_source() {
+            Verdict::drop(Counter::DropIcmpHeader)
         } else {
             Verdict::pass(Counter::PassNotVip)
         };

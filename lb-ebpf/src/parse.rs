@@ -233,7 +233,8 @@ pub fn ipv4(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<Ip4, Unparsed<u32
 ///
 /// Broken, for the pipeline to drop when the packet is for a VIP: version not 6
 /// (`drop_ip_version`), payload past the frame (`drop_ip_total_len`), an extension
-/// header truncated, past the payload or one too many (`drop_ipv6_ext_header`), a
+/// header truncated, past the payload, one too many or a hop-by-hop header after the
+/// first (`drop_ipv6_ext_header`), a
 /// routing header with segments left (`drop_ipv6_routing`: the VIP is not the final
 /// destination, and the L4 checksum covers that one), a fragment (`drop_fragment`).
 #[inline(always)]
@@ -265,6 +266,10 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<(Ip6, bool), Unpa
             && next != NEXT_FRAGMENT
         {
             break;
+        }
+        // Hop-by-hop options only directly after the IPv6 header (RFC 8200, 4.1).
+        if next == NEXT_HOP_BY_HOP && skipped {
+            return broken(Counter::DropIpv6ExtHeader);
         }
         // Every extension header starts with next header and length, and is at least 8
         // bytes long; a fragment header is exactly 8.
