@@ -607,8 +607,16 @@ impl std::str::FromStr for ServiceKey {
 
     /// Parses `VIP:PORT/PROTO`, e.g. `10.100.0.10:80/tcp` or `[2001:db8::10]:80/tcp`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("`{s}` is not a service: write VIP:PORT/PROTO, e.g. 10.100.0.10:80/tcp");
+        let bad = || {
+            if s.matches(':').count() > 1 && !s.starts_with('[') {
+                format!(
+                    "`{s}` is not a service: write an IPv6 VIP in brackets, [VIP]:PORT/PROTO, \
+                     e.g. [2001:db8::10]:80/tcp"
+                )
+            } else {
+                format!("`{s}` is not a service: write VIP:PORT/PROTO, e.g. 10.100.0.10:80/tcp")
+            }
+        };
         let (addr, proto) = s.rsplit_once('/').ok_or_else(bad)?;
         let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
         let protocol = match proto.to_ascii_lowercase().as_str() {
@@ -1264,7 +1272,11 @@ mod tests {
         }
         // A bracketed address without a port is not a backend reference.
         assert!("[2001:db8::11]".parse::<BackendRef>().is_err());
-        assert!("2001:db8::10:80/tcp".parse::<ServiceKey>().is_err());
+        // An IPv6 VIP without brackets: the error says how to write it.
+        let e = "2001:db8::10:80/tcp".parse::<ServiceKey>().unwrap_err();
+        assert!(e.contains("[2001:db8::10]:80/tcp"), "{e}");
+        let e = "10.1.1.1:80".parse::<ServiceKey>().unwrap_err();
+        assert!(e.contains("e.g. 10.100.0.10:80/tcp"), "{e}");
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(Config::parse(&text).unwrap(), c);
     }

@@ -632,6 +632,55 @@ mod tests {
         );
     }
 
+    /// `lb backend add` and `lb service add` refuse a backend of the other family than
+    /// the VIP's, with a message that says so, and change nothing.
+    #[test]
+    fn mixing_families_in_a_service_is_refused_and_changes_nothing() {
+        let mut c = Controller::new(
+            CheckedMaps::default(),
+            &config(
+                r#"{"services": [
+                {"vip": "10.100.0.10", "port": 80, "table_size": 251, "health_check": {"kind": "none"},
+                 "backends": [{"address": "10.0.0.11"}]},
+                {"vip": "2001:db8::10", "port": 80, "forwarding": "nat", "table_size": 251,
+                 "health_check": {"kind": "none"}, "backends": [{"address": "2001:db8:1::11"}]}]}"#,
+            ),
+            "lb.json",
+            found(&["10.0.0.11"]),
+        )
+        .unwrap();
+        let before = (c.maps().writes, c.runtime().to_config());
+        let backend = |a: &str| serde_json::from_str(&format!(r#"{{"address": "{a}"}}"#)).unwrap();
+        let refused = [
+            Change::BackendAdd(BackendAdd {
+                service: key("[2001:db8::10]:80/tcp"),
+                backend: backend("10.0.0.12"),
+            }),
+            Change::BackendAdd(BackendAdd {
+                service: key("10.100.0.10:80/tcp"),
+                backend: backend("2001:db8:1::12"),
+            }),
+            Change::ServiceAdd(ServiceAdd {
+                service: serde_json::from_str(
+                    r#"{"vip": "2001:db8::20", "port": 80, "backends": [{"address": "10.0.0.13"}]}"#,
+                )
+                .unwrap(),
+            }),
+        ];
+        for change in &refused {
+            let e = c.change(change, Neighbours::new()).unwrap_err().to_string();
+            assert!(
+                e.contains("a service's backends are of its VIP's family"),
+                "{change:?}: {e}"
+            );
+        }
+        assert_eq!(
+            (c.maps().writes, c.runtime().to_config()),
+            before,
+            "a refused change writes nothing and keeps the running state"
+        );
+    }
+
     #[test]
     fn a_failed_write_is_rolled_back_and_the_state_kept() {
         let mut c = controller();

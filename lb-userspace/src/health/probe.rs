@@ -763,6 +763,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tcp_over_ipv6() {
+        let listener = TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0))
+            .await
+            .expect("bind [::1]:0 (IPv6 loopback is needed by this test)");
+        let addr = listener.local_addr().expect("local_addr");
+        let server = tokio::spawn(async move {
+            let (_, peer) = listener.accept().await.expect("accept");
+            peer
+        });
+        let source = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        assert_eq!(
+            probe_from(&ProbeKind::Tcp, addr, Some(source), LONG).await,
+            ProbeResult::Up
+        );
+        assert_eq!(
+            server.await.expect("server task").ip(),
+            std::net::Ipv6Addr::LOCALHOST
+        );
+        // Nothing listens there any more: refused, over IPv6 as over IPv4.
+        assert_eq!(
+            probe(&ProbeKind::Tcp, addr, LONG).await,
+            fail("connection refused")
+        );
+    }
+
+    #[tokio::test]
     async fn http_200_is_up_and_request_is_well_formed() {
         let (addr, server) =
             respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
