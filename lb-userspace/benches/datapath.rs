@@ -452,26 +452,17 @@ fn main() -> Result<()> {
 /// floor and the restoring wrapper's cost, measured above).
 fn ipv6_rows(b: &mut Bench, floor: f64, floor_restore: f64) -> Result<()> {
     use Counter::*;
-    use frame::{Frame6, ipv6};
+    use common::frame6;
     common::setup_ipv6(&mut b.dp, b.cli)?;
     let (cli, srv) = (b.cli, b.srv);
-    let f6 =
-        |src: &str, dst: &str, l4| Frame6::new(ROUTER_MAC, LB_CLI_MAC, ipv6(src, dst, l4)).bytes();
-    let client = "2001:db8:cafe::7";
-    let dsr_ack = f6(client, common::DSR_VIP6, tcp(40000, 80, ACK));
-    let new_syn = f6("2001:db8:cafe:1::", common::DSR_VIP6, tcp(0, 80, SYN));
-    let new_ack = f6("2001:db8:cafe:1::", common::DSR_VIP6, tcp(0, 80, ACK));
-    let nat_ack = f6(client, common::NAT_VIP6, tcp(40001, 8080, ACK));
-    let pass = f6(client, "2001:db8:c::1", tcp(40000, 22, ACK));
-    b.dp.test_run(&f6(client, common::DSR_VIP6, tcp(40000, 80, SYN)), cli)?;
-    let (_, out) = b.dp.test_run(&nat_ack, cli)?;
-    let rip = frame::ip6_dst(&out).context("NAT66 output")?.to_string();
-    let nat_reply = Frame6::new(
-        [2, 0, 0, 0, 6, 0x11],
-        LB_SRV_MAC,
-        ipv6(&rip, client, tcp(80, 40001, ACK)),
-    )
-    .bytes();
+    let new_syn = frame6("2001:db8:cafe:1::", common::DSR_VIP6, tcp(0, 80, SYN));
+    let new_ack = frame6("2001:db8:cafe:1::", common::DSR_VIP6, tcp(0, 80, ACK));
+    let common::Frames6 {
+        dsr_ack,
+        nat_ack,
+        nat_reply,
+        pass,
+    } = common::frames6(&|f| Ok(b.dp.test_run(f, cli)?.1))?;
     // Inserts while the IPv6 table (2^18 entries by default) still has room: 7 x 30,000.
     let floor_newflow6 = b.time_n("floor_newflow6", &new_ack, cli, XDP_TX, &[], 30_000)?;
     let newflow6 = b.time_n("lb_newflow6", &new_ack, cli, XDP_TX, &[Tx, FlowNew], 30_000)?;

@@ -746,37 +746,23 @@ fn rows6_memory() -> Result<(f64, u32)> {
 /// This build's IPv6 rows, named as the IPv4 rows they match: (name, floor, ns). The
 /// floor runs the same IPv6 frames.
 fn ipv6_rows(env: &Env, cli: u32, srv: u32) -> Result<Vec<(&'static str, f64, f64)>> {
-    use common::{DSR_VIP6, NAT_VIP6};
-    use frame::{Frame6, ipv6};
+    use common::{DSR_VIP6, frame6};
     let mut dp = Dataplane::load_object(THIS_OBJECT, &["lb"], Limits::default())?;
     common::setup_ipv6(&mut dp, cli)?;
     let v6 = [Ipv6Build(dp)];
-    let f6 =
-        |src: &str, dst: &str, l4| Frame6::new(ROUTER_MAC, LB_CLI_MAC, ipv6(src, dst, l4)).bytes();
-    let client = "2001:db8:cafe::7";
-    for (vip, port, dport) in [(DSR_VIP6, 40000u16, 80u16), (NAT_VIP6, 40001, 8080)] {
-        for flags in [SYN, ACK] {
-            v6[0].run(&f6(client, vip, tcp(port, dport, flags)), cli)?;
-        }
-    }
-    let nat_ack = f6(client, NAT_VIP6, tcp(40001, 8080, ACK));
-    let (_, _, out) = v6[0].run(&nat_ack, cli)?;
-    let rip = frame::ip6_dst(&out).context("NAT66 output")?.to_string();
-    let nat_reply = Frame6::new(
-        [2, 0, 0, 0, 6, 0x11],
-        LB_SRV_MAC,
-        ipv6(&rip, client, tcp(80, 40001, ACK)),
-    )
-    .bytes();
-    let dsr_ack = f6(client, DSR_VIP6, tcp(40000, 80, ACK));
-    let pass = f6(client, "2001:db8:c::1", tcp(40000, 22, ACK));
+    let common::Frames6 {
+        dsr_ack,
+        nat_ack,
+        nat_reply,
+        pass,
+    } = common::frames6(&|f| Ok(v6[0].run(f, cli)?.2))?;
     // Fresh sources: 2001:db8:cafe:1::/64, never reused in one run.
     let fresh6 = |i: u32| format!("2001:db8:cafe:1::{:x}:{:x}", i >> 16, i & 0xffff);
     let same = |f: Vec<u8>| move |_: u32| (Vec::new(), f.clone());
     let syn = |i: u32| {
         (
             Vec::new(),
-            f6(
+            frame6(
                 &fresh6(i),
                 DSR_VIP6,
                 tcp(1024 + (i % 60000) as u16, 80, SYN),
@@ -786,8 +772,8 @@ fn ipv6_rows(env: &Env, cli: u32, srv: u32) -> Result<Vec<(&'static str, f64, f6
     let first_ack = |i: u32| {
         let (src, port) = (fresh6(i), 1024 + (i % 60000) as u16);
         (
-            vec![f6(&src, DSR_VIP6, tcp(port, 80, SYN))],
-            f6(&src, DSR_VIP6, tcp(port, 80, ACK)),
+            vec![frame6(&src, DSR_VIP6, tcp(port, 80, SYN))],
+            frame6(&src, DSR_VIP6, tcp(port, 80, ACK)),
         )
     };
     let rows: [(&'static str, u32, u32, Packets<'_>); 6] = [

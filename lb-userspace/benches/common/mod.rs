@@ -135,3 +135,51 @@ pub fn setup_ipv6(dp: &mut Dataplane, cli: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// The benchmarks' IPv6 client.
+pub const CLIENT6: &str = "2001:db8:cafe::7";
+
+/// An IPv6 frame from the client-side router to the balancer.
+pub fn frame6(src: &str, dst: &str, l4: frame::L4) -> Vec<u8> {
+    frame::Frame6::new(netns::ROUTER_MAC, LB_CLI_MAC, frame::ipv6(src, dst, l4)).bytes()
+}
+
+/// The IPv6 frames of the established-flow rows, for [`setup_ipv6`]'s services.
+pub struct Frames6 {
+    /// An ACK of an established DSR flow.
+    pub dsr_ack: Vec<u8>,
+    /// An ACK of an established NAT66 flow, client to VIP.
+    pub nat_ack: Vec<u8>,
+    /// The backend's reply on that flow, as it reaches the balancer.
+    pub nat_reply: Vec<u8>,
+    /// A packet for another host.
+    pub pass: Vec<u8>,
+}
+
+/// Establishes a DSR and a NAT66 flow of [`CLIENT6`] through `run` (a frame in, the
+/// output frame out) and returns the frames of those flows.
+pub fn frames6(run: &dyn Fn(&[u8]) -> Result<Vec<u8>>) -> Result<Frames6> {
+    use frame::{ACK, SYN, tcp};
+    for (vip, port, dport) in [(DSR_VIP6, 40000u16, 80u16), (NAT_VIP6, 40001, 8080)] {
+        for flags in [SYN, ACK] {
+            run(&frame6(CLIENT6, vip, tcp(port, dport, flags)))?;
+        }
+    }
+    let nat_ack = frame6(CLIENT6, NAT_VIP6, tcp(40001, 8080, ACK));
+    let out = run(&nat_ack)?;
+    let rip = frame::ip6_dst(&out)
+        .ok_or_else(|| anyhow::anyhow!("the NAT66 flow's output is not IPv6"))?
+        .to_string();
+    let nat_reply = frame::Frame6::new(
+        [2, 0, 0, 0, 6, 0x11],
+        netns::LB_SRV_MAC,
+        frame::ipv6(&rip, CLIENT6, tcp(80, 40001, ACK)),
+    )
+    .bytes();
+    Ok(Frames6 {
+        dsr_ack: frame6(CLIENT6, DSR_VIP6, tcp(40000, 80, ACK)),
+        nat_ack,
+        nat_reply,
+        pass: frame6(CLIENT6, "2001:db8:c::1", tcp(40000, 22, ACK)),
+    })
+}
