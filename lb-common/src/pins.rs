@@ -19,8 +19,9 @@ pub const PIN_MAGIC: u64 = u64::from_be_bytes(*b"lb-pins!");
 /// 2: `Flow` of 16 bytes, `HALF_OPEN`, `NAT_BACKENDS` and `TIMEOUTS`; no `NAT_REVERSE`,
 /// no `NAT_SOURCES`.
 /// 3: the IPv6 maps (`SERVICES6`, `VIPS6`, `BACKEND_ADDRS6`, `CONNTRACK6`, `HALF_OPEN6`,
-/// `NAT_BACKENDS6`) and `PROGRAMS` (the IPv6 programs `lb` tail-calls); counters `pass_ndp`, `drop_ipv6_ext_header`, `drop_ipv6_routing`
-/// and `ipv6_ext_skipped` (indexes of `STATS` moved).
+/// `NAT_BACKENDS6`) and `PROGRAMS` (the IPv6 programs `lb` tail-calls); counters
+/// `pass_ndp`, `drop_ipv6_ext_header`, `drop_ipv6_routing` and `ipv6_ext_skipped`
+/// (indexes of `STATS` moved).
 pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Pin name prefix of an XDP link: `link_<interface>`.

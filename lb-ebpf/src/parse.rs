@@ -234,9 +234,9 @@ pub fn ipv4(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<Ip4, Unparsed<u32
 /// Broken, for the pipeline to drop when the packet is for a VIP: version not 6
 /// (`drop_ip_version`), payload past the frame (`drop_ip_total_len`), an extension
 /// header truncated, past the payload, one too many or a hop-by-hop header after the
-/// first (`drop_ipv6_ext_header`), a
-/// routing header with segments left (`drop_ipv6_routing`: the VIP is not the final
-/// destination, and the L4 checksum covers that one), a fragment (`drop_fragment`).
+/// first (`drop_ipv6_ext_header`), a routing header with segments left
+/// (`drop_ipv6_routing`: the VIP is not the final destination, and the L4 checksum
+/// covers that one), a fragment (`drop_fragment`).
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext, l3: usize, vlan: bool) -> Result<(Ip6, bool), Unparsed<Addr6>> {
     let Some(iph) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
