@@ -70,14 +70,41 @@ pub struct Ipv4 {
     pub l4: L4,
 }
 
-/// An Ethernet frame carrying IPv4.
+/// An Ethernet frame carrying an IP packet ([`Ipv4`] or [`Ipv6`]).
 #[derive(Clone, Debug)]
-pub struct Frame {
+pub struct EthFrame<P> {
     pub dst_mac: Mac,
     pub src_mac: Mac,
     /// 802.1Q tags (TCI values), outermost first.
     pub vlans: Vec<u16>,
-    pub ip: Ipv4,
+    pub ip: P,
+}
+
+/// An Ethernet frame carrying IPv4.
+pub type Frame = EthFrame<Ipv4>;
+/// An Ethernet frame carrying IPv6.
+pub type Frame6 = EthFrame<Ipv6>;
+
+/// An IP packet an [`EthFrame`] carries.
+pub trait IpPacket {
+    /// The frame's ethertype.
+    const ETHERTYPE: u16;
+    /// The whole packet, checksums computed from scratch.
+    fn packet_bytes(&self) -> Vec<u8>;
+}
+
+impl IpPacket for Ipv4 {
+    const ETHERTYPE: u16 = ETH_P_IP;
+    fn packet_bytes(&self) -> Vec<u8> {
+        self.bytes()
+    }
+}
+
+impl IpPacket for Ipv6 {
+    const ETHERTYPE: u16 = ETH_P_IPV6;
+    fn packet_bytes(&self) -> Vec<u8> {
+        self.bytes()
+    }
 }
 
 pub fn addr(s: &str) -> Ipv4Addr {
@@ -228,9 +255,9 @@ impl Ipv4 {
     }
 }
 
-impl Frame {
-    pub fn new(src_mac: Mac, dst_mac: Mac, ip: Ipv4) -> Self {
-        Frame {
+impl<P: IpPacket> EthFrame<P> {
+    pub fn new(src_mac: Mac, dst_mac: Mac, ip: P) -> Self {
+        EthFrame {
             dst_mac,
             src_mac,
             vlans: Vec::new(),
@@ -246,8 +273,8 @@ impl Frame {
             b.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             b.extend_from_slice(&tci.to_be_bytes());
         }
-        b.extend_from_slice(&ETH_P_IP.to_be_bytes());
-        b.extend_from_slice(&self.ip.bytes());
+        b.extend_from_slice(&P::ETHERTYPE.to_be_bytes());
+        b.extend_from_slice(&self.ip.packet_bytes());
         b
     }
 
@@ -304,12 +331,18 @@ pub fn raw_frame(src_mac: Mac, dst_mac: Mac, ethertype: u16, payload: &[u8]) -> 
 /// Offset of the IPv4 header in an Ethernet frame (behind up to two VLAN tags), if the
 /// frame carries IPv4.
 pub fn l3_offset(frame: &[u8]) -> Option<usize> {
+    l3_offset_of(frame, ETH_P_IP)
+}
+
+/// Offset of the header of `ethertype` in an Ethernet frame (behind up to two VLAN
+/// tags), if the frame carries that.
+fn l3_offset_of(frame: &[u8], ethertype: u16) -> Option<usize> {
     let mut off = 12;
     for _ in 0..3 {
         let et = u16::from_be_bytes(frame.get(off..off + 2)?.try_into().ok()?);
         match et {
             ETH_P_8021Q | 0x88a8 => off += 4,
-            ETH_P_IP => return Some(off + 2),
+            et if et == ethertype => return Some(off + 2),
             _ => return None,
         }
     }
@@ -497,59 +530,10 @@ pub fn ipv6(src: &str, dst: &str, l4: L4) -> Ipv6 {
     }
 }
 
-/// An Ethernet frame carrying IPv6.
-#[derive(Clone, Debug)]
-pub struct Frame6 {
-    pub dst_mac: Mac,
-    pub src_mac: Mac,
-    /// 802.1Q tags (TCI values), outermost first.
-    pub vlans: Vec<u16>,
-    pub ip: Ipv6,
-}
-
-impl Frame6 {
-    pub fn new(src_mac: Mac, dst_mac: Mac, ip: Ipv6) -> Self {
-        Frame6 {
-            dst_mac,
-            src_mac,
-            vlans: Vec::new(),
-            ip,
-        }
-    }
-
-    pub fn bytes(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&self.dst_mac);
-        b.extend_from_slice(&self.src_mac);
-        for tci in &self.vlans {
-            b.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-            b.extend_from_slice(&tci.to_be_bytes());
-        }
-        b.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-        b.extend_from_slice(&self.ip.bytes());
-        b
-    }
-
-    pub fn with_macs(mut self, src: Mac, dst: Mac) -> Self {
-        self.src_mac = src;
-        self.dst_mac = dst;
-        self
-    }
-}
-
 /// Offset of the IPv6 header in an Ethernet frame (behind up to two VLAN tags), if the
 /// frame carries IPv6.
 pub fn l3_offset6(frame: &[u8]) -> Option<usize> {
-    let mut off = 12;
-    for _ in 0..3 {
-        let et = u16::from_be_bytes(frame.get(off..off + 2)?.try_into().ok()?);
-        match et {
-            ETH_P_8021Q | 0x88a8 => off += 4,
-            ETH_P_IPV6 => return Some(off + 2),
-            _ => return None,
-        }
-    }
-    None
+    l3_offset_of(frame, ETH_P_IPV6)
 }
 
 fn addr6_at(frame: &[u8], at: usize) -> Option<Ipv6Addr> {
