@@ -353,6 +353,43 @@ pub struct Image {
 }
 
 impl Image {
+    /// Records how replies from NAT backend `addr`/`protocol` are translated back to
+    /// `vip`:`vport` (host order), in its family's map.
+    fn set_nat_translation(
+        &mut self,
+        (addr, protocol): (SocketAddr, Protocol),
+        (vip, vport): (IpAddr, u16),
+        backend: u32,
+        service: u32,
+    ) {
+        let vport = vport.to_be();
+        match (addr, vip) {
+            (SocketAddr::V4(a), IpAddr::V4(vip)) => {
+                let value = lb_common::NatBackend {
+                    vip: v4_word(vip),
+                    vport,
+                    _pad: 0,
+                    backend,
+                    service,
+                };
+                let key = nat_backend_key(a, protocol);
+                self.nat_backends.insert(key, value);
+            }
+            (SocketAddr::V6(a), IpAddr::V6(vip)) => {
+                let value = lb_common::NatBackend6 {
+                    vip: v6_words(vip),
+                    vport,
+                    _pad: 0,
+                    backend,
+                    service,
+                };
+                let key = nat_backend_key6(a, protocol);
+                self.nat_backends6.insert(key, value);
+            }
+            _ => unreachable!("a NAT backend is of its VIP's family"),
+        }
+    }
+
     /// The ids of every service record, of both families (one id space).
     pub fn service_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.services
@@ -890,6 +927,11 @@ impl Runtime {
             },
             ..Default::default()
         };
+        // Retired NAT backends keep their translation (no stats: their ids may be
+        // reused), unless a service has that backend again (written over below).
+        for ((addr, protocol), r) in &self.retired_nat {
+            img.set_nat_translation((*addr, *protocol), (r.vip, r.vport), NO_BACKEND, u32::MAX);
+        }
         for (key, svc) in self.services.iter_mut() {
             let nat = svc.config.forwarding == Forwarding::Nat;
             let mut flags = 0;
@@ -951,64 +993,13 @@ impl Runtime {
                     },
                 );
                 if nat {
-                    let (vport, backend, service) = (key.port.to_be(), b.index, svc.id);
-                    match (addr, key.vip) {
-                        (SocketAddr::V4(a), IpAddr::V4(vip)) => {
-                            img.nat_backends.insert(
-                                nat_backend_key(a, key.protocol),
-                                lb_common::NatBackend {
-                                    vip: v4_word(vip),
-                                    vport,
-                                    _pad: 0,
-                                    backend,
-                                    service,
-                                },
-                            );
-                        }
-                        (SocketAddr::V6(a), IpAddr::V6(vip)) => {
-                            img.nat_backends6.insert(
-                                nat_backend_key6(a, key.protocol),
-                                lb_common::NatBackend6 {
-                                    vip: v6_words(vip),
-                                    vport,
-                                    _pad: 0,
-                                    backend,
-                                    service,
-                                },
-                            );
-                        }
-                        _ => unreachable!("a service's backends are of its VIP's family"),
-                    }
+                    img.set_nat_translation(
+                        (addr, key.protocol),
+                        (key.vip, key.port),
+                        b.index,
+                        svc.id,
+                    );
                 }
-            }
-        }
-        // Retired NAT backends keep their translation (no stats: their ids may be reused).
-        for ((addr, protocol), r) in &self.retired_nat {
-            let (vport, backend, service) = (r.vport.to_be(), NO_BACKEND, u32::MAX);
-            match (addr, r.vip) {
-                (SocketAddr::V4(a), IpAddr::V4(vip)) => {
-                    img.nat_backends
-                        .entry(nat_backend_key(*a, *protocol))
-                        .or_insert(lb_common::NatBackend {
-                            vip: v4_word(vip),
-                            vport,
-                            _pad: 0,
-                            backend,
-                            service,
-                        });
-                }
-                (SocketAddr::V6(a), IpAddr::V6(vip)) => {
-                    img.nat_backends6
-                        .entry(nat_backend_key6(*a, *protocol))
-                        .or_insert(lb_common::NatBackend6 {
-                            vip: v6_words(vip),
-                            vport,
-                            _pad: 0,
-                            backend,
-                            service,
-                        });
-                }
-                _ => unreachable!("a NAT backend is of its VIP's family"),
             }
         }
         img
