@@ -32,7 +32,7 @@ use lb_userspace::{
     model::runtime::datapath_key,
 };
 use serde_json::{Value, json};
-use support::daemon::{Daemon, Netns, Scratch, run_ok, unique};
+use support::daemon::{Daemon, Netns, Scratch, run_ok, topology, unique};
 
 const VIP: &str = "10.100.0.10";
 const WEB: &str = "10.100.0.10:80/tcp";
@@ -103,21 +103,6 @@ struct Lab {
     config: PathBuf,
     _scratch: Scratch,
     ns: Netns,
-}
-
-/// The namespace and its interfaces (no daemon).
-fn topology() -> Netns {
-    let ns = Netns::new();
-    ns.ip("link add v0 address 02:00:00:00:00:01 type veth peer name v1");
-    ns.ip("link set v0 up");
-    ns.ip("link set v1 up");
-    ns.ip("addr add 10.0.0.1/24 dev v0");
-    for last in 11..=30u8 {
-        ns.ip(&format!(
-            "neigh add 10.0.0.{last} lladdr 02:00:00:00:00:{last:02x} dev v0 nud permanent"
-        ));
-    }
-    ns
 }
 
 impl Lab {

@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use support::daemon::{Daemon, Netns, Scratch};
+use support::daemon::{Daemon, Scratch, topology};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/wire.txt")
@@ -150,20 +150,6 @@ fn normalization_touches_only_the_run_dependent_values() {
         ),
         r#"{"a":{"last_change_unix_ms":0,"idle_s":0},"counters":{"pass":0,"tx":0},"counters_per_s":{"pass":0},"rate_window_s":0,"weight":100}"#
     );
-}
-
-fn topology() -> Netns {
-    let ns = Netns::new();
-    ns.ip("link add v0 address 02:00:00:00:00:01 type veth peer name v1");
-    ns.ip("link set v0 up");
-    ns.ip("link set v1 up");
-    ns.ip("addr add 10.0.0.1/24 dev v0");
-    for last in 11..=30u8 {
-        ns.ip(&format!(
-            "neigh add 10.0.0.{last} lladdr 02:00:00:00:00:{last:02x} dev v0 nud permanent"
-        ));
-    }
-    ns
 }
 
 /// Sends every request on one connection; returns each response line.

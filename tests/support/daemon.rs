@@ -169,6 +169,24 @@ impl Drop for NetnsInner {
     }
 }
 
+/// The control-plane tests' namespace (no daemon): `v0` (the balancer's interface,
+/// 10.0.0.1/24, MAC 02:00:00:00:00:01) paired with `v1`, and static neighbour entries on
+/// `v0` for 10.0.0.11..=10.0.0.30 (MAC 02:00:00:00:00:<last octet>), so DSR backends
+/// there get table slots without any traffic.
+pub fn topology() -> Netns {
+    let ns = Netns::new();
+    ns.ip("link add v0 address 02:00:00:00:00:01 type veth peer name v1");
+    ns.ip("link set v0 up");
+    ns.ip("link set v1 up");
+    ns.ip("addr add 10.0.0.1/24 dev v0");
+    for last in 11..=30u8 {
+        ns.ip(&format!(
+            "neigh add 10.0.0.{last} lladdr 02:00:00:00:00:{last:02x} dev v0 nud permanent"
+        ));
+    }
+    ns
+}
+
 /// A named network namespace with `lo` up, deleted when the last clone is dropped
 /// (a [`Daemon`] keeps a clone, so its namespace outlives it).
 #[derive(Clone)]
