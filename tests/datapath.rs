@@ -1464,16 +1464,32 @@ fn tables_flip_between_two_generations() {
 /// 100,000 random and mutated frames: nothing that is not for a VIP (or a NAT reply)
 /// is rewritten, every forwarded frame keeps valid checksums when it came with valid
 /// ones, no frame aborts, and the outcome counters add up to the frames sent.
+/// The random generator of a randomized test: seeded from `LB_TEST_SEED` when set (to
+/// replay a run), else from `default`; the seed is printed.
+fn seeded_rng(default: u64) -> support::Rng {
+    let seed = std::env::var("LB_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("seed {seed} (set LB_TEST_SEED to replay)");
+    support::Rng::new(seed)
+}
+
+/// The sum of the outcome counters (each packet moves exactly one).
+fn outcome_sum(counters: &[u64]) -> u64 {
+    Counter::ALL
+        .iter()
+        .zip(counters)
+        .filter(|(k, _)| k.is_outcome())
+        .map(|(_, n)| n)
+        .sum()
+}
+
 #[test]
 fn randomized_frames() {
     const FRAMES: u64 = 100_000;
     let f = Fixture::new();
-    let seed = std::env::var("LB_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x005e_ed1b);
-    println!("seed {seed} (set LB_TEST_SEED to replay)");
-    let mut rng = support::Rng::new(seed);
+    let mut rng = seeded_rng(0x005e_ed1b);
     let vips = [
         "10.100.0.10",
         "10.100.0.20",
@@ -1510,14 +1526,6 @@ fn randomized_frames() {
         .collect();
     let ports = [80u16, 8080, 53, 443, 81, 22, 40000, 5354];
     let _ = &dsts;
-    let outcome_sum = |c: &[u64]| {
-        Counter::ALL
-            .iter()
-            .zip(c)
-            .filter(|(k, _)| k.is_outcome())
-            .map(|(_, n)| n)
-            .sum::<u64>()
-    };
     let start = outcome_sum(&f.counters());
     let mut forwarded = 0u64;
 
@@ -3669,12 +3677,7 @@ fn packet_cases_ipv6() {
 fn randomized_frames_ipv6() {
     const FRAMES: u64 = 100_000;
     let f = Fixture::new();
-    let seed = std::env::var("LB_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0006_5eed);
-    println!("seed {seed} (set LB_TEST_SEED to replay)");
-    let mut rng = support::Rng::new(seed);
+    let mut rng = seeded_rng(0x0006_5eed);
     let vips: Vec<String> = f
         .services6
         .values()
@@ -3705,14 +3708,6 @@ fn randomized_frames_ipv6() {
         .collect();
     let srcs: Vec<&str> = clients.iter().chain(&nat_backends).copied().collect();
     let ports = [80u16, 8080, 53, 443, 81, 22, 40000, 5354];
-    let outcome_sum = |c: &[u64]| {
-        Counter::ALL
-            .iter()
-            .zip(c)
-            .filter(|(k, _)| k.is_outcome())
-            .map(|(_, n)| n)
-            .sum::<u64>()
-    };
     let start = outcome_sum(&f.counters());
     let mut forwarded = 0u64;
     let services: Vec<(String, u16, u8)> = f
